@@ -1,0 +1,580 @@
+//! `conf.json`: the board's configuration.
+//!
+//! It lives in its own data partition (`config`, subtype 0x40) that updates
+//! never touch, so it survives every update. The schema:
+//!
+//! ```json
+//! {
+//!   "wifi":   { "ssid": "workshop", "password": "secret" },
+//!   "github": { "repository": "acme/thermostat",         // or https://github.com/acme/thermostat
+//!               "api_base": "https://api.github.com",    // optional; GitHub Enterprise or the simulator
+//!               "asset": "firmware-esp32c3.bin",         // the release asset to install
+//!               "token": "github_pat_…" },               // optional
+//!   "mqtt":   { "host": "broker.local", "port": 1883, "user": "u", "password": "p",
+//!               "client_id": "thermostat-01", "topic_prefix": "ota" },
+//!   "leds":   { "yellow": 4, "green": 5, "app": 8 },     // optional, GPIO numbers
+//!   "update": { "allow_prereleases": false, "allow_downgrade": false }  // optional
+//! }
+//! ```
+//!
+//! Unknown fields are errors: a typo such as `"pasword"` would otherwise be
+//! silently ignored on a board nobody can reach. Every error names the field.
+
+use crate::json::{JsonError, Path, Token, Tokenizer};
+use core::fmt;
+use heapless::String;
+
+/// Largest `conf.json` read (the size of one flash sector).
+pub const MAX_CONFIG_LEN: usize = 4096;
+/// Value buffer of the config tokenizer: the longest string field.
+const VALUE_BUF: usize = 160;
+
+/// The parsed configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// WiFi network name.
+    pub wifi_ssid: String<32>,
+    /// WiFi passphrase; empty for an open network.
+    pub wifi_password: String<64>,
+    /// Repository owner (`acme` in `acme/thermostat`).
+    pub owner: String<39>,
+    /// Repository name.
+    pub repo: String<100>,
+    /// API base URL without a trailing slash.
+    pub api_base: String<128>,
+    /// Name of the release asset holding the firmware image.
+    pub asset: String<128>,
+    /// GitHub token, sent to the API host only.
+    pub token: Option<String<128>>,
+    /// MQTT broker host name or address.
+    pub mqtt_host: String<128>,
+    /// MQTT broker port.
+    pub mqtt_port: u16,
+    /// MQTT user name, if the broker wants one.
+    pub mqtt_user: Option<String<64>>,
+    /// MQTT password.
+    pub mqtt_password: Option<String<128>>,
+    /// MQTT client id; also names the board in the activity log.
+    pub mqtt_client_id: String<64>,
+    /// Topic prefix: the log goes to `{prefix}/{client_id}/log`.
+    pub mqtt_topic_prefix: String<64>,
+    /// GPIO of the yellow (busy) LED.
+    pub led_yellow: u8,
+    /// GPIO of the green (result) LED.
+    pub led_green: u8,
+    /// GPIO the example application blinks.
+    pub led_app: u8,
+    /// Install prereleases too.
+    pub allow_prereleases: bool,
+    /// Install a release older than the running version.
+    pub allow_downgrade: bool,
+}
+
+/// The field an error is about, as a dotted path (`mqtt.port`).
+pub type FieldPath = String<48>;
+
+/// What is wrong with a field or with the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// The file is empty (or the config partition was never written).
+    EmptyFile,
+    /// The file is larger than [`MAX_CONFIG_LEN`].
+    FileTooLarge,
+    /// The file is not JSON (truncated, stray bytes …).
+    Syntax(JsonError),
+    /// The top level is not an object.
+    NotAnObject,
+    /// A required field is absent.
+    Missing,
+    /// A field has the wrong JSON type.
+    WrongType {
+        /// The type it should have.
+        expected: &'static str,
+    },
+    /// A string is longer than the board can hold.
+    TooLong {
+        /// The longest accepted, in bytes.
+        max: usize,
+    },
+    /// A field that `conf.json` does not have (a typo?).
+    UnknownField,
+    /// A number outside its range.
+    OutOfRange,
+    /// A string with an unaccepted value.
+    Invalid(&'static str),
+}
+
+/// A configuration error: which field, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The field (empty for whole-file problems).
+    pub field: FieldPath,
+    /// What is wrong.
+    pub problem: Problem,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.field.is_empty() {
+            write!(f, "conf.json field `{}`: ", self.field)?;
+        } else {
+            f.write_str("conf.json: ")?;
+        }
+        match self.problem {
+            Problem::EmptyFile => f.write_str("file is empty"),
+            Problem::FileTooLarge => write!(f, "file is larger than {MAX_CONFIG_LEN} bytes"),
+            Problem::Syntax(e) => write!(f, "not valid JSON: {e}"),
+            Problem::NotAnObject => f.write_str("top level must be an object"),
+            Problem::Missing => f.write_str("is required"),
+            Problem::WrongType { expected } => write!(f, "must be {expected}"),
+            Problem::TooLong { max } => write!(f, "longer than {max} bytes"),
+            Problem::UnknownField => f.write_str("unknown field"),
+            Problem::OutOfRange => f.write_str("out of range"),
+            Problem::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<JsonError> for ConfigError {
+    fn from(e: JsonError) -> Self {
+        ConfigError { field: FieldPath::new(), problem: Problem::Syntax(e) }
+    }
+}
+
+fn field_error(path: &Path<'_>, problem: Problem) -> ConfigError {
+    let mut field = FieldPath::new();
+    // A path longer than the field buffer is cut; the start still names the section.
+    let _ = fmt::write(&mut field, format_args!("{path}"));
+    ConfigError { field, problem }
+}
+
+fn named_error(name: &str, problem: Problem) -> ConfigError {
+    let mut field = FieldPath::new();
+    let _ = field.push_str(name);
+    ConfigError { field, problem }
+}
+
+/// Parses `conf.json` as it streams in (from flash or from a file).
+pub struct ConfigParser {
+    tokenizer: Tokenizer<VALUE_BUF>,
+    draft: Draft,
+    len: usize,
+}
+
+/// Fields as they are found; required ones are checked at the end.
+#[derive(Default)]
+struct Draft {
+    wifi_ssid: Option<String<32>>,
+    wifi_password: Option<String<64>>,
+    repository: Option<(String<39>, String<100>)>,
+    api_base: Option<String<128>>,
+    asset: Option<String<128>>,
+    token: Option<String<128>>,
+    mqtt_host: Option<String<128>>,
+    mqtt_port: Option<u16>,
+    mqtt_user: Option<String<64>>,
+    mqtt_password: Option<String<128>>,
+    mqtt_client_id: Option<String<64>>,
+    mqtt_topic_prefix: Option<String<64>>,
+    led_yellow: Option<u8>,
+    led_green: Option<u8>,
+    led_app: Option<u8>,
+    allow_prereleases: Option<bool>,
+    allow_downgrade: Option<bool>,
+}
+
+const SECTIONS: [&str; 5] = ["wifi", "github", "mqtt", "leds", "update"];
+
+impl Default for ConfigParser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConfigParser {
+    /// A parser at the start of the file.
+    pub fn new() -> Self {
+        ConfigParser { tokenizer: Tokenizer::new(), draft: Draft::default(), len: 0 }
+    }
+
+    /// Feeds the next piece of the file.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), ConfigError> {
+        self.len += chunk.len();
+        if self.len > MAX_CONFIG_LEN {
+            return Err(named_error("", Problem::FileTooLarge));
+        }
+        let draft = &mut self.draft;
+        self.tokenizer.push(chunk, &mut |path: &Path<'_>, token: Token<'_>| draft.accept(path, token))
+    }
+
+    /// Ends the file and checks that every required field was given.
+    pub fn finish(mut self) -> Result<Config, ConfigError> {
+        if self.len == 0 {
+            return Err(named_error("", Problem::EmptyFile));
+        }
+        let draft = &mut self.draft;
+        self.tokenizer.finish(&mut |path: &Path<'_>, token: Token<'_>| draft.accept(path, token))?;
+        self.draft.build()
+    }
+}
+
+impl Config {
+    /// Parses a whole `conf.json`.
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let mut parser = ConfigParser::new();
+        parser.push(bytes)?;
+        parser.finish()
+    }
+
+    /// The topic the activity log is published to: `{prefix}/{client_id}/log`.
+    pub fn log_topic(&self) -> String<160> {
+        let mut topic = String::new();
+        // 64 + 1 + 64 + 4 bytes fit in 160.
+        let _ = fmt::write(&mut topic, format_args!("{}/{}/log", self.mqtt_topic_prefix, self.mqtt_client_id));
+        topic
+    }
+}
+
+fn text<const M: usize>(path: &Path<'_>, token: Token<'_>) -> Result<String<M>, ConfigError> {
+    match token {
+        Token::Str(t) if t.truncated || t.value.len() > M => Err(field_error(path, Problem::TooLong { max: M })),
+        Token::Str(t) => {
+            let mut s = String::new();
+            // Length checked just above.
+            let _ = s.push_str(t.value);
+            Ok(s)
+        }
+        _ => Err(field_error(path, Problem::WrongType { expected: "a string" })),
+    }
+}
+
+fn nonempty_text<const M: usize>(path: &Path<'_>, token: Token<'_>) -> Result<String<M>, ConfigError> {
+    let s = text::<M>(path, token)?;
+    if s.is_empty() {
+        return Err(field_error(path, Problem::Invalid("must not be empty")));
+    }
+    Ok(s)
+}
+
+fn boolean(path: &Path<'_>, token: Token<'_>) -> Result<bool, ConfigError> {
+    match token {
+        Token::Bool(b) => Ok(b),
+        _ => Err(field_error(path, Problem::WrongType { expected: "true or false" })),
+    }
+}
+
+fn integer(path: &Path<'_>, token: Token<'_>, min: u32, max: u32) -> Result<u32, ConfigError> {
+    match token {
+        Token::Number(n) => match n.parse::<u32>() {
+            Ok(v) if (min..=max).contains(&v) => Ok(v),
+            Ok(_) => Err(field_error(path, Problem::OutOfRange)),
+            Err(_) if n.bytes().all(|b| b.is_ascii_digit()) => Err(field_error(path, Problem::OutOfRange)),
+            Err(_) => Err(field_error(path, Problem::WrongType { expected: "a whole number" })),
+        },
+        _ => Err(field_error(path, Problem::WrongType { expected: "a whole number" })),
+    }
+}
+
+impl Draft {
+    fn accept(&mut self, path: &Path<'_>, token: Token<'_>) -> Result<(), ConfigError> {
+        use crate::json::Segment;
+        match path.len() {
+            0 => match token {
+                Token::StartObject | Token::EndObject => Ok(()),
+                _ => Err(named_error("", Problem::NotAnObject)),
+            },
+            1 => {
+                let known = matches!(path.segment(0), Some(Segment::Key(k)) if SECTIONS.contains(&k));
+                if !known {
+                    return Err(field_error(path, Problem::UnknownField));
+                }
+                match token {
+                    Token::StartObject | Token::EndObject => Ok(()),
+                    // Nested arrays and scalars at section level are type errors.
+                    _ => Err(field_error(path, Problem::WrongType { expected: "an object" })),
+                }
+            }
+            2 => self.field(path, token),
+            // Deeper values only occur inside a wrongly typed field.
+            _ => {
+                let mut outer = FieldPath::new();
+                if let (Some(Segment::Key(a)), Some(Segment::Key(b))) = (path.segment(0), path.segment(1)) {
+                    let _ = fmt::write(&mut outer, format_args!("{a}.{b}"));
+                }
+                Err(ConfigError { field: outer, problem: Problem::WrongType { expected: "a scalar value" } })
+            }
+        }
+    }
+
+    fn field(&mut self, path: &Path<'_>, token: Token<'_>) -> Result<(), ConfigError> {
+        if matches!(token, Token::StartObject | Token::StartArray) {
+            // Report the container itself; its contents would only repeat the error.
+            let expected = if path.is(&["update", "allow_prereleases"]) || path.is(&["update", "allow_downgrade"]) {
+                "true or false"
+            } else {
+                "a scalar value"
+            };
+            if !self.knows(path) {
+                return Err(field_error(path, Problem::UnknownField));
+            }
+            return Err(field_error(path, Problem::WrongType { expected }));
+        }
+        if matches!(token, Token::EndObject | Token::EndArray) {
+            return Ok(());
+        }
+        match () {
+            _ if path.is(&["wifi", "ssid"]) => self.wifi_ssid = Some(nonempty_text(path, token)?),
+            _ if path.is(&["wifi", "password"]) => self.wifi_password = Some(text(path, token)?),
+            _ if path.is(&["github", "repository"]) => {
+                let value = text::<160>(path, token)?;
+                let parsed = parse_repository(&value).map_err(|why| field_error(path, Problem::Invalid(why)))?;
+                self.repository = Some(parsed);
+            }
+            _ if path.is(&["github", "api_base"]) => {
+                let base: String<128> = nonempty_text(path, token)?;
+                if !(base.starts_with("https://") || base.starts_with("http://")) {
+                    return Err(field_error(path, Problem::Invalid("must start with https:// or http://")));
+                }
+                let mut trimmed = String::new();
+                let _ = trimmed.push_str(base.trim_end_matches('/'));
+                self.api_base = Some(trimmed);
+            }
+            _ if path.is(&["github", "asset"]) => self.asset = Some(nonempty_text(path, token)?),
+            _ if path.is(&["github", "token"]) => {
+                self.token = match token {
+                    Token::Null => None,
+                    _ => Some(text(path, token)?).filter(|t: &String<128>| !t.is_empty()),
+                }
+            }
+            _ if path.is(&["mqtt", "host"]) => self.mqtt_host = Some(nonempty_text(path, token)?),
+            _ if path.is(&["mqtt", "port"]) => self.mqtt_port = Some(integer(path, token, 1, 65535)? as u16),
+            _ if path.is(&["mqtt", "user"]) => self.mqtt_user = Some(text(path, token)?),
+            _ if path.is(&["mqtt", "password"]) => self.mqtt_password = Some(text(path, token)?),
+            _ if path.is(&["mqtt", "client_id"]) => self.mqtt_client_id = Some(nonempty_text(path, token)?),
+            _ if path.is(&["mqtt", "topic_prefix"]) => {
+                let prefix: String<64> = nonempty_text(path, token)?;
+                if prefix.contains(['#', '+']) {
+                    return Err(field_error(path, Problem::Invalid("must not contain MQTT wildcards # or +")));
+                }
+                self.mqtt_topic_prefix = Some(prefix);
+            }
+            _ if path.is(&["leds", "yellow"]) => self.led_yellow = Some(integer(path, token, 0, 48)? as u8),
+            _ if path.is(&["leds", "green"]) => self.led_green = Some(integer(path, token, 0, 48)? as u8),
+            _ if path.is(&["leds", "app"]) => self.led_app = Some(integer(path, token, 0, 48)? as u8),
+            _ if path.is(&["update", "allow_prereleases"]) => self.allow_prereleases = Some(boolean(path, token)?),
+            _ if path.is(&["update", "allow_downgrade"]) => self.allow_downgrade = Some(boolean(path, token)?),
+            _ => return Err(field_error(path, Problem::UnknownField)),
+        }
+        Ok(())
+    }
+
+    fn knows(&self, path: &Path<'_>) -> bool {
+        const FIELDS: [[&str; 2]; 17] = [
+            ["wifi", "ssid"],
+            ["wifi", "password"],
+            ["github", "repository"],
+            ["github", "api_base"],
+            ["github", "asset"],
+            ["github", "token"],
+            ["mqtt", "host"],
+            ["mqtt", "port"],
+            ["mqtt", "user"],
+            ["mqtt", "password"],
+            ["mqtt", "client_id"],
+            ["mqtt", "topic_prefix"],
+            ["leds", "yellow"],
+            ["leds", "green"],
+            ["leds", "app"],
+            ["update", "allow_prereleases"],
+            ["update", "allow_downgrade"],
+        ];
+        FIELDS.iter().any(|f| path.is(f))
+    }
+
+    fn build(self) -> Result<Config, ConfigError> {
+        let missing = |name: &str| named_error(name, Problem::Missing);
+        let (owner, repo) = self.repository.ok_or_else(|| missing("github.repository"))?;
+        let mut default_base = String::new();
+        let _ = default_base.push_str("https://api.github.com");
+        let mut default_prefix = String::new();
+        let _ = default_prefix.push_str("ota");
+        Ok(Config {
+            wifi_ssid: self.wifi_ssid.ok_or_else(|| missing("wifi.ssid"))?,
+            wifi_password: self.wifi_password.unwrap_or_default(),
+            owner,
+            repo,
+            api_base: self.api_base.unwrap_or(default_base),
+            asset: self.asset.ok_or_else(|| missing("github.asset"))?,
+            token: self.token,
+            mqtt_host: self.mqtt_host.ok_or_else(|| missing("mqtt.host"))?,
+            mqtt_port: self.mqtt_port.unwrap_or(1883),
+            mqtt_user: self.mqtt_user.filter(|u| !u.is_empty()),
+            mqtt_password: self.mqtt_password.filter(|p| !p.is_empty()),
+            mqtt_client_id: self.mqtt_client_id.ok_or_else(|| missing("mqtt.client_id"))?,
+            mqtt_topic_prefix: self.mqtt_topic_prefix.unwrap_or(default_prefix),
+            led_yellow: self.led_yellow.unwrap_or(4),
+            led_green: self.led_green.unwrap_or(5),
+            led_app: self.led_app.unwrap_or(8),
+            allow_prereleases: self.allow_prereleases.unwrap_or(false),
+            allow_downgrade: self.allow_downgrade.unwrap_or(false),
+        })
+    }
+}
+
+/// Accepts `owner/repo` and `https://github.com/owner/repo` (the original
+/// project's form, optionally with `.git` or a trailing slash).
+fn parse_repository(value: &str) -> Result<(String<39>, String<100>), &'static str> {
+    const FORMS: &str = "must be owner/repo or https://github.com/owner/repo";
+    let rest = if let Some(link) = value.strip_prefix("https://").or_else(|| value.strip_prefix("http://")) {
+        link.strip_prefix("github.com/").or_else(|| link.strip_prefix("www.github.com/")).ok_or(FORMS)?
+    } else if value.contains(':') {
+        return Err(FORMS);
+    } else {
+        value
+    };
+    let rest = rest.trim_end_matches('/');
+    let rest = rest.strip_suffix(".git").unwrap_or(rest);
+    let mut parts = rest.split('/');
+    let (Some(owner), Some(repo), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(FORMS);
+    };
+    let owner_ok = !owner.is_empty()
+        && owner.len() <= 39
+        && owner.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !owner.starts_with('-');
+    let repo_ok = !repo.is_empty()
+        && repo.len() <= 100
+        && repo != "."
+        && repo != ".."
+        && repo.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !owner_ok || !repo_ok {
+        return Err("has characters GitHub does not allow in owner/repo");
+    }
+    let mut o = String::new();
+    let mut r = String::new();
+    // Lengths checked above.
+    let _ = o.push_str(owner);
+    let _ = r.push_str(repo);
+    Ok((o, r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::ToString;
+
+    const GOOD: &str = r#"{
+      "wifi": {"ssid": "workshop", "password": "hunter22"},
+      "github": {"repository": "https://github.com/acme/thermostat", "asset": "fw.bin"},
+      "mqtt": {"host": "10.0.0.2", "port": 1884, "client_id": "board-7"}
+    }"#;
+
+    fn err(doc: &str) -> ConfigError {
+        Config::parse(doc.as_bytes()).unwrap_err()
+    }
+
+    fn with(section: &str, field: &str, value: &str) -> std::string::String {
+        GOOD.replacen(&std::format!("\"{section}\": {{"), &std::format!("\"{section}\": {{\"{field}\": {value}, "), 1)
+    }
+
+    #[test]
+    fn a_minimal_file_parses_with_documented_defaults() {
+        let c = Config::parse(GOOD.as_bytes()).unwrap();
+        assert_eq!((c.owner.as_str(), c.repo.as_str()), ("acme", "thermostat"));
+        assert_eq!(c.api_base, "https://api.github.com");
+        assert_eq!(c.mqtt_port, 1884);
+        assert_eq!(c.mqtt_topic_prefix, "ota");
+        assert_eq!(c.log_topic(), "ota/board-7/log");
+        assert_eq!((c.led_yellow, c.led_green, c.led_app), (4, 5, 8));
+        assert!(!c.allow_prereleases && !c.allow_downgrade);
+        assert_eq!(c.token, None);
+    }
+
+    #[test]
+    fn the_example_conf_json_in_the_repository_parses() {
+        let c = Config::parse(include_bytes!("../../conf.json")).unwrap();
+        assert_eq!(c.repo, "thermostat");
+    }
+
+    #[test]
+    fn both_repository_forms_are_accepted() {
+        for form in ["acme/thermostat", "https://github.com/acme/thermostat", "https://github.com/acme/thermostat.git/", "http://www.github.com/acme/thermostat"] {
+            let c = Config::parse(with("github", "repository", &std::format!("\"{form}\"")).as_bytes()).unwrap();
+            assert_eq!((c.owner.as_str(), c.repo.as_str()), ("acme", "thermostat"), "{form}");
+        }
+    }
+
+    #[test]
+    fn unknown_repository_forms_name_the_field() {
+        for form in ["acme", "acme/thermostat/extra", "https://gitlab.com/acme/thermostat", "git@github.com:acme/thermostat", "https://github.com/acme", "ac me/thermostat", ""] {
+            let e = err(&with("github", "repository", &std::format!("\"{form}\"")));
+            assert_eq!(e.field, "github.repository", "{form}: {e}");
+            assert!(matches!(e.problem, Problem::Invalid(_)), "{form}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_empty_file_is_reported_as_such() {
+        assert_eq!(err("").problem, Problem::EmptyFile);
+        assert_eq!(err("").to_string(), "conf.json: file is empty");
+    }
+
+    #[test]
+    fn a_truncated_file_is_a_syntax_error_at_its_end() {
+        let cut = &GOOD[..GOOD.len() / 2];
+        let e = err(cut);
+        assert!(matches!(e.problem, Problem::Syntax(JsonError { kind: crate::json::JsonErrorKind::UnexpectedEnd, .. })), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let e = err(&with("mqtt", "port", "\"1883\""));
+        assert_eq!((e.field.as_str(), e.problem), ("mqtt.port", Problem::WrongType { expected: "a whole number" }));
+        assert_eq!(e.to_string(), "conf.json field `mqtt.port`: must be a whole number");
+        let e = err(&with("wifi", "ssid", "42"));
+        assert_eq!(e.field, "wifi.ssid");
+        let e = err(&GOOD.replacen("\"mqtt\": {", "\"update\": {\"allow_downgrade\": \"yes\"}, \"mqtt\": {", 1));
+        assert_eq!((e.field.as_str(), e.problem), ("update.allow_downgrade", Problem::WrongType { expected: "true or false" }));
+        let e = err(&with("mqtt", "host", "[\"a\"]"));
+        assert_eq!(e.field, "mqtt.host");
+        let e = err(r#"{"wifi": "workshop"}"#);
+        assert_eq!((e.field.as_str(), e.problem), ("wifi", Problem::WrongType { expected: "an object" }));
+        assert_eq!(err("[1]").problem, Problem::NotAnObject);
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        let e = err(&GOOD.replace(r#""asset": "fw.bin""#, r#""api_base": "http://127.0.0.1:8080/""#));
+        assert_eq!((e.field.as_str(), e.problem), ("github.asset", Problem::Missing));
+        let e = err(&GOOD.replace(r#""ssid": "workshop", "#, ""));
+        assert_eq!(e.field, "wifi.ssid");
+    }
+
+    #[test]
+    fn out_of_range_too_long_and_unknown_fields_are_named() {
+        let e = err(&with("mqtt", "port", "70000"));
+        assert_eq!((e.field.as_str(), e.problem), ("mqtt.port", Problem::OutOfRange));
+        let e = err(&with("mqtt", "port", "-1"));
+        assert_eq!(e.field, "mqtt.port");
+        let e = err(&with("wifi", "ssid", &std::format!("\"{}\"", "x".repeat(33))));
+        assert_eq!((e.field.as_str(), e.problem), ("wifi.ssid", Problem::TooLong { max: 32 }));
+        let e = err(&with("wifi", "pasword", "\"x\""));
+        assert_eq!((e.field.as_str(), e.problem), ("wifi.pasword", Problem::UnknownField));
+        let e = err(r#"{"wfi": {}}"#);
+        assert_eq!((e.field.as_str(), e.problem), ("wfi", Problem::UnknownField));
+        let e = err(&with("github", "api_base", "\"ftp://x\""));
+        assert_eq!(e.field, "github.api_base");
+    }
+
+    #[test]
+    fn a_file_larger_than_a_sector_is_refused() {
+        let big = std::format!("{{\"wifi\": {{\"ssid\": \"{}\"}}}}", " ".repeat(MAX_CONFIG_LEN));
+        assert_eq!(err(&big).problem, Problem::FileTooLarge);
+    }
+
+    #[test]
+    fn the_api_base_loses_its_trailing_slash() {
+        let c = Config::parse(with("github", "api_base", "\"http://127.0.0.1:8080/\"").as_bytes()).unwrap();
+        assert_eq!(c.api_base, "http://127.0.0.1:8080");
+    }
+}

@@ -1,0 +1,187 @@
+//! The HTTP vocabulary between the core and a driver: requests the core asks
+//! for and the response heads a driver reports back.
+//!
+//! Drivers hand every response header to [`ResponseHead::header`]; the core
+//! picks out what it needs (length, range, redirect target, GitHub's
+//! rate-limit headers, `Retry-After`, `Date`) so that no driver interprets
+//! HTTP semantics on its own.
+
+use crate::release::Url;
+use crate::trace::Purpose;
+
+/// What the response should be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accept {
+    /// `application/vnd.github+json`
+    Json,
+    /// `application/octet-stream` (asset bytes)
+    OctetStream,
+}
+
+impl Accept {
+    /// The `Accept` header value.
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Accept::Json => "application/vnd.github+json",
+            Accept::OctetStream => "application/octet-stream",
+        }
+    }
+}
+
+/// A GET the driver must perform, without following redirects itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// Id the driver passes back with every response callback.
+    pub id: u32,
+    /// What the request is for (drivers may log it).
+    pub purpose: Purpose,
+    /// Absolute URL.
+    pub url: Url,
+    /// `Range: bytes={from}-` when set.
+    pub range_from: Option<u32>,
+    /// `Accept` header.
+    pub accept: Accept,
+    /// Send `Authorization: Bearer <token>` (only ever for the API host).
+    pub authorize: bool,
+}
+
+/// The parts of a response head the core acts on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// HTTP status.
+    pub status: u16,
+    /// `Content-Length`.
+    pub content_length: Option<u32>,
+    /// First byte of `Content-Range: bytes a-b/n`.
+    pub range_start: Option<u32>,
+    /// `Location`.
+    pub location: Option<Url>,
+    /// `Retry-After` in seconds.
+    pub retry_after_s: Option<u32>,
+    /// `x-ratelimit-remaining`.
+    pub ratelimit_remaining: Option<u32>,
+    /// `x-ratelimit-reset` (Unix seconds).
+    pub ratelimit_reset: Option<u64>,
+    /// `Date` (Unix seconds).
+    pub date: Option<u64>,
+    /// `Location` was longer than the core keeps.
+    pub location_too_long: bool,
+}
+
+impl ResponseHead {
+    /// A head with this status and no headers yet.
+    pub fn new(status: u16) -> Self {
+        ResponseHead { status, ..Default::default() }
+    }
+
+    /// Records one header (names are case-insensitive; unknown ones are ignored).
+    pub fn header(&mut self, name: &str, value: &str) {
+        let value = value.trim();
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        if is("content-length") {
+            self.content_length = value.parse().ok();
+        } else if is("content-range") {
+            self.range_start = value.strip_prefix("bytes ").and_then(|r| r.split('-').next()).and_then(|s| s.parse().ok());
+        } else if is("location") {
+            let mut url = Url::new();
+            self.location_too_long = url.push_str(value).is_err();
+            self.location = (!self.location_too_long).then_some(url);
+        } else if is("retry-after") {
+            self.retry_after_s = value.parse().ok();
+        } else if is("x-ratelimit-remaining") {
+            self.ratelimit_remaining = value.parse().ok();
+        } else if is("x-ratelimit-reset") {
+            self.ratelimit_reset = value.parse().ok();
+        } else if is("date") {
+            self.date = parse_http_date(value);
+        }
+    }
+
+    /// How long GitHub asks us to wait, when this response is a rate limit.
+    pub fn rate_limit_wait_ms(&self) -> Option<u64> {
+        if !matches!(self.status, 403 | 429) {
+            return None;
+        }
+        if let Some(s) = self.retry_after_s {
+            return Some(u64::from(s) * 1000);
+        }
+        if self.ratelimit_remaining == Some(0) {
+            return Some(match (self.ratelimit_reset, self.date) {
+                (Some(reset), Some(date)) => reset.saturating_sub(date).saturating_add(1) * 1000,
+                // Without a server clock, wait a minute and ask again.
+                _ => 60_000,
+            });
+        }
+        None
+    }
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to Unix seconds.
+pub fn parse_http_date(s: &str) -> Option<u64> {
+    let mut it = s.split_ascii_whitespace();
+    let _weekday = it.next()?;
+    let day: u64 = it.next()?.parse().ok()?;
+    let month = match it.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = it.next()?.parse().ok()?;
+    let mut hms = it.next()?.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    if it.next()? != "GMT" || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days).ok().map(|d| d * 86_400 + h * 3600 + m * 60 + sec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_parse() {
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(parse_http_date("Thu, 26 Nov 2026 23:45:00 GMT"), Some(1_795_736_700));
+        assert_eq!(parse_http_date("yesterday"), None);
+    }
+
+    #[test]
+    fn githubs_rate_limit_headers_give_the_wait() {
+        let mut h = ResponseHead::new(403);
+        h.header("X-RateLimit-Remaining", "0");
+        h.header("x-ratelimit-reset", "1000");
+        h.header("Date", "Thu, 01 Jan 1970 00:15:40 GMT"); // 940 s
+        assert_eq!(h.rate_limit_wait_ms(), Some(61_000));
+        let mut h = ResponseHead::new(429);
+        h.header("retry-after", "7");
+        assert_eq!(h.rate_limit_wait_ms(), Some(7_000));
+        assert_eq!(ResponseHead::new(403).rate_limit_wait_ms(), None);
+        assert_eq!(ResponseHead::new(500).rate_limit_wait_ms(), None);
+    }
+
+    #[test]
+    fn content_range_gives_the_first_byte() {
+        let mut h = ResponseHead::new(206);
+        h.header("Content-Range", "bytes 4096-8191/8192");
+        assert_eq!(h.range_start, Some(4096));
+    }
+}

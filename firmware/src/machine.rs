@@ -1,0 +1,1201 @@
+//! The update state machine, sans-IO.
+//!
+//! [`Updater`] owns the flash (through the [`NorFlash`] seam) and nothing
+//! else: no sockets, no clock, no randomness of its own. A driver (the board
+//! glue or the simulator) feeds it inputs with the current time and executes
+//! the actions it answers with:
+//!
+//! ```text
+//!            handle_boot / handle_network / handle_response_* /
+//!  driver -> handle_transport_error / handle_publish_result / handle_timeout -> Updater
+//!  driver <- poll_action (Led, JoinNetwork, Http, AbortHttp, Publish, Reboot, RunApplication)
+//!  driver <- poll_event  (the trace: print one line each)
+//!  driver <- poll_timeout (call handle_timeout then, or earlier: spurious calls are no-ops)
+//! ```
+//!
+//! After every input, drain `poll_event` and `poll_action`, then wait for the
+//! next I/O completion or `poll_timeout`, whichever comes first.
+//!
+//! One boot, as DESIGN.md §1 describes it:
+//!
+//! ```text
+//! boot: yellow on, read partition table, otadata, running image, conf.json, log ring
+//!   |-- running image unconfirmed?  count a trial boot (or roll back after MAX_TRIALS)
+//! join network -----------(down: wait, yellow stays on)
+//! check latest release ---(network error / 5xx / rate limit: backoff, retry)
+//!   |-- first answer on an unconfirmed image: confirm it (otadata state valid)
+//!   |-- not newer: outcome up_to_date (or updated, on the boot that confirmed)
+//!   |-- refused / bad release: outcome failed
+//! download into the inactive slot, sector by sector, marking progress (resumable)
+//! verify what is on flash: image structure, checksum, appended hash, size,
+//!   release SHA-256, chip, version == tag
+//! trial record, then switch otadata (the commit point) -> outcome installed -> reboot
+//! outcome: append to the log ring, publish what the broker has not acknowledged,
+//!   blink the green pattern, yellow off if all went well, run the application
+//! ```
+
+use crate::Instant;
+use crate::backoff::{self, Rng};
+use crate::config::{Config, ConfigParser, MAX_CONFIG_LEN};
+use crate::format::app_image::{self, APP_DESC_LEN, AppDesc, HEADER_LEN, ImageError, ImageVerifier, SEGMENT_HEADER_LEN};
+use crate::format::otadata::{ImageState, OtaData};
+use crate::http::{Accept, HttpRequest, ResponseHead};
+use crate::led::{Led, Pattern, Player};
+use crate::release::{ReleaseError, ReleaseParser, SelectedRelease, Url};
+use crate::storage::log::{LogStore, MAX_PAYLOAD, Record};
+use crate::storage::progress::{self, Progress, Target};
+use crate::storage::trial::{MAX_TRIALS, Trial, TrialRecord};
+use crate::storage::{self, FlashError, Layout, Region, SECTOR};
+use crate::trace::{self, Detail, ErrorCode, Event, Outcome, Purpose, Short, Value};
+use crate::version::Version;
+use core::fmt::{self, Write as _};
+use embedded_storage::nor_flash::NorFlash;
+use heapless::{Deque, String, Vec};
+
+/// Most redirects followed for one request (GitHub needs one).
+pub const MAX_REDIRECTS: u8 = 5;
+/// A request that delivers nothing for this long is abandoned and retried.
+pub const STALL_MS: u64 = 30_000;
+/// How long the core waits for the broker to acknowledge one log record.
+pub const PUBLISH_TIMEOUT_MS: u64 = 10_000;
+/// Progress is traced every this many bytes.
+const PROGRESS_EVERY: u32 = 64 * 1024;
+
+/// A log payload as handed to the driver.
+pub type Payload = Vec<u8, MAX_PAYLOAD>;
+/// An MQTT topic.
+pub type Topic = String<160>;
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Switch an LED.
+    Led {
+        /// Which.
+        led: Led,
+        /// On or off.
+        on: bool,
+    },
+    /// Bring the network up (join WiFi, get an address); report with `handle_network`.
+    JoinNetwork,
+    /// Perform a GET; report with `handle_response_head`, `_body`, `_end` or `handle_transport_error`.
+    Http(HttpRequest),
+    /// Drop request `id`; no further callbacks for it are wanted.
+    AbortHttp {
+        /// The request.
+        id: u32,
+    },
+    /// Publish an activity-log record with QoS 1; report with `handle_publish_result`.
+    Publish {
+        /// Record sequence number.
+        seq: u32,
+        /// Topic (`{prefix}/{client_id}/log`).
+        topic: Topic,
+        /// JSON payload.
+        payload: Payload,
+    },
+    /// Restart the chip (the bootloader then reads otadata).
+    Reboot,
+    /// The update routine is over: run the application.
+    RunApplication,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Check,
+    Download,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum After {
+    App,
+    Reboot,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// `handle_boot` not called yet.
+    Created,
+    /// Waiting for the network before `Step`.
+    WaitingNetwork(Step),
+    /// Waiting for the backoff deadline before `Step`.
+    Backoff(Step),
+    /// A request for `Step` is in flight.
+    InFlight(Step),
+    /// Outcome decided: playing LEDs and publishing the log.
+    Finishing(After),
+    /// Reboot or RunApplication was issued.
+    Done,
+}
+
+/// What the running image says about itself.
+#[derive(Clone, Debug, Default)]
+struct Running {
+    slot: u8,
+    version_text: Short,
+    version: Option<Version>,
+    chip_id: Option<u16>,
+    /// The image is on trial (otadata state new / pending_verify).
+    on_trial: bool,
+    trial: Option<Trial>,
+    /// Version of the image before this one (for the `updated` record).
+    previous_version: Short,
+    /// The otadata entry index of the running slot, when otadata selects it.
+    active_entry: Option<usize>,
+}
+
+/// What this boot did, for the outcome record.
+#[derive(Clone, Debug, Default)]
+struct Session {
+    retries: u32,
+    /// Consecutive failures, for the backoff exponent.
+    attempt: u32,
+    bytes: u32,
+    resumed_from: u32,
+    confirmed: bool,
+}
+
+struct InFlightRequest {
+    id: u32,
+    redirects: u8,
+    range_from: u32,
+    status: u16,
+    content_length: Option<u32>,
+    received: u32,
+    body: Body,
+}
+
+enum Body {
+    /// The release check: the JSON goes to the parser.
+    Release(ReleaseParser),
+    /// The image: bytes go to the slot.
+    Image,
+}
+
+struct Download {
+    target: Target,
+    slot: Region,
+    /// Bytes durable in the slot (whole sectors, or the whole image).
+    written: u32,
+    buf: [u8; SECTOR as usize],
+    filled: usize,
+    /// Checks the first bytes of a download from zero (header, app descriptor).
+    early: Option<ImageVerifier>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PublishState {
+    Idle,
+    InFlight(Record),
+    Finished,
+}
+
+/// The OTA core: one per boot.
+pub struct Updater<F: NorFlash> {
+    flash: F,
+    rng: Rng,
+    now: Instant,
+    phase: Phase,
+    network_up: bool,
+    actions: Deque<Action, 6>,
+    events: Deque<(Instant, Event), 32>,
+    config: Option<Config>,
+    layout: Option<Layout>,
+    running: Running,
+    session: Session,
+    log: Option<LogStore>,
+    release: Option<SelectedRelease>,
+    request: Option<InFlightRequest>,
+    next_request_id: u32,
+    download: Option<Download>,
+    wake_at: Option<Instant>,
+    led: Player,
+    publish: PublishState,
+    publish_deadline: Option<Instant>,
+    last_published: u32,
+    outcome_ok: bool,
+}
+
+/// A decided failure: code, human detail.
+struct Failure(ErrorCode, Detail);
+
+fn fail(code: ErrorCode, args: fmt::Arguments<'_>) -> Failure {
+    Failure(code, trace::detail(args))
+}
+
+impl From<FlashError> for Failure {
+    fn from(e: FlashError) -> Self {
+        fail(ErrorCode::Flash, format_args!("{e}"))
+    }
+}
+
+fn pattern_for(result: Outcome, error: ErrorCode) -> Option<Pattern> {
+    use ErrorCode::*;
+    Some(match (result, error) {
+        (Outcome::Installed | Outcome::RolledBack, _) => return Option::None,
+        (Outcome::UpToDate, _) => Pattern::UP_TO_DATE,
+        (Outcome::Updated, None) => Pattern::UPDATED,
+        (_, NoRelease | BadRelease | BadTag | AssetMissing | NotEligible) => Pattern::NO_RELEASE,
+        (_, TooLarge | Downgrade) => Pattern::REFUSED,
+        (_, RolledBackRelease | SelfCheck) => Pattern::ROLLED_BACK,
+        (_, SizeMismatch | HashMismatch | BadImage | WrongChip | VersionMismatch) => Pattern::VERIFY_FAILED,
+        (_, Config) => Pattern::CONFIG_ERROR,
+        (_, Layout | Flash) => Pattern::FLASH_ERROR,
+        (_, HttpStatus | RedirectLoop | RateLimited | Network | None) => Pattern::PROTOCOL_ERROR,
+    })
+}
+
+impl<F: NorFlash> Updater<F> {
+    /// A core for one boot; `seed` feeds the retry jitter (use a hardware RNG on boards).
+    pub fn new(flash: F, seed: u64) -> Self {
+        Updater {
+            flash,
+            rng: Rng::new(seed),
+            now: Instant(0),
+            phase: Phase::Created,
+            network_up: false,
+            actions: Deque::new(),
+            events: Deque::new(),
+            config: None,
+            layout: None,
+            running: Running::default(),
+            session: Session::default(),
+            log: None,
+            release: None,
+            request: None,
+            next_request_id: 1,
+            download: None,
+            wake_at: None,
+            led: Player::default(),
+            publish: PublishState::Idle,
+            publish_deadline: None,
+            last_published: 0,
+            outcome_ok: false,
+        }
+    }
+
+    // ----- getters -------------------------------------------------------
+
+    /// The configuration, once read (the driver needs WiFi and MQTT settings from it).
+    pub fn config(&self) -> Option<&Config> {
+        self.config.as_ref()
+    }
+
+    /// True once the core issued `Reboot` or `RunApplication`.
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// The flash, for drivers that need it back (the simulator after a power cut).
+    pub fn into_flash(self) -> F {
+        self.flash
+    }
+
+    /// The flash, borrowed.
+    pub fn flash_mut(&mut self) -> &mut F {
+        &mut self.flash
+    }
+
+    // ----- outputs -------------------------------------------------------
+
+    /// The next action to execute.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next trace event and the time it happened.
+    pub fn poll_event(&mut self) -> Option<(Instant, Event)> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.wake_at, self.led.deadline(), self.publish_deadline].into_iter().flatten().min()
+    }
+
+    // ----- inputs --------------------------------------------------------
+
+    /// The board booted. `running_slot_offset` is the flash offset of the app
+    /// partition the bootloader started (`None`: derive it from otadata, as
+    /// the bootloader does).
+    pub fn handle_boot(&mut self, now: Instant, running_slot_offset: Option<u32>) {
+        self.now = now;
+        if self.phase != Phase::Created {
+            return;
+        }
+        self.set_led(Led::Yellow, true);
+        if let Err(Failure(code, detail)) = self.boot(running_slot_offset) {
+            self.conclude(Outcome::Failed, code, Some(detail));
+        }
+    }
+
+    /// The network came up (`true`) or went away.
+    pub fn handle_network(&mut self, now: Instant, up: bool) {
+        self.now = now;
+        if up == self.network_up {
+            return;
+        }
+        self.network_up = up;
+        self.event(Event::Network { up });
+        match (self.phase, up) {
+            (Phase::WaitingNetwork(step), true) => self.start(step),
+            (Phase::InFlight(step), false) => {
+                self.abort_request();
+                self.wait_for_network(step);
+            }
+            _ => {}
+        }
+    }
+
+    /// Response headers of request `id` arrived.
+    pub fn handle_response_head(&mut self, now: Instant, id: u32, head: &ResponseHead) {
+        self.now = now;
+        let Some(req) = self.request.as_mut().filter(|r| r.id == id) else { return };
+        req.status = head.status;
+        req.content_length = head.content_length;
+        self.event(Event::Response { id, status: head.status });
+        self.wake_at = Some(now.plus_ms(STALL_MS));
+        let step = match self.phase {
+            Phase::InFlight(step) => step,
+            _ => return,
+        };
+        if let Err(Failure(code, detail)) = self.on_head(step, head) {
+            self.final_failure(code, detail);
+        }
+    }
+
+    /// A piece of the body of request `id`.
+    pub fn handle_response_body(&mut self, now: Instant, id: u32, chunk: &[u8]) {
+        self.now = now;
+        let Some(req) = self.request.as_mut().filter(|r| r.id == id) else { return };
+        req.received = req.received.saturating_add(chunk.len() as u32);
+        self.wake_at = Some(now.plus_ms(STALL_MS));
+        let result = match &mut req.body {
+            Body::Release(parser) => parser.push(chunk).map_err(|e| release_failure(&e)),
+            Body::Image => self.image_bytes(chunk),
+        };
+        if let Err(Failure(code, detail)) = result {
+            self.final_failure(code, detail);
+        }
+    }
+
+    /// The body of request `id` is complete.
+    pub fn handle_response_end(&mut self, now: Instant, id: u32) {
+        self.now = now;
+        if !self.request.as_ref().is_some_and(|r| r.id == id) {
+            return;
+        }
+        let Some(req) = self.request.take() else { return };
+        self.wake_at = None;
+        let short = req.content_length.is_some_and(|len| req.received < len);
+        let result = match req.body {
+            Body::Release(_) if short => {
+                let detail = trace::detail(format_args!("release response cut at byte {}", req.received));
+                Err(Retry(ErrorCode::Network, Some(detail)))
+            }
+            Body::Release(parser) => match parser.finish() {
+                Ok(release) => {
+                    self.evaluate(release);
+                    return;
+                }
+                Err(e) => Ok(Err(release_failure(&e))),
+            },
+            Body::Image => self.image_end().map_err(|f| Retry(f.0, Some(f.1))),
+        };
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(Failure(code, detail))) => self.final_failure(code, detail),
+            Err(Retry(code, detail)) => self.retry(code, detail, None),
+        }
+    }
+
+    /// Request `id` failed below HTTP (DNS, connect, TLS, reset, timeout).
+    pub fn handle_transport_error(&mut self, now: Instant, id: u32, what: &str) {
+        self.now = now;
+        if !self.request.as_ref().is_some_and(|r| r.id == id) {
+            return;
+        }
+        self.request = None;
+        self.retry(ErrorCode::Network, Some(trace::detail(format_args!("{what}"))), None);
+    }
+
+    /// The broker acknowledged (`true`) or could not take the last `Publish`.
+    pub fn handle_publish_result(&mut self, now: Instant, seq: u32, delivered: bool) {
+        self.now = now;
+        let PublishState::InFlight(record) = self.publish else { return };
+        if record.seq != seq {
+            return;
+        }
+        self.publish_deadline = None;
+        if delivered {
+            if let (Some(log), Some(_)) = (self.log.as_ref(), self.layout.as_ref()) {
+                if let Err(e) = log.mark_delivered(&mut self.flash, &record) {
+                    self.flash_error(e);
+                    return;
+                }
+            }
+            self.event(Event::Published { seq });
+            self.last_published = seq;
+            self.publish_next();
+        } else {
+            self.keep_log();
+        }
+        self.maybe_finish();
+    }
+
+    /// Time passed; call at `poll_timeout` (earlier calls are harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        while let Some(on) = self.led.poll(now) {
+            self.set_led(Led::Green, on);
+        }
+        if self.publish_deadline.is_some_and(|d| now >= d) {
+            self.publish_deadline = None;
+            self.keep_log();
+        }
+        if self.wake_at.is_some_and(|d| now >= d) {
+            self.wake_at = None;
+            match self.phase {
+                Phase::Backoff(step) if self.network_up => self.start(step),
+                Phase::Backoff(step) => self.wait_for_network(step),
+                Phase::InFlight(_) => {
+                    self.abort_request();
+                    self.retry(ErrorCode::Network, Some(trace::detail(format_args!("no data for {STALL_MS} ms"))), None);
+                }
+                _ => {}
+            }
+        }
+        self.maybe_finish();
+    }
+
+    // ----- boot ----------------------------------------------------------
+
+    fn boot(&mut self, running_slot_offset: Option<u32>) -> Result<(), Failure> {
+        let layout = Layout::read(&mut self.flash).map_err(|e| fail(ErrorCode::Layout, format_args!("{e}")))?;
+        let otadata = layout.read_otadata(&mut self.flash)?;
+        let count = layout.slot_count();
+        let slot = running_slot_offset.and_then(|o| layout.slot_at(o)).or_else(|| otadata.boot_slot(count)).unwrap_or(0);
+        self.running.slot = slot;
+        self.read_running_image(&layout, slot)?;
+        let active = otadata.bootable().filter(|&i| otadata.entries[i].slot(count) == slot);
+        self.running.active_entry = active;
+        let state = active.map(|i| otadata.entries[i].image_state());
+        self.event(Event::Boot {
+            slot,
+            version: self.running.version_text.clone(),
+            state: trace::short(state.map_or("none", ImageState::name)),
+        });
+        self.log = Some(LogStore::open(&mut self.flash, layout.log)?);
+        let trial_record = TrialRecord::new(layout.state);
+        self.running.trial = trial_record.load(&mut self.flash)?;
+        self.layout = Some(layout);
+        self.config = Some(self.read_config()?);
+        if matches!(state, Some(ImageState::New | ImageState::PendingVerify)) {
+            self.running.on_trial = true;
+            self.running.previous_version = self.previous_version(&otadata);
+            self.trial_boot(&otadata)?;
+            if self.phase != Phase::Created {
+                return Ok(()); // rolled back
+            }
+        }
+        self.wait_for_network(Step::Check);
+        Ok(())
+    }
+
+    fn read_running_image(&mut self, layout: &Layout, slot: u8) -> Result<(), Failure> {
+        let (version, chip) = read_app_desc(&mut self.flash, layout.slots[usize::from(slot)])?;
+        self.running.chip_id = chip;
+        match version {
+            Some(desc) => {
+                self.running.version_text = trace::short(&desc.version);
+                self.running.version = Version::parse(&desc.version).ok();
+                if self.running.version.is_none() {
+                    let detail = trace::detail(format_args!("running version `{}` is not X.Y[.Z]", desc.version));
+                    self.event(Event::Error { code: ErrorCode::BadTag, detail });
+                }
+            }
+            None => self.running.version_text = trace::short("unknown"),
+        }
+        Ok(())
+    }
+
+    fn previous_version(&mut self, otadata: &OtaData) -> Short {
+        let Some(layout) = self.layout.as_ref() else { return Short::new() };
+        let count = layout.slot_count();
+        let other = otadata.entries.iter().filter(|e| e.is_valid() && e.slot(count) != self.running.slot).max_by_key(|e| e.seq);
+        let slot = other.map_or((self.running.slot + count - 1) % count, |e| e.slot(count));
+        match read_app_desc(&mut self.flash, layout.slots[usize::from(slot)]) {
+            Ok((Some(desc), _)) => trace::short(&desc.version),
+            _ => trace::short("unknown"),
+        }
+    }
+
+    fn read_config(&mut self) -> Result<Config, Failure> {
+        let Some(region) = self.layout.as_ref().map(|l| l.config) else {
+            return Err(fail(ErrorCode::Layout, format_args!("no layout")));
+        };
+        let mut parser = ConfigParser::new();
+        let mut chunk = [0u8; 256];
+        let mut at = 0;
+        let limit = region.size.min(MAX_CONFIG_LEN as u32 + 256);
+        'read: while at < limit {
+            storage::read(&mut self.flash, region.offset + at, &mut chunk)?;
+            // conf.json ends at the first erased (FF) or NUL byte.
+            let end = chunk.iter().position(|&b| b == 0xFF || b == 0).unwrap_or(chunk.len());
+            parser.push(&chunk[..end]).map_err(|e| fail(ErrorCode::Config, format_args!("{e}")))?;
+            if end < chunk.len() {
+                break 'read;
+            }
+            at += chunk.len() as u32;
+        }
+        parser.finish().map_err(|e| fail(ErrorCode::Config, format_args!("{e}")))
+    }
+
+    fn trial_boot(&mut self, otadata: &OtaData) -> Result<(), Failure> {
+        let Some(layout) = self.layout.as_ref() else { return Ok(()) };
+        let record = TrialRecord::new(layout.state);
+        let slot = self.running.slot;
+        let matches = self.running.trial.as_ref().is_some_and(|t| t.slot == slot && t.version == self.running.version_text);
+        if !matches {
+            // Installed by another tool: put it on trial all the same.
+            record.begin(&mut self.flash, slot, &self.running.version_text)?;
+            self.running.trial = record.load(&mut self.flash)?;
+        }
+        let boots = self.running.trial.as_ref().map_or(0, |t| t.boots);
+        if boots >= MAX_TRIALS {
+            return self.roll_back(otadata, boots);
+        }
+        record.count_boot(&mut self.flash, boots)?;
+        if let Some(t) = self.running.trial.as_mut() {
+            t.boots += 1;
+        }
+        self.event(Event::Trial { boot: boots + 1, of: MAX_TRIALS });
+        Ok(())
+    }
+
+    fn roll_back(&mut self, otadata: &OtaData, boots: u32) -> Result<(), Failure> {
+        let Some(layout) = self.layout.clone() else { return Ok(()) };
+        let count = layout.slot_count();
+        TrialRecord::new(layout.state).exhaust(&mut self.flash, boots)?;
+        let previous = otadata
+            .entries
+            .iter()
+            .filter(|e| e.is_valid() && e.slot(count) != self.running.slot)
+            .max_by_key(|e| e.seq)
+            .map_or((self.running.slot + count - 1) % count, |e| e.slot(count));
+        let (sector, entry) = otadata.select(previous, count, ImageState::Valid);
+        layout.write_otadata(&mut self.flash, sector, &entry)?;
+        self.event(Event::Switch { slot: previous, seq: entry.seq });
+        let detail = trace::detail(format_args!(
+            "version {} did not confirm itself in {MAX_TRIALS} boots; back to slot {previous}",
+            self.running.version_text
+        ));
+        self.conclude(Outcome::RolledBack, ErrorCode::SelfCheck, Some(detail));
+        Ok(())
+    }
+
+    /// The self-check passed (config read, GitHub answered): make the image permanent.
+    fn confirm(&mut self) -> Result<(), Failure> {
+        if !self.running.on_trial || self.session.confirmed {
+            return Ok(());
+        }
+        let Some(layout) = self.layout.clone() else { return Ok(()) };
+        let otadata = layout.read_otadata(&mut self.flash)?;
+        if let Some(i) = self.running.active_entry {
+            let mut entry = otadata.entries[i];
+            entry.state = ImageState::Valid as u32;
+            layout.write_otadata(&mut self.flash, i, &entry)?;
+        }
+        self.session.confirmed = true;
+        self.event(Event::Confirmed { version: self.running.version_text.clone() });
+        Ok(())
+    }
+
+    // ----- requests ------------------------------------------------------
+
+    fn wait_for_network(&mut self, step: Step) {
+        self.phase = Phase::WaitingNetwork(step);
+        if self.network_up {
+            self.start(step);
+        } else {
+            self.push_action(Action::JoinNetwork);
+        }
+    }
+
+    fn start(&mut self, step: Step) {
+        let result = match step {
+            Step::Check => self.start_check(),
+            Step::Download => self.start_download(),
+        };
+        if let Err(Failure(code, detail)) = result {
+            self.final_failure(code, detail);
+        }
+    }
+
+    fn start_check(&mut self) -> Result<(), Failure> {
+        let Some(config) = self.config.as_ref() else { return Ok(()) };
+        let mut url = Url::new();
+        let list = config.allow_prereleases;
+        write!(url, "{}/repos/{}/{}/releases{}", config.api_base, config.owner, config.repo, if list { "?per_page=20" } else { "/latest" })
+            .map_err(|_| fail(ErrorCode::Config, format_args!("API URL longer than {} bytes", url.capacity())))?;
+        let body = Body::Release(ReleaseParser::new(&config.asset, config.allow_prereleases));
+        let authorize = config.token.is_some();
+        self.send(Step::Check, url, 0, Accept::Json, authorize, body, 0);
+        Ok(())
+    }
+
+    fn send(&mut self, step: Step, url: Url, range_from: u32, accept: Accept, authorize: bool, body: Body, redirects: u8) {
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        let purpose = match step {
+            Step::Check => Purpose::Check,
+            Step::Download => Purpose::Download,
+        };
+        self.event(Event::Request { id, purpose, from: range_from });
+        self.request = Some(InFlightRequest { id, redirects, range_from, status: 0, content_length: None, received: 0, body });
+        self.phase = Phase::InFlight(step);
+        self.wake_at = Some(self.now.plus_ms(STALL_MS));
+        let range_from = (range_from > 0).then_some(range_from);
+        self.push_action(Action::Http(HttpRequest { id, purpose, url, range_from, accept, authorize }));
+    }
+
+    fn abort_request(&mut self) {
+        if let Some(req) = self.request.take() {
+            self.push_action(Action::AbortHttp { id: req.id });
+        }
+        self.wake_at = None;
+    }
+
+    fn on_head(&mut self, step: Step, head: &ResponseHead) -> Result<(), Failure> {
+        if step == Step::Check && head.status != 0 {
+            // GitHub answered: the network is reachable and conf.json was read.
+            self.confirm()?;
+        }
+        if (300..400).contains(&head.status) && head.status != 304 {
+            return self.redirect(step, head);
+        }
+        if let Some(wait) = head.rate_limit_wait_ms() {
+            self.abort_request();
+            let detail = trace::detail(format_args!("GitHub rate limit: HTTP {}, waiting {} s", head.status, wait / 1000));
+            self.retry(ErrorCode::RateLimited, Some(detail), Some(wait.min(backoff::RATE_LIMIT_CAP_MS)));
+            return Ok(());
+        }
+        if head.status >= 500 {
+            self.abort_request();
+            self.retry(ErrorCode::HttpStatus, Some(trace::detail(format_args!("HTTP {}", head.status))), None);
+            return Ok(());
+        }
+        match (step, head.status) {
+            (Step::Check, 200) => Ok(()),
+            (Step::Check, 404) => Err(fail(ErrorCode::NoRelease, format_args!("repository has no release (HTTP 404)"))),
+            (Step::Download, 200 | 206) => self.download_head(head),
+            (Step::Download, 404 | 410) => {
+                Err(fail(ErrorCode::AssetMissing, format_args!("asset download answered HTTP {}", head.status)))
+            }
+            (Step::Download, 416) => {
+                // Our durable prefix does not fit the server's idea of the asset: start over.
+                self.abort_request();
+                if let Some(layout) = self.layout.as_ref() {
+                    Progress::new(layout.state).clear(&mut self.flash)?;
+                }
+                self.retry(ErrorCode::Network, Some(trace::detail(format_args!("HTTP 416 on resume"))), None);
+                Ok(())
+            }
+            (_, status) => Err(fail(ErrorCode::HttpStatus, format_args!("unexpected HTTP {status}"))),
+        }
+    }
+
+    fn redirect(&mut self, step: Step, head: &ResponseHead) -> Result<(), Failure> {
+        let Some(req) = self.request.take() else { return Ok(()) };
+        self.push_action(Action::AbortHttp { id: req.id });
+        if head.location_too_long {
+            return Err(fail(ErrorCode::RedirectLoop, format_args!("redirect target longer than {} bytes", crate::release::MAX_URL_LEN)));
+        }
+        let Some(location) = head.location.clone() else {
+            return Err(fail(ErrorCode::HttpStatus, format_args!("HTTP {} without Location", head.status)));
+        };
+        if req.redirects >= MAX_REDIRECTS {
+            return Err(fail(ErrorCode::RedirectLoop, format_args!("more than {MAX_REDIRECTS} redirects")));
+        }
+        let accept = if step == Step::Check { Accept::Json } else { Accept::OctetStream };
+        // The token is for the API host only; the asset host must not see it.
+        self.send(step, location, req.range_from, accept, false, req.body, req.redirects + 1);
+        Ok(())
+    }
+
+    fn retry(&mut self, code: ErrorCode, detail: Option<Detail>, delay: Option<u64>) {
+        let step = match self.phase {
+            Phase::InFlight(step) | Phase::Backoff(step) | Phase::WaitingNetwork(step) => step,
+            _ => return,
+        };
+        if let Some(detail) = detail {
+            self.event(Event::Error { code, detail });
+        }
+        let delay = delay.unwrap_or_else(|| backoff::delay_ms(self.session.attempt, &mut self.rng));
+        self.session.attempt += 1;
+        self.session.retries += 1;
+        self.event(Event::Retry { attempt: self.session.retries, delay_ms: delay.min(u64::from(u32::MAX)) as u32, reason: code });
+        self.phase = Phase::Backoff(step);
+        self.wake_at = Some(self.now.plus_ms(delay));
+    }
+
+    // ----- the decision --------------------------------------------------
+
+    fn evaluate(&mut self, release: SelectedRelease) {
+        self.event(Event::Release { tag: trace::short(&release.tag), size: release.asset.size });
+        self.session.attempt = 0;
+        match self.decide(&release) {
+            Ok(true) => {
+                self.release = Some(release);
+                self.start(Step::Download);
+            }
+            Ok(false) => {
+                self.release = Some(release);
+                self.conclude(Outcome::UpToDate, ErrorCode::None, None);
+            }
+            Err(Failure(code, detail)) => {
+                self.release = Some(release);
+                self.final_failure(code, detail);
+            }
+        }
+    }
+
+    /// Whether to install `release`.
+    fn decide(&mut self, release: &SelectedRelease) -> Result<bool, Failure> {
+        let Some(config) = self.config.as_ref() else { return Ok(false) };
+        if let Some(trial) = &self.running.trial {
+            let failed_before = trial.boots >= MAX_TRIALS && Version::parse(&trial.version).ok() == Some(release.version);
+            if failed_before && self.running.version != Some(release.version) {
+                return Err(fail(
+                    ErrorCode::RolledBackRelease,
+                    format_args!("release {} was rolled back on this board; waiting for a newer one", release.tag),
+                ));
+            }
+        }
+        let install = match self.running.version {
+            None => true,
+            Some(running) if release.version > running => true,
+            Some(running) if release.version == running => false,
+            Some(_) if config.allow_downgrade => true,
+            Some(running) => {
+                return Err(fail(ErrorCode::Downgrade, format_args!("release {} is older than running {running}", release.tag)));
+            }
+        };
+        if install {
+            let slot = self.inactive_slot();
+            if release.asset.size > slot.size {
+                return Err(fail(
+                    ErrorCode::TooLarge,
+                    format_args!("image of {} bytes does not fit the {}-byte slot", release.asset.size, slot.size),
+                ));
+            }
+            if release.asset.size.div_ceil(SECTOR) > progress::MAX_SECTORS {
+                return Err(fail(ErrorCode::TooLarge, format_args!("image of {} bytes is too large", release.asset.size)));
+            }
+        }
+        Ok(install)
+    }
+
+    fn inactive_slot(&self) -> Region {
+        match self.layout.as_ref() {
+            Some(l) => l.slots[usize::from((self.running.slot + 1) % l.slot_count())],
+            None => Region { offset: 0, size: 0 },
+        }
+    }
+
+    // ----- download ------------------------------------------------------
+
+    fn start_download(&mut self) -> Result<(), Failure> {
+        let (Some(release), Some(layout)) = (self.release.as_ref(), self.layout.as_ref()) else { return Ok(()) };
+        let count = layout.slot_count();
+        let slot_index = (self.running.slot + 1) % count;
+        let target = Target { slot: slot_index, size: release.asset.size, sha256: release.asset.sha256, tag: trace::short(&release.tag) };
+        let progress = Progress::new(layout.state);
+        let slot = layout.slots[usize::from(slot_index)];
+        let url = release.asset.download_url.clone();
+        let target_size = target.size;
+        let written = match progress.durable_sectors(&mut self.flash, &target)? {
+            Some(sectors) => (sectors * SECTOR).min(target.size),
+            None => {
+                progress.start(&mut self.flash, &target)?;
+                0
+            }
+        };
+        if written > 0 {
+            self.event(Event::Resume { from: written });
+            if self.session.resumed_from == 0 {
+                self.session.resumed_from = written;
+            }
+        }
+        let early = (written == 0).then(|| ImageVerifier::new(slot.size));
+        self.download = Some(Download { target, slot, written, buf: [0xFF; SECTOR as usize], filled: 0, early });
+        if written >= target_size {
+            // Everything is on flash already (a cut after the last sector).
+            return self.finish_image();
+        }
+        self.send(Step::Download, url, written, Accept::OctetStream, false, Body::Image, 0);
+        Ok(())
+    }
+
+    fn download_head(&mut self, head: &ResponseHead) -> Result<(), Failure> {
+        let Some(dl) = self.download.as_mut() else { return Ok(()) };
+        let from = if head.status == 206 { head.range_start.unwrap_or(u32::MAX) } else { 0 };
+        if from != dl.written {
+            if from != 0 || head.status != 200 {
+                return Err(fail(ErrorCode::HttpStatus, format_args!("server sent bytes from {from}, asked for {}", dl.written)));
+            }
+            // The server ignored our Range: take the whole image from the start.
+            dl.written = 0;
+            dl.filled = 0;
+            dl.early = Some(ImageVerifier::new(dl.slot.size));
+            if let Some(layout) = self.layout.as_ref() {
+                Progress::new(layout.state).start(&mut self.flash, &dl.target)?;
+            }
+        }
+        let expected = dl.target.size - dl.written;
+        if let Some(len) = head.content_length {
+            if len != expected {
+                return Err(fail(
+                    ErrorCode::SizeMismatch,
+                    format_args!("asset is {len} bytes from offset {}, release says {expected}", dl.written),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn image_bytes(&mut self, mut chunk: &[u8]) -> Result<(), Failure> {
+        let Some(dl) = self.download.as_mut() else { return Ok(()) };
+        let position = dl.written + dl.filled as u32;
+        if u64::from(position) + chunk.len() as u64 > u64::from(dl.target.size) {
+            return Err(fail(ErrorCode::SizeMismatch, format_args!("asset is longer than the {} bytes the release says", dl.target.size)));
+        }
+        if let Some(early) = dl.early.as_mut() {
+            let want = (HEADER_LEN + SEGMENT_HEADER_LEN + APP_DESC_LEN).saturating_sub(early.consumed() as usize);
+            let take = want.min(chunk.len());
+            early.update(&chunk[..take]).map_err(|e| fail(ErrorCode::BadImage, format_args!("{e}")))?;
+            if let (Some(header), Some(desc)) = (early.header().copied(), early.app_desc().cloned()) {
+                dl.early = None;
+                self.check_identity(header.chip_id, &desc.version)?;
+            }
+        }
+        self.session.bytes = self.session.bytes.saturating_add(chunk.len() as u32);
+        while !chunk.is_empty() {
+            let Some(dl) = self.download.as_mut() else { return Ok(()) };
+            let take = (SECTOR as usize - dl.filled).min(chunk.len());
+            dl.buf[dl.filled..dl.filled + take].copy_from_slice(&chunk[..take]);
+            dl.filled += take;
+            chunk = &chunk[take..];
+            if dl.filled == SECTOR as usize {
+                self.commit_sector()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The release's image must be for this chip and carry the tag's version.
+    fn check_identity(&self, chip_id: u16, version: &str) -> Result<(), Failure> {
+        if let Some(running_chip) = self.running.chip_id {
+            if chip_id != running_chip {
+                return Err(fail(ErrorCode::WrongChip, format_args!("image is for chip id {chip_id}, this board is {running_chip}")));
+            }
+        }
+        if let Some(release) = self.release.as_ref() {
+            if Version::parse(version).ok() != Some(release.version) {
+                return Err(fail(
+                    ErrorCode::VersionMismatch,
+                    format_args!("image says version `{version}`, release tag is {}", release.tag),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Erase the next slot sector, program it, then mark it durable.
+    fn commit_sector(&mut self) -> Result<(), Failure> {
+        let Some(dl) = self.download.as_mut() else { return Ok(()) };
+        let Some(layout) = self.layout.as_ref() else { return Ok(()) };
+        let index = dl.written / SECTOR;
+        let at = dl.slot.offset + dl.written;
+        // Programming needs 4-byte multiples; the tail of a short last sector stays FF.
+        let len = (dl.filled + 3) & !3;
+        dl.buf[dl.filled..len].fill(0xFF);
+        storage::erase(&mut self.flash, at, at + SECTOR)?;
+        storage::write(&mut self.flash, at, &dl.buf[..len])?;
+        Progress::new(layout.state).mark(&mut self.flash, index)?;
+        let before = dl.written;
+        dl.written += dl.filled as u32;
+        dl.filled = 0;
+        let (written, total) = (dl.written, dl.target.size);
+        if written / PROGRESS_EVERY != before / PROGRESS_EVERY || written == total {
+            self.event(Event::Progress { written, total });
+        }
+        Ok(())
+    }
+
+    /// The body ended: finish the last sector and verify, or report a short body.
+    fn image_end(&mut self) -> Result<Result<(), Failure>, Failure> {
+        let Some(dl) = self.download.as_ref() else { return Ok(Ok(())) };
+        if dl.written + dl.filled as u32 != dl.target.size {
+            let got = dl.written + dl.filled as u32;
+            // A cut connection: what is durable stays, the rest is fetched again.
+            return Err(fail(ErrorCode::Network, format_args!("download ended at byte {got} of {}", dl.target.size)));
+        }
+        if dl.filled > 0 {
+            if let Err(e) = self.commit_sector() {
+                return Ok(Err(e));
+            }
+        }
+        Ok(self.finish_image())
+    }
+
+    /// Verify the slot's contents, then commit: trial record, then otadata.
+    fn finish_image(&mut self) -> Result<(), Failure> {
+        let (Some(dl), Some(layout)) = (self.download.as_ref(), self.layout.clone()) else { return Ok(()) };
+        let target = dl.target.clone();
+        let slot = dl.slot;
+        match self.verify_slot(slot, &target) {
+            Ok(version) => {
+                self.event(Event::Verified { version: trace::short(&version) });
+                TrialRecord::new(layout.state).begin(&mut self.flash, target.slot, &version)?;
+                let otadata = layout.read_otadata(&mut self.flash)?;
+                let (sector, entry) = otadata.select(target.slot, layout.slot_count(), ImageState::New);
+                layout.write_otadata(&mut self.flash, sector, &entry)?;
+                self.event(Event::Switch { slot: target.slot, seq: entry.seq });
+                self.download = None;
+                self.conclude(Outcome::Installed, ErrorCode::None, None);
+                Ok(())
+            }
+            Err(failure) => {
+                // What is on flash is wrong: the next attempt starts from zero.
+                Progress::new(layout.state).clear(&mut self.flash)?;
+                self.download = None;
+                self.final_failure(failure.0, failure.1);
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads the whole image back from flash and checks it.
+    fn verify_slot(&mut self, slot: Region, target: &Target) -> Result<String<32>, Failure> {
+        let mut verifier = ImageVerifier::new(slot.size);
+        let mut chunk = [0u8; 256];
+        let mut at = 0;
+        let rounded = (target.size + 3) & !3;
+        while at < rounded {
+            let n = (rounded - at).min(chunk.len() as u32) as usize;
+            storage::read(&mut self.flash, slot.offset + at, &mut chunk[..n])?;
+            let useful = (target.size - at).min(n as u32) as usize;
+            verifier.update(&chunk[..useful]).map_err(|e| image_failure(e))?;
+            at += n as u32;
+        }
+        let info = verifier.finish().map_err(image_failure)?;
+        if info.length != target.size {
+            return Err(fail(ErrorCode::SizeMismatch, format_args!("image is {} bytes, release says {}", info.length, target.size)));
+        }
+        if let Some(expected) = target.sha256 {
+            if info.file_sha256 != expected {
+                return Err(fail(ErrorCode::HashMismatch, format_args!("SHA-256 differs from the release digest")));
+            }
+        }
+        self.check_identity(info.header.chip_id, &info.app_desc.version)?;
+        Ok(info.app_desc.version)
+    }
+
+    // ----- the end of the routine ----------------------------------------
+
+    fn final_failure(&mut self, code: ErrorCode, detail: Detail) {
+        self.abort_request();
+        self.conclude(Outcome::Failed, code, Some(detail));
+    }
+
+    fn flash_error(&mut self, e: FlashError) {
+        // Flash is unreliable now: no log record, just the pattern and the application.
+        let detail = trace::detail(format_args!("{e}"));
+        self.event(Event::Error { code: ErrorCode::Flash, detail });
+        self.abort_request();
+        self.log = None;
+        self.publish = PublishState::Finished;
+        self.publish_deadline = None;
+        self.outcome_ok = false;
+        self.led.start(Pattern::FLASH_ERROR, self.now);
+        self.phase = Phase::Finishing(After::App);
+        self.handle_timeout(self.now);
+    }
+
+    fn conclude(&mut self, result: Outcome, error: ErrorCode, detail: Option<Detail>) {
+        if matches!(self.phase, Phase::Finishing(_) | Phase::Done) {
+            return;
+        }
+        self.wake_at = None;
+        if let Some(detail) = detail {
+            self.event(Event::Error { code: error, detail });
+        }
+        let result = if result == Outcome::UpToDate && self.session.confirmed { Outcome::Updated } else { result };
+        let pattern = pattern_for(result, error);
+        let running = self.running.version_text.clone();
+        let release_tag = self.release.as_ref().map(|r| trace::short(&r.tag));
+        let (from, to) = match result {
+            Outcome::Updated => (self.running.previous_version.clone(), running),
+            Outcome::RolledBack => (running, self.running.previous_version.clone()),
+            Outcome::UpToDate => (running.clone(), running),
+            Outcome::Installed | Outcome::Failed => (running.clone(), release_tag.unwrap_or(running)),
+        };
+        let event = Event::Outcome {
+            result,
+            from,
+            to,
+            bytes: self.session.bytes,
+            resumed_from: self.session.resumed_from,
+            retries: self.session.retries,
+            error,
+            pattern: trace::short(pattern.map_or("", Pattern::code)),
+        };
+        self.event(event.clone());
+        self.outcome_ok = error == ErrorCode::None;
+        let after = if matches!(result, Outcome::Installed | Outcome::RolledBack) { After::Reboot } else { After::App };
+        self.phase = Phase::Finishing(after);
+        if let Err(e) = self.store_record(&event) {
+            self.flash_error(e);
+            return;
+        }
+        if let Some(pattern) = pattern {
+            self.led.start(pattern, self.now);
+            self.handle_timeout(self.now);
+        }
+        self.publish_next();
+        self.maybe_finish();
+    }
+
+    fn store_record(&mut self, event: &Event) -> Result<(), FlashError> {
+        let Some(log) = self.log.as_mut() else { return Ok(()) };
+        let mut payload = String::<MAX_PAYLOAD>::new();
+        let board = self.config.as_ref().map_or("", |c| c.mqtt_client_id.as_str());
+        let extra = [("seq", Value::Num(u64::from(log.next_seq()))), ("board", Value::Text(board))];
+        // Outcome records are far below MAX_PAYLOAD; a cut-off record would still parse up to the cut.
+        let _ = event.write_json(&extra, &mut payload);
+        log.append(&mut self.flash, payload.as_bytes())?;
+        Ok(())
+    }
+
+    fn publish_next(&mut self) {
+        let (Some(log), Some(config)) = (self.log.as_ref(), self.config.as_ref()) else {
+            self.keep_log();
+            return;
+        };
+        let topic = config.log_topic();
+        let record = match log.next_undelivered(&mut self.flash, self.last_published) {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                self.publish = PublishState::Finished;
+                return;
+            }
+            Err(e) => return self.flash_error(e),
+        };
+        let mut buf = [0u8; MAX_PAYLOAD];
+        let len = match log.payload(&mut self.flash, &record, &mut buf) {
+            Ok(len) => len,
+            Err(e) => return self.flash_error(e),
+        };
+        let mut payload = Payload::new();
+        // `len` is at most MAX_PAYLOAD, the capacity.
+        let _ = payload.extend_from_slice(&buf[..len]);
+        self.publish = PublishState::InFlight(record);
+        self.publish_deadline = Some(self.now.plus_ms(PUBLISH_TIMEOUT_MS));
+        self.push_action(Action::Publish { seq: record.seq, topic, payload });
+    }
+
+    fn keep_log(&mut self) {
+        if self.publish == PublishState::Finished {
+            return;
+        }
+        self.publish = PublishState::Finished;
+        self.publish_deadline = None;
+        let pending = match self.log.as_ref() {
+            Some(log) => log.undelivered(&mut self.flash).unwrap_or(0),
+            None => 0,
+        };
+        if pending > 0 {
+            self.event(Event::LogKept { pending });
+        }
+    }
+
+    fn maybe_finish(&mut self) {
+        let Phase::Finishing(after) = self.phase else { return };
+        if !self.led.finished() || self.publish != PublishState::Finished {
+            return;
+        }
+        self.phase = Phase::Done;
+        match after {
+            After::Reboot => {
+                self.event(Event::Reboot);
+                self.push_action(Action::Reboot);
+            }
+            After::App => {
+                if self.outcome_ok {
+                    self.set_led(Led::Yellow, false);
+                }
+                self.event(Event::App);
+                self.push_action(Action::RunApplication);
+            }
+        }
+    }
+
+    // ----- helpers -------------------------------------------------------
+
+    fn set_led(&mut self, led: Led, on: bool) {
+        self.event(Event::Led { led, on });
+        self.push_action(Action::Led { led, on });
+    }
+
+    fn push_action(&mut self, action: Action) {
+        if self.actions.is_full() {
+            // The driver drains actions after every input; more than the queue holds
+            // means it did not. Keep the newest: it reflects the current state.
+            self.actions.pop_front();
+        }
+        let _ = self.actions.push_back(action);
+    }
+
+    fn event(&mut self, event: Event) {
+        if self.events.is_full() {
+            self.events.pop_front();
+        }
+        let _ = self.events.push_back((self.now, event));
+    }
+}
+
+struct Retry(ErrorCode, Option<Detail>);
+
+impl From<Failure> for Retry {
+    fn from(f: Failure) -> Self {
+        Retry(f.0, Some(f.1))
+    }
+}
+
+fn release_failure(e: &ReleaseError) -> Failure {
+    let code = match e {
+        ReleaseError::BadTag { .. } => ErrorCode::BadTag,
+        ReleaseError::AssetMissing { .. } => ErrorCode::AssetMissing,
+        ReleaseError::NotEligible | ReleaseError::NoEligibleRelease => ErrorCode::NotEligible,
+        _ => ErrorCode::BadRelease,
+    };
+    fail(code, format_args!("{e}"))
+}
+
+fn image_failure(e: ImageError) -> Failure {
+    fail(ErrorCode::BadImage, format_args!("{e}"))
+}
+
+/// Reads the app descriptor and chip id of the image at the start of `slot`.
+fn read_app_desc<F: NorFlash>(flash: &mut F, slot: Region) -> Result<(Option<AppDesc>, Option<u16>), FlashError> {
+    let mut head = [0u8; HEADER_LEN + SEGMENT_HEADER_LEN];
+    storage::read(flash, slot.offset, &mut head)?;
+    if head[0] != app_image::IMAGE_MAGIC {
+        return Ok((None, None));
+    }
+    let chip = u16::from_le_bytes([head[12], head[13]]);
+    let mut desc = [0u8; APP_DESC_LEN];
+    storage::read(flash, slot.offset + (HEADER_LEN + SEGMENT_HEADER_LEN) as u32, &mut desc)?;
+    Ok((AppDesc::from_bytes(&desc), Some(chip)))
+}

@@ -1,0 +1,173 @@
+//! The download progress record: what makes a download resumable.
+//!
+//! Sector 0 of `otastate`:
+//!
+//! ```text
+//! 0x00  "OTAP"            magic
+//! 0x04  slot (1)  has_sha256 (1)  FF FF
+//! 0x08  image size (4)
+//! 0x0c  SHA-256 from the release (32, FF when absent)
+//! 0x2c  tag (32, NUL padded)
+//! 0x4c  CRC-32 of 0x00..0x4c
+//! 0x80  one word per slot sector: FFFFFFFF = not durable, 00000000 = written and durable
+//! ```
+//!
+//! A sector's word is programmed only after the sector itself was erased and
+//! programmed completely, so after a power cut every `00000000` word stands
+//! for a sector that holds its final bytes; a torn word (neither value)
+//! counts as not durable. Resuming re-downloads from the first sector that
+//! is not durable: at most one sector's worth beyond what was durable.
+
+use super::{FlashError, RECORD_CRC, Region, SECTOR, erase, read, write};
+use embedded_storage::nor_flash::NorFlash;
+use heapless::String;
+
+const MAGIC: [u8; 4] = *b"OTAP";
+const HEADER_LEN: usize = 0x50;
+const WORDS_AT: u32 = 0x80;
+/// Largest image the record can track: one word per sector in the rest of the sector.
+pub const MAX_SECTORS: u32 = (SECTOR - WORDS_AT) / 4;
+
+/// What is being downloaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Slot written.
+    pub slot: u8,
+    /// Image size.
+    pub size: u32,
+    /// SHA-256 from the release, if it had one.
+    pub sha256: Option<[u8; 32]>,
+    /// Release tag.
+    pub tag: String<32>,
+}
+
+impl Target {
+    fn header(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0xFFu8; HEADER_LEN];
+        h[0..4].copy_from_slice(&MAGIC);
+        h[4] = self.slot;
+        h[5] = u8::from(self.sha256.is_some());
+        h[8..12].copy_from_slice(&self.size.to_le_bytes());
+        if let Some(sha) = self.sha256 {
+            h[0x0c..0x2c].copy_from_slice(&sha);
+        }
+        h[0x2c..0x4c].fill(0);
+        h[0x2c..0x2c + self.tag.len()].copy_from_slice(self.tag.as_bytes());
+        let crc = RECORD_CRC.checksum(&h[..0x4c]);
+        h[0x4c..0x50].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    fn from_header(h: &[u8; HEADER_LEN]) -> Option<Target> {
+        if h[0..4] != MAGIC || RECORD_CRC.checksum(&h[..0x4c]).to_le_bytes() != h[0x4c..0x50] {
+            return None;
+        }
+        let mut sha = [0u8; 32];
+        sha.copy_from_slice(&h[0x0c..0x2c]);
+        let tag_bytes = &h[0x2c..0x4c];
+        let end = tag_bytes.iter().position(|&b| b == 0).unwrap_or(32);
+        let mut tag = String::new();
+        let _ = tag.push_str(core::str::from_utf8(&tag_bytes[..end]).ok()?);
+        Some(Target {
+            slot: h[4],
+            size: u32::from_le_bytes([h[8], h[9], h[10], h[11]]),
+            sha256: (h[5] == 1).then_some(sha),
+            tag,
+        })
+    }
+
+    /// Number of slot sectors the image covers.
+    pub fn sectors(&self) -> u32 {
+        self.size.div_ceil(SECTOR)
+    }
+}
+
+/// The progress record in `region` (the first sector of `otastate`).
+pub struct Progress {
+    region: Region,
+}
+
+impl Progress {
+    /// The record at the start of `otastate`.
+    pub fn new(state: Region) -> Progress {
+        Progress { region: Region { offset: state.offset, size: SECTOR } }
+    }
+
+    /// How many leading sectors of `target` are durable, if the record is for `target`.
+    pub fn durable_sectors<F: NorFlash>(&self, flash: &mut F, target: &Target) -> Result<Option<u32>, FlashError> {
+        let mut h = [0u8; HEADER_LEN];
+        read(flash, self.region.offset, &mut h)?;
+        if Target::from_header(&h).as_ref() != Some(target) {
+            return Ok(None);
+        }
+        let mut done = 0;
+        let mut word = [0u8; 4];
+        while done < target.sectors() {
+            read(flash, self.region.offset + WORDS_AT + done * 4, &mut word)?;
+            if word != [0; 4] {
+                break;
+            }
+            done += 1;
+        }
+        Ok(Some(done))
+    }
+
+    /// Starts a fresh record for `target` (erase, then program the header).
+    pub fn start<F: NorFlash>(&self, flash: &mut F, target: &Target) -> Result<(), FlashError> {
+        erase(flash, self.region.offset, self.region.end())?;
+        write(flash, self.region.offset, &target.header())
+    }
+
+    /// Marks slot sector `index` durable.
+    pub fn mark<F: NorFlash>(&self, flash: &mut F, index: u32) -> Result<(), FlashError> {
+        write(flash, self.region.offset + WORDS_AT + index * 4, &[0; 4])
+    }
+
+    /// Forgets any download (after a verification failure the next attempt starts from zero).
+    pub fn clear<F: NorFlash>(&self, flash: &mut F) -> Result<(), FlashError> {
+        erase(flash, self.region.offset, self.region.end())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::testing::RamFlash;
+
+    fn target() -> Target {
+        Target { slot: 1, size: 3 * SECTOR + 10, sha256: Some([7; 32]), tag: "1.1".try_into().unwrap() }
+    }
+
+    #[test]
+    fn durable_sectors_count_the_marked_prefix() {
+        let mut f = RamFlash::new(0x4000);
+        let p = Progress::new(Region { offset: 0x2000, size: 0x2000 });
+        assert_eq!(p.durable_sectors(&mut f, &target()).unwrap(), None);
+        p.start(&mut f, &target()).unwrap();
+        assert_eq!(p.durable_sectors(&mut f, &target()).unwrap(), Some(0));
+        p.mark(&mut f, 0).unwrap();
+        p.mark(&mut f, 1).unwrap();
+        assert_eq!(p.durable_sectors(&mut f, &target()).unwrap(), Some(2));
+        let other = Target { tag: "1.2".try_into().unwrap(), ..target() };
+        assert_eq!(p.durable_sectors(&mut f, &other).unwrap(), None);
+    }
+
+    #[test]
+    fn a_torn_mark_is_not_durable() {
+        let mut f = RamFlash::new(0x4000);
+        let p = Progress::new(Region { offset: 0x2000, size: 0x2000 });
+        p.start(&mut f, &target()).unwrap();
+        p.mark(&mut f, 0).unwrap();
+        f.write(0x2000 + WORDS_AT + 4, &[0x00, 0x00, 0xFF, 0xFF]).unwrap();
+        assert_eq!(p.durable_sectors(&mut f, &target()).unwrap(), Some(1));
+    }
+
+    #[test]
+    fn a_torn_header_is_no_record() {
+        let mut f = RamFlash::new(0x4000);
+        let p = Progress::new(Region { offset: 0x2000, size: 0x2000 });
+        p.start(&mut f, &target()).unwrap();
+        f.write(0x2000 + 8, &[0, 0, 0, 0]).unwrap();
+        assert_eq!(p.durable_sectors(&mut f, &target()).unwrap(), None);
+    }
+}

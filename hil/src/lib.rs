@@ -1,0 +1,1 @@
+//! Hardware-in-the-loop harness (placeholder until the HIL issue; see README).
