@@ -1,6 +1,6 @@
 //! `conf.json`: the board's configuration.
 //!
-//! It lives in its own data partition (`config`, subtype 0x40) that updates
+//! It lives in its own partition (labelled `config`, data/undefined) that updates
 //! never touch, so it survives every update. The schema:
 //!
 //! ```json

@@ -56,6 +56,8 @@ use heapless::{Deque, String, Vec};
 pub const MAX_REDIRECTS: u8 = 5;
 /// A request that delivers nothing for this long is abandoned and retried.
 pub const STALL_MS: u64 = 30_000;
+/// How long joining the network may take before the core counts a retry and asks again.
+pub const JOIN_TIMEOUT_MS: u64 = 20_000;
 /// How long the core waits for the broker to acknowledge one log record.
 pub const PUBLISH_TIMEOUT_MS: u64 = 10_000;
 /// Progress is traced every this many bytes.
@@ -458,6 +460,10 @@ impl<F: NorFlash> Updater<F> {
             match self.phase {
                 Phase::Backoff(step) if self.network_up => self.start(step),
                 Phase::Backoff(step) => self.wait_for_network(step),
+                Phase::WaitingNetwork(_) => {
+                    let detail = trace::detail(format_args!("no network after {JOIN_TIMEOUT_MS} ms"));
+                    self.retry(ErrorCode::Network, Some(detail), None);
+                }
                 Phase::InFlight(_) => {
                     self.abort_request();
                     self.retry(ErrorCode::Network, Some(trace::detail(format_args!("no data for {STALL_MS} ms"))), None);
@@ -618,6 +624,7 @@ impl<F: NorFlash> Updater<F> {
         if self.network_up {
             self.start(step);
         } else {
+            self.wake_at = Some(self.now.plus_ms(JOIN_TIMEOUT_MS));
             self.push_action(Action::JoinNetwork);
         }
     }

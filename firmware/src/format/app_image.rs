@@ -333,12 +333,28 @@ impl ImageVerifier {
     }
 
     /// Feeds the next bytes; the first structural error is final.
-    pub fn update(&mut self, mut bytes: &[u8]) -> Result<(), ImageError> {
+    pub fn update(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
+        let used = self.update_partial(bytes)?;
+        if used < bytes.len() {
+            self.error = Some(ImageError::TrailingData);
+            return Err(ImageError::TrailingData);
+        }
+        Ok(())
+    }
+
+    /// True once the appended hash went by and matched.
+    pub fn is_complete(&self) -> bool {
+        matches!(self.stage, Stage::Done)
+    }
+
+    /// Feeds bytes up to the end of the image and returns how many were used:
+    /// for readers of a whole slot, where the image is followed by old data.
+    pub fn update_partial(&mut self, mut bytes: &[u8]) -> Result<usize, ImageError> {
         if let Some(e) = self.error {
             return Err(e);
         }
-        self.file_hash.update(bytes);
-        while !bytes.is_empty() {
+        let total = bytes.len();
+        while !bytes.is_empty() && !self.is_complete() {
             let used = match self.step(bytes) {
                 Ok(used) => used,
                 Err(e) => {
@@ -346,10 +362,11 @@ impl ImageVerifier {
                     return Err(e);
                 }
             };
+            self.file_hash.update(&bytes[..used]);
             self.consumed = self.consumed.saturating_add(used as u32);
             bytes = &bytes[used..];
         }
-        Ok(())
+        Ok(total - bytes.len())
     }
 
     fn collect(&mut self, bytes: &[u8], want: usize) -> (usize, bool) {
@@ -453,7 +470,8 @@ impl ImageVerifier {
                 }
                 Ok(used)
             }
-            Stage::Done => Err(ImageError::TrailingData),
+            // `update_partial` stops before reaching here.
+            Stage::Done => Ok(0),
         }
     }
 

@@ -38,12 +38,16 @@ pub const SUBTYPE_OTA_0: u8 = 0x10;
 pub const SUBTYPE_FACTORY: u8 = 0x00;
 /// Data subtype of `otadata`.
 pub const SUBTYPE_OTADATA: u8 = 0x00;
-/// Data subtype of the `config` partition holding `conf.json` (custom range 0x40–0xFE).
-pub const SUBTYPE_CONFIG: u8 = 0x40;
-/// Data subtype of the `otastate` partition holding the download progress record.
-pub const SUBTYPE_OTASTATE: u8 = 0x41;
-/// Data subtype of the `otalog` partition holding undelivered activity-log records.
-pub const SUBTYPE_OTALOG: u8 = 0x42;
+/// Data subtype `undefined`: what the OTA core's own partitions use. They are
+/// found by label, because espflash 4.7 and esp-bootloader-esp-idf 0.6 both
+/// panic on custom subtypes and types.
+pub const SUBTYPE_UNDEFINED: u8 = 0x06;
+/// Label of the partition holding `conf.json`.
+pub const LABEL_CONFIG: &str = "config";
+/// Label of the partition holding the download progress and trial records.
+pub const LABEL_OTASTATE: &str = "otastate";
+/// Label of the partition holding undelivered activity-log records.
+pub const LABEL_OTALOG: &str = "otalog";
 
 /// One partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -256,9 +260,9 @@ pub fn default_table() -> PartitionTable {
         partition("phy_init", TYPE_DATA, 0x01, 0xf000, 0x1000),
         partition("ota_0", TYPE_APP, SUBTYPE_OTA_0, 0x10000, 0x1e0000),
         partition("ota_1", TYPE_APP, SUBTYPE_OTA_0 + 1, 0x1f0000, 0x1e0000),
-        partition("config", TYPE_DATA, SUBTYPE_CONFIG, 0x3d0000, 0x4000),
-        partition("otastate", TYPE_DATA, SUBTYPE_OTASTATE, 0x3d4000, 0x4000),
-        partition("otalog", TYPE_DATA, SUBTYPE_OTALOG, 0x3d8000, 0x10000),
+        partition(LABEL_CONFIG, TYPE_DATA, SUBTYPE_UNDEFINED, 0x3d0000, 0x4000),
+        partition(LABEL_OTASTATE, TYPE_DATA, SUBTYPE_UNDEFINED, 0x3d4000, 0x4000),
+        partition(LABEL_OTALOG, TYPE_DATA, SUBTYPE_UNDEFINED, 0x3d8000, 0x10000),
     ];
     for p in parts {
         // Eight entries: far below MAX_PARTITIONS.

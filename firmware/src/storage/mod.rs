@@ -7,13 +7,16 @@
 //! operations a power cut interrupts.
 //!
 //! ```text
-//! partition   subtype  holds                              module
-//! otadata     ota      which slot boots (ESP-IDF format)   format::otadata
-//! ota_0/1     ota_n    app images                          format::app_image
-//! config      0x40     conf.json, FF-terminated            config
-//! otastate    0x41     sector 0: download progress         progress
-//!                      sector 1: trial record of a new image  trial
-//! otalog      0x42     activity-log records, a ring        log
+//! partition   type/subtype    holds                              module
+//! otadata     data/ota        which slot boots (ESP-IDF format)   format::otadata
+//! ota_0/1     app/ota_n       app images                          format::app_image
+//! config      data/undefined  conf.json, FF-terminated            config
+//! otastate    data/undefined  sector 0: download progress         progress
+//!                             sector 1: trial record of a new image  trial
+//! otalog      data/undefined  activity-log records, a ring        log
+//!
+//! The last three are found by label: espflash and esp-bootloader-esp-idf
+//! refuse custom subtypes.
 //! ```
 
 pub mod log;
@@ -156,13 +159,15 @@ impl Layout {
         if slots.len() < 2 {
             return Err(LayoutError::Missing("second OTA app (ota_1)"));
         }
-        let need = |kind, subtype, name| table.find(kind, subtype).map(Region::of).ok_or(LayoutError::Missing(name));
+        let data = |label: &'static str| {
+            table.by_label(label).filter(|p| p.kind == TYPE_DATA).map(Region::of).ok_or(LayoutError::Missing(label))
+        };
         let layout = Layout {
             slots,
-            otadata: need(TYPE_DATA, SUBTYPE_OTADATA, "otadata")?,
-            config: need(TYPE_DATA, SUBTYPE_CONFIG, "config (data, 0x40)")?,
-            state: need(TYPE_DATA, SUBTYPE_OTASTATE, "otastate (data, 0x41)")?,
-            log: need(TYPE_DATA, SUBTYPE_OTALOG, "otalog (data, 0x42)")?,
+            otadata: table.find(TYPE_DATA, SUBTYPE_OTADATA).map(Region::of).ok_or(LayoutError::Missing("otadata"))?,
+            config: data(LABEL_CONFIG)?,
+            state: data(LABEL_OTASTATE)?,
+            log: data(LABEL_OTALOG)?,
         };
         if layout.otadata.size < 2 * otadata::SECTOR_LEN {
             return Err(LayoutError::TooSmall("otadata"));

@@ -1,0 +1,22 @@
+//! Board glue: esp-hal, WiFi, TLS, HTTP, MQTT and flash under the OTA core.
+//!
+//! Nothing here decides anything about an update. Each module executes one
+//! kind of [`firmware::machine::Action`] or reports one kind of event back:
+//!
+//! | module      | moves bytes between the core and …                              |
+//! |-------------|-----------------------------------------------------------------|
+//! | [`driver`]  | everything: the loop `handle_* → poll_trace → poll_action → wait` |
+//! | [`net`]     | the WiFi station and the embassy-net stack (DHCP, DNS, TCP)     |
+//! | [`http`]    | one HTTP/1.1 GET, plain or TLS, redirects *not* followed        |
+//! | [`tls`]     | mbedtls-rs and the embedded root certificates (`certs/`)        |
+//! | [`mqtt`]    | one MQTT 5 publish at QoS 1                                     |
+//! | [`leds`]    | the GPIO outputs named in `conf.json`                           |
+//! | [`app`]     | **the application routine: the place users edit**              |
+
+pub mod app;
+pub mod driver;
+pub mod http;
+pub mod leds;
+pub mod mqtt;
+pub mod net;
+pub mod tls;

@@ -1,0 +1,398 @@
+//! The virtual board: the OTA core driven by a host platform.
+//!
+//! This is the simulator's counterpart of `firmware/src/bin/board.rs`: it
+//! executes the core's actions with real clients (reqwest over loopback TCP,
+//! an MQTT 5 client) and a simulated flash, and feeds the results back. It
+//! decides nothing about updates. Time is virtual: I/O takes no virtual time
+//! and the clock jumps to the core's next deadline whenever the core waits,
+//! so backoff and blink timings cost nothing and traces are reproducible.
+
+use crate::bootloader::{self, BootChoice, Bricked};
+use crate::flash::SimFlash;
+use firmware::Instant;
+use firmware::http::{HttpRequest, ResponseHead};
+use firmware::machine::{Action, Updater};
+use firmware::trace::{Event, Purpose};
+use futures_util::StreamExt;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event as MqttEvent, EventLoop, MqttOptions};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// Real time an I/O step may take before the virtual clock jumps to the core's next deadline
+/// (how a stalled server shows up as a stall without waiting out the real timeout).
+const IO_PATIENCE: Duration = Duration::from_millis(400);
+/// Body bytes handed to the core per call, like one TCP segment.
+const PIECE: usize = 1460;
+
+/// One trace line of the board's serial console.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceLine {
+    /// Boot number (1-based).
+    pub boot: u32,
+    /// Milliseconds since that boot.
+    pub ms: u64,
+    /// The event.
+    pub event: Event,
+}
+
+impl TraceLine {
+    /// The line as the board prints it.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.event.write_line(self.ms, &mut s);
+        s
+    }
+}
+
+/// A window of virtual time without WiFi.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outage {
+    /// Start, virtual ms since the first boot.
+    pub from: u64,
+    /// End.
+    pub until: u64,
+}
+
+/// Power-cut triggers that are not flash operations (those are armed on the flash).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Triggers {
+    /// Cut once this many image bytes (over the board's life) reached the core.
+    pub at_download_byte: Option<u64>,
+    /// Cut right after the `n`-th (1-based, over the board's life) event of this name.
+    pub at_event: Option<(String, u32)>,
+    /// Cut when the virtual clock passes this time (ms since the first boot).
+    pub at_time_ms: Option<u64>,
+    /// WiFi drops once this many image bytes reached the core, for `.1` ms.
+    pub wifi_drop_at_byte: Option<(u64, u64)>,
+}
+
+/// Where the board's clients go.
+#[derive(Clone, Debug)]
+pub struct Wiring {
+    /// MQTT broker (usually a fault proxy in front of the embedded broker).
+    pub broker: SocketAddr,
+}
+
+/// How a boot ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BootEnd {
+    /// The application runs.
+    App,
+    /// The core asked for a reboot.
+    Reboot,
+    /// Power was cut.
+    PowerCut,
+    /// The bootloader found nothing to boot.
+    Bricked(Bricked),
+    /// The core waits for nothing and issues nothing: a bug.
+    Stuck,
+}
+
+/// A board: its flash and everything observed on it.
+pub struct VirtualBoard {
+    /// The flash.
+    pub flash: SimFlash,
+    /// Virtual ms since the first boot, at the start of the current boot.
+    pub clock: u64,
+    /// Boots so far.
+    pub boots: u32,
+    /// Every trace line of every boot.
+    pub trace: Vec<TraceLine>,
+    /// What the bootloader chose at each boot.
+    pub boot_choices: Vec<BootChoice>,
+    /// Image bytes handed to the core, over the board's life.
+    pub downloaded: u64,
+    /// WiFi outages.
+    pub outages: Vec<Outage>,
+    /// The MQTT client id (from the scenario's conf.json).
+    pub client_id: String,
+    seed: u64,
+    event_counts: std::collections::HashMap<&'static str, u32>,
+}
+
+type Pending = Pin<Box<dyn std::future::Future<Output = reqwest::Result<reqwest::Response>> + Send>>;
+
+enum Flight {
+    Connecting { id: u32, purpose: Purpose, fut: Pending },
+    Streaming { id: u32, purpose: Purpose, body: Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>> },
+}
+
+impl Flight {
+    fn id(&self) -> u32 {
+        match self {
+            Flight::Connecting { id, .. } | Flight::Streaming { id, .. } => *id,
+        }
+    }
+}
+
+enum Step {
+    Head(reqwest::Response),
+    Chunk(bytes::Bytes),
+    End,
+    Failed(String),
+}
+
+struct Mqtt {
+    client: AsyncClient,
+    events: EventLoop,
+}
+
+impl VirtualBoard {
+    /// A board with this flash; `seed` feeds the core's jitter.
+    pub fn new(flash: SimFlash, client_id: &str, seed: u64) -> VirtualBoard {
+        VirtualBoard {
+            flash,
+            clock: 0,
+            boots: 0,
+            trace: Vec::new(),
+            boot_choices: Vec::new(),
+            downloaded: 0,
+            outages: Vec::new(),
+            client_id: client_id.to_string(),
+            seed,
+            event_counts: Default::default(),
+        }
+    }
+
+    /// Powers the board on and runs one boot to its end.
+    pub async fn boot(&mut self, http: &reqwest::Client, wiring: &Wiring, triggers: &mut Triggers) -> BootEnd {
+        self.flash.power_on();
+        self.boots += 1;
+        let choice = match bootloader::boot(&self.flash) {
+            Ok(c) => c,
+            Err(b) => return BootEnd::Bricked(b),
+        };
+        let offset = choice.offset;
+        self.boot_choices.push(choice);
+        let boot = self.boots;
+        let seed = self.seed ^ u64::from(boot).wrapping_mul(0x9E37_79B9);
+        let start = self.clock;
+        let mut now = 0u64;
+        let mut trace = Vec::new();
+        let mut counts = std::mem::take(&mut self.event_counts);
+        let mut downloaded = self.downloaded;
+        let mut outages = self.outages.clone();
+        let mut core = Updater::new(&mut self.flash, seed);
+        core.handle_boot(Instant(now), Some(offset));
+        let mut flight: Option<Flight> = None;
+        let mut join_at: Option<u64> = None;
+        let mut mqtt: Option<Mqtt> = None;
+        let end = 'boot: loop {
+            let mut cut = false;
+            while let Some((t, event)) = core.poll_event() {
+                let name = event.name();
+                let n = counts.entry(name).or_insert(0);
+                *n += 1;
+                if triggers.at_event.as_ref().is_some_and(|(e, k)| e == name && *k == *n) {
+                    triggers.at_event = None;
+                    cut = true;
+                }
+                trace.push(TraceLine { boot, ms: t.0, event });
+            }
+            if cut || core.flash_mut().is_dead() {
+                core.flash_mut().cut_now();
+                break 'boot BootEnd::PowerCut;
+            }
+            if let Some(action) = core.poll_action() {
+                match action {
+                    Action::Led { .. } => {}
+                    Action::JoinNetwork => {
+                        let up = wifi_up_at(&outages, start + now);
+                        if up <= start + now {
+                            core.handle_network(Instant(now), true);
+                        } else {
+                            join_at = Some(up - start);
+                        }
+                    }
+                    Action::Http(req) => flight = Some(start_request(http, &req)),
+                    Action::AbortHttp { id } => {
+                        if flight.as_ref().is_some_and(|f| f.id() == id) {
+                            flight = None;
+                        }
+                    }
+                    Action::Publish { seq, topic, payload } => {
+                        let delivered = publish(&mut mqtt, wiring, &self.client_id, &topic, &payload).await;
+                        core.handle_publish_result(Instant(now), seq, delivered);
+                    }
+                    Action::Reboot => break 'boot BootEnd::Reboot,
+                    Action::RunApplication => break 'boot BootEnd::App,
+                }
+                continue;
+            }
+            let deadline = [core.poll_timeout().map(|t| t.0), join_at].into_iter().flatten().min();
+            if let Some(f) = flight.as_mut() {
+                let step = tokio::time::timeout(IO_PATIENCE, next_step(f)).await;
+                let id = f.id();
+                match step {
+                    Ok(Step::Head(resp)) => {
+                        let mut head = ResponseHead::new(resp.status().as_u16());
+                        for (name, value) in resp.headers() {
+                            if let Ok(v) = value.to_str() {
+                                head.header(name.as_str(), v);
+                            }
+                        }
+                        let purpose = match f {
+                            Flight::Connecting { purpose, .. } | Flight::Streaming { purpose, .. } => *purpose,
+                        };
+                        flight = Some(Flight::Streaming { id, purpose, body: Box::pin(resp.bytes_stream()) });
+                        core.handle_response_head(Instant(now), id, &head);
+                    }
+                    Ok(Step::Chunk(bytes)) => {
+                        let is_image = matches!(f, Flight::Streaming { purpose: Purpose::Download, .. });
+                        for piece in bytes.chunks(PIECE) {
+                            let mut piece = piece;
+                            if is_image {
+                                if let Some(at) = triggers.at_download_byte.filter(|&at| downloaded + piece.len() as u64 >= at) {
+                                    piece = &piece[..(at - downloaded) as usize];
+                                    triggers.at_download_byte = None;
+                                    core.handle_response_body(Instant(now), id, piece);
+                                    downloaded += piece.len() as u64;
+                                    core.flash_mut().cut_now();
+                                    break;
+                                }
+                                if let Some((_, length)) = triggers.wifi_drop_at_byte.filter(|(at, _)| downloaded + piece.len() as u64 >= *at) {
+                                    triggers.wifi_drop_at_byte = None;
+                                    outages.push(Outage { from: start + now, until: start + now + length });
+                                    core.handle_network(Instant(now), false);
+                                    break;
+                                }
+                                downloaded += piece.len() as u64;
+                            }
+                            core.handle_response_body(Instant(now), id, piece);
+                            if core.flash_mut().is_dead() || !flight.as_ref().is_some_and(|f| f.id() == id) {
+                                break;
+                            }
+                        }
+                    }
+                    Ok(Step::End) => {
+                        flight = None;
+                        core.handle_response_end(Instant(now), id);
+                    }
+                    Ok(Step::Failed(what)) => {
+                        flight = None;
+                        core.handle_transport_error(Instant(now), id, &what);
+                    }
+                    Err(_) => {
+                        if let Some(d) = deadline {
+                            now = now.max(d);
+                            core.handle_timeout(Instant(now));
+                        }
+                    }
+                }
+                continue;
+            }
+            match deadline {
+                Some(d) => {
+                    now = now.max(d);
+                    if triggers.at_time_ms.is_some_and(|t| start + now >= t) {
+                        triggers.at_time_ms = None;
+                        core.flash_mut().cut_now();
+                        break 'boot BootEnd::PowerCut;
+                    }
+                    if join_at.is_some_and(|j| j <= now) {
+                        join_at = None;
+                        core.handle_network(Instant(now), true);
+                    }
+                    core.handle_timeout(Instant(now));
+                }
+                None => break 'boot BootEnd::Stuck,
+            }
+        };
+        while let Some((t, event)) = core.poll_event() {
+            trace.push(TraceLine { boot, ms: t.0, event });
+        }
+        drop(core);
+        if let Some(m) = mqtt.take() {
+            let _ = m.client.disconnect().await;
+        }
+        self.event_counts = counts;
+        self.outages = outages;
+        self.downloaded = downloaded;
+        self.trace.extend(trace);
+        self.clock = start + now;
+        end
+    }
+}
+
+/// The first time at or after `t` that is in no outage.
+fn wifi_up_at(outages: &[Outage], t: u64) -> u64 {
+    let mut t = t;
+    // Outages may touch each other: walk until a time that is in none.
+    while let Some(o) = outages.iter().find(|o| o.from <= t && t < o.until) {
+        t = o.until;
+    }
+    t
+}
+
+fn start_request(http: &reqwest::Client, req: &HttpRequest) -> Flight {
+    let mut builder = http.get(req.url.as_str()).header("accept", req.accept.header_value()).header("user-agent", "esp-ota-sim");
+    if let Some(from) = req.range_from {
+        builder = builder.header("range", format!("bytes={from}-"));
+    }
+    if req.authorize {
+        builder = builder.header("authorization", "Bearer sim-token");
+    }
+    Flight::Connecting { id: req.id, purpose: req.purpose, fut: Box::pin(builder.send()) }
+}
+
+async fn next_step(flight: &mut Flight) -> Step {
+    match flight {
+        Flight::Connecting { fut, .. } => match fut.await {
+            Ok(resp) => Step::Head(resp),
+            Err(e) => Step::Failed(describe(&e)),
+        },
+        Flight::Streaming { body, .. } => match body.next().await {
+            Some(Ok(bytes)) => Step::Chunk(bytes),
+            Some(Err(e)) => Step::Failed(describe(&e)),
+            None => Step::End,
+        },
+    }
+}
+
+/// A transport error as one line, with its cause (reqwest's Display hides it).
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Publishes with QoS 1 and waits for the broker's PUBACK.
+async fn publish(mqtt: &mut Option<Mqtt>, wiring: &Wiring, client_id: &str, topic: &str, payload: &[u8]) -> bool {
+    if mqtt.is_none() {
+        let mut opts = MqttOptions::new(client_id.to_string(), wiring.broker.ip().to_string(), wiring.broker.port());
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_clean_start(true);
+        let (client, events) = AsyncClient::new(opts, 8);
+        *mqtt = Some(Mqtt { client, events });
+    }
+    let Some(m) = mqtt.as_mut() else { return false };
+    if m.client.publish(topic.to_string(), QoS::AtLeastOnce, false, payload.to_vec()).await.is_err() {
+        *mqtt = None;
+        return false;
+    }
+    let acked = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match m.events.poll().await {
+                Ok(MqttEvent::Incoming(Packet::PubAck(_))) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if !acked {
+        *mqtt = None;
+    }
+    acked
+}

@@ -1,0 +1,266 @@
+//! A simulated NOR flash that power cuts can tear.
+//!
+//! It follows the rules of an ESP32's SPI flash as esp-storage exposes it:
+//! 4 KiB erase sectors, erase sets bytes to `FF`, programming only clears
+//! bits (`old & new`), reads and writes 4-byte aligned. Every erase and
+//! program is an *operation* with a global number. A power cut armed at
+//! operation N interrupts that operation half-way: a seeded RNG decides how
+//! much of it happened (a prefix of the bytes of a program, some of them
+//! only partially; for an erase, a prefix of the sector back to `FF` and the
+//! rest untouched or garbled), then the flash is dead until the next boot.
+
+use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
+
+/// Flash size of the simulated board.
+pub const FLASH_SIZE: usize = 4 * 1024 * 1024;
+const SECTOR: usize = 4096;
+
+/// Why a flash operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SimFlashError {
+    /// Power was cut: the board is off.
+    #[error("power cut")]
+    PowerCut,
+    /// The address or length is not 4-byte aligned (esp-storage refuses it too).
+    #[error("unaligned access")]
+    NotAligned,
+    /// Beyond the end of the flash.
+    #[error("out of bounds")]
+    OutOfBounds,
+}
+
+impl NorFlashError for SimFlashError {
+    fn kind(&self) -> NorFlashErrorKind {
+        match self {
+            SimFlashError::PowerCut => NorFlashErrorKind::Other,
+            SimFlashError::NotAligned => NorFlashErrorKind::NotAligned,
+            SimFlashError::OutOfBounds => NorFlashErrorKind::OutOfBounds,
+        }
+    }
+}
+
+/// A small deterministic RNG (splitmix64) for tearing decisions.
+#[derive(Clone, Debug)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    /// Next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// What an operation was, for the trace of a cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// Sector erase.
+    Erase,
+    /// Program.
+    Write,
+}
+
+/// The interrupted operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// Global operation number (1-based).
+    pub op: u64,
+    /// What it was.
+    pub kind: OpKind,
+    /// Where.
+    pub offset: u32,
+}
+
+/// The simulated flash.
+#[derive(Clone)]
+pub struct SimFlash {
+    bytes: Vec<u8>,
+    ops: u64,
+    cut_at: Option<u64>,
+    dead: bool,
+    last_cut: Option<Cut>,
+    rng: SplitMix,
+}
+
+impl SimFlash {
+    /// An erased flash; `seed` drives how cuts tear operations.
+    pub fn new(seed: u64) -> SimFlash {
+        SimFlash { bytes: vec![0xFF; FLASH_SIZE], ops: 0, cut_at: None, dead: false, last_cut: None, rng: SplitMix(seed) }
+    }
+
+    /// Writes bytes as a flashing tool would (no operation counted, no cut).
+    pub fn load(&mut self, offset: u32, data: &[u8]) {
+        self.bytes[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+    }
+
+    /// The raw contents.
+    pub fn contents(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Operations performed so far.
+    pub fn ops(&self) -> u64 {
+        self.ops
+    }
+
+    /// Cut power during operation number `op` (1-based, counted over the flash's life).
+    pub fn arm_cut(&mut self, op: u64) {
+        self.cut_at = Some(op);
+    }
+
+    /// Cut power now, between operations.
+    pub fn cut_now(&mut self) {
+        self.dead = true;
+    }
+
+    /// True while the power is off.
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// The operation the last cut interrupted, if a cut hit one.
+    pub fn last_cut(&self) -> Option<Cut> {
+        self.last_cut
+    }
+
+    /// Power returns (the next boot).
+    pub fn power_on(&mut self) {
+        self.dead = false;
+    }
+
+    fn begin(&mut self, kind: OpKind, offset: u32) -> Result<bool, SimFlashError> {
+        if self.dead {
+            return Err(SimFlashError::PowerCut);
+        }
+        self.ops += 1;
+        if self.cut_at == Some(self.ops) {
+            self.cut_at = None;
+            self.dead = true;
+            self.last_cut = Some(Cut { op: self.ops, kind, offset });
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn check(&self, offset: u32, len: usize, align: usize) -> Result<(), SimFlashError> {
+        if offset as usize % align != 0 || len % align != 0 {
+            return Err(SimFlashError::NotAligned);
+        }
+        if offset as usize + len > self.bytes.len() {
+            return Err(SimFlashError::OutOfBounds);
+        }
+        Ok(())
+    }
+}
+
+impl ErrorType for SimFlash {
+    type Error = SimFlashError;
+}
+
+impl ReadNorFlash for SimFlash {
+    const READ_SIZE: usize = 4;
+
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), SimFlashError> {
+        if self.dead {
+            return Err(SimFlashError::PowerCut);
+        }
+        self.check(offset, bytes.len(), 4)?;
+        bytes.copy_from_slice(&self.bytes[offset as usize..offset as usize + bytes.len()]);
+        Ok(())
+    }
+
+    fn capacity(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+impl NorFlash for SimFlash {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = SECTOR;
+
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), SimFlashError> {
+        self.check(from, (to - from) as usize, SECTOR)?;
+        for sector in (from..to).step_by(SECTOR) {
+            let range = sector as usize..sector as usize + SECTOR;
+            if self.begin(OpKind::Erase, sector)? {
+                // Torn erase: a prefix is erased, a few bytes after it garbled, the rest untouched.
+                let done = self.rng.below(SECTOR as u64) as usize;
+                self.bytes[range.start..range.start + done].fill(0xFF);
+                let garbled = (done..(done + 16).min(SECTOR)).map(|i| range.start + i);
+                for i in garbled {
+                    self.bytes[i] |= self.rng.next_u64() as u8;
+                }
+                return Err(SimFlashError::PowerCut);
+            }
+            self.bytes[range].fill(0xFF);
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), SimFlashError> {
+        self.check(offset, data.len(), 4)?;
+        let start = offset as usize;
+        if self.begin(OpKind::Write, offset)? {
+            // Torn program: a prefix lands, the byte at the cut only partly (some bits cleared).
+            let done = self.rng.below(data.len() as u64 + 1) as usize;
+            for (i, b) in data[..done].iter().enumerate() {
+                self.bytes[start + i] &= b;
+            }
+            if done < data.len() {
+                let partial = data[done] | (self.rng.next_u64() as u8);
+                self.bytes[start + done] &= partial;
+            }
+            return Err(SimFlashError::PowerCut);
+        }
+        for (d, s) in self.bytes[start..start + data.len()].iter_mut().zip(data) {
+            *d &= s;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programming_only_clears_bits_and_erase_restores_ff() {
+        let mut f = SimFlash::new(1);
+        f.write(0, &[0xF0, 0x0F, 0xFF, 0x00]).unwrap();
+        f.write(0, &[0x3C, 0xFF, 0x00, 0xFF]).unwrap();
+        assert_eq!(&f.contents()[..4], &[0x30, 0x0F, 0x00, 0x00]);
+        f.erase(0, 4096).unwrap();
+        assert_eq!(&f.contents()[..4], &[0xFF; 4]);
+        assert_eq!(f.ops(), 3);
+    }
+
+    #[test]
+    fn a_cut_tears_the_operation_and_kills_the_flash_until_power_returns() {
+        let mut f = SimFlash::new(9);
+        f.arm_cut(2);
+        f.write(0, &[0; 4096]).unwrap();
+        assert_eq!(f.write(4096, &[0; 4096]), Err(SimFlashError::PowerCut));
+        assert!(f.is_dead());
+        assert_eq!(f.read(0, &mut [0; 4]), Err(SimFlashError::PowerCut));
+        assert_eq!(f.last_cut(), Some(Cut { op: 2, kind: OpKind::Write, offset: 4096 }));
+        let written = f.contents()[4096..8192].iter().filter(|&&b| b == 0).count();
+        assert!(written < 4096, "a torn write is incomplete");
+        f.power_on();
+        assert!(f.read(0, &mut [0; 4]).is_ok());
+    }
+
+    #[test]
+    fn misaligned_access_is_refused() {
+        let mut f = SimFlash::new(1);
+        assert_eq!(f.write(2, &[0; 4]), Err(SimFlashError::NotAligned));
+        assert_eq!(f.erase(100, 4196), Err(SimFlashError::NotAligned));
+    }
+}

@@ -1,0 +1,10 @@
+//! Host simulator.
+pub mod board;
+pub mod bootloader;
+pub mod broker;
+pub mod flash;
+pub mod github;
+pub mod image;
+pub mod proxy;
+pub mod scenario;
+pub mod world;

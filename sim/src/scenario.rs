@@ -1,0 +1,586 @@
+//! Scenario files (`fixtures/scenarios/*.toml`) and their runner.
+//!
+//! A scenario gives the board's starting state, the releases on the mock
+//! GitHub, the faults, and what must come out. It is run by booting the
+//! virtual board until the application runs (plus `extra_boots` more), then
+//! every expectation is checked. Example:
+//!
+//! ```toml
+//! description = "A newer release is installed, confirmed, and reported"
+//! seed = 1
+//! [board]
+//! version = "1.0"
+//! [[releases]]
+//! tag = "1.1"
+//! size = 65536
+//! [[faults]]
+//! kind = "power_cut"
+//! at_event = "progress"
+//! [expect]
+//! final_version = "1.1"
+//! outcomes = ["cut", "installed", "updated"]
+//! leds = ["Y", "Y", "Y..y"]      # Y/y yellow on/off, "." short and "-" long green blink
+//! log = ["installed", "updated"] # results of the MQTT activity log, by sequence number
+//! errors = []                    # error codes that must appear in the trace
+//! ```
+
+use crate::board::{BootEnd, Outage, TraceLine, Triggers, VirtualBoard, Wiring};
+use crate::broker::Collector;
+use crate::github::{Asset, Exhausted, Fault, RateLimit, Release, Route};
+use crate::image;
+use crate::proxy::ProxyMode;
+use crate::world::{BrokerChoice, World, WorldError, conf_json};
+use firmware::led::Led;
+use firmware::trace::Event;
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+
+/// A scenario file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Name (defaults to the file name).
+    #[serde(default)]
+    pub name: String,
+    /// What it shows.
+    pub description: String,
+    /// Seed of every random choice (jitter, torn operations).
+    #[serde(default = "one")]
+    pub seed: u64,
+    /// The board at the start.
+    pub board: BoardSpec,
+    /// Releases on the mock GitHub, oldest first.
+    #[serde(default)]
+    pub releases: Vec<ReleaseSpec>,
+    /// Faults.
+    #[serde(default)]
+    pub faults: Vec<FaultSpec>,
+    /// Boots to run after the first one that reached the application.
+    #[serde(default)]
+    pub extra_boots: u32,
+    /// What must come out.
+    pub expect: Expect,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// The board at the start.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardSpec {
+    /// Version of the image flashed in ota_0.
+    pub version: String,
+    /// A raw conf.json replacing the generated one (for malformed-config scenarios).
+    #[serde(default)]
+    pub conf: Option<String>,
+    /// `update.allow_prereleases`.
+    #[serde(default)]
+    pub allow_prereleases: bool,
+    /// `update.allow_downgrade`.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+}
+
+/// A release.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSpec {
+    /// Tag.
+    pub tag: String,
+    /// Version in the image's descriptor (defaults to the tag).
+    #[serde(default)]
+    pub image_version: Option<String>,
+    /// Image size in bytes.
+    #[serde(default = "default_size")]
+    pub size: usize,
+    /// Prerelease flag.
+    #[serde(default)]
+    pub prerelease: bool,
+    /// Draft flag.
+    #[serde(default)]
+    pub draft: bool,
+    /// Asset name (the board looks for `firmware.bin`).
+    #[serde(default = "default_asset")]
+    pub asset: String,
+}
+
+fn default_size() -> usize {
+    64 * 1024
+}
+
+fn default_asset() -> String {
+    "firmware.bin".into()
+}
+
+/// A fault.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FaultSpec {
+    /// Power is cut at one point.
+    PowerCut {
+        /// At flash operation N (1-based, over the board's life).
+        #[serde(default)]
+        at_flash_op: Option<u64>,
+        /// Once N image bytes reached the core.
+        #[serde(default)]
+        at_download_byte: Option<u64>,
+        /// Right after a trace event of this name …
+        #[serde(default)]
+        at_event: Option<String>,
+        /// … its n-th occurrence (default 1).
+        #[serde(default)]
+        occurrence: Option<u32>,
+        /// When the virtual clock passes T ms.
+        #[serde(default)]
+        at_time_ms: Option<u64>,
+    },
+    /// No WiFi in a window of virtual time.
+    WifiDown {
+        /// Start (ms since the first boot).
+        from_ms: u64,
+        /// End.
+        until_ms: u64,
+    },
+    /// WiFi drops mid-download.
+    WifiDrop {
+        /// After this many image bytes.
+        at_download_byte: u64,
+        /// For this long.
+        for_ms: u64,
+    },
+    /// A misbehaving GitHub.
+    Github {
+        /// `no_release`, `server_error`, `truncated_json`, `cut_body_after`, `stall`,
+        /// `redirect_loop`, `wrong_size`, `wrong_hash`, `secondary_rate_limit`.
+        fault: String,
+        /// HTTP status for `server_error`.
+        #[serde(default)]
+        status: Option<u16>,
+        /// Bytes for `cut_body_after` / `stall`.
+        #[serde(default)]
+        bytes: Option<u64>,
+        /// Seconds for `secondary_rate_limit`.
+        #[serde(default)]
+        seconds: Option<u64>,
+        /// Firings before it disarms (default: always).
+        #[serde(default)]
+        times: Option<u32>,
+    },
+    /// GitHub's primary rate limit with this many requests an hour.
+    RateLimit {
+        /// Requests per hour.
+        per_hour: u32,
+    },
+    /// The TCP connection to GitHub is reset after N bytes, `times` times.
+    ConnectionReset {
+        /// Bytes delivered before the reset.
+        after_bytes: u64,
+        /// How many connections are reset.
+        #[serde(default = "one_u32")]
+        times: u32,
+    },
+    /// The broker refuses connections during these boots (1-based).
+    BrokerDown {
+        /// Boots.
+        boots: Vec<u32>,
+    },
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+/// What must come out.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Version running at the end.
+    pub final_version: String,
+    /// Outcome of each boot (`cut` for a boot that lost power).
+    #[serde(default)]
+    pub outcomes: Vec<String>,
+    /// LED sequence of each boot.
+    #[serde(default)]
+    pub leds: Vec<String>,
+    /// Results in the MQTT activity log, by sequence number.
+    #[serde(default)]
+    pub log: Vec<String>,
+    /// Error codes that must appear in the trace.
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+/// What a run produced.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Scenario name.
+    pub name: String,
+    /// Seed used.
+    pub seed: u64,
+    /// Failed expectations and broken invariants (empty: passed).
+    pub failures: Vec<String>,
+    /// Outcome of each boot.
+    pub outcomes: Vec<String>,
+    /// LEDs of each boot.
+    pub leds: Vec<String>,
+    /// Activity-log results received by the broker, by sequence number.
+    pub log: Vec<String>,
+    /// The log messages as received.
+    pub log_payloads: Vec<String>,
+    /// Versions booted, one per boot.
+    pub versions: Vec<String>,
+    /// Virtual time.
+    pub virtual_ms: u64,
+    /// Wall time.
+    pub wall_ms: u128,
+    /// Every trace line.
+    pub trace: Vec<TraceLine>,
+}
+
+impl Report {
+    /// True when nothing failed.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// The trace as the serial console would show it, boots separated.
+    pub fn console(&self) -> String {
+        let mut out = String::new();
+        let mut boot = 0;
+        for line in &self.trace {
+            if line.boot != boot {
+                boot = line.boot;
+                out.push_str(&format!("--- boot {boot} ---\n"));
+            }
+            out.push_str(&line.render());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Why a scenario could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid scenario.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The error.
+        source: toml::de::Error,
+    },
+    /// A fault names something unknown.
+    #[error("scenario {name}: unknown GitHub fault `{fault}`")]
+    UnknownFault {
+        /// Scenario.
+        name: String,
+        /// The fault.
+        fault: String,
+    },
+    /// The servers.
+    #[error(transparent)]
+    World(#[from] WorldError),
+    /// The collector.
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+}
+
+impl Scenario {
+    /// Reads a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: path.display().to_string(), source })?;
+        let mut s: Scenario =
+            toml::from_str(&text).map_err(|source| ScenarioError::Parse { path: path.display().to_string(), source })?;
+        if s.name.is_empty() {
+            s.name = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        }
+        Ok(s)
+    }
+
+    /// Every scenario in a folder, by file name.
+    pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>, ScenarioError> {
+        let read = |e| ScenarioError::Read { path: dir.display().to_string(), source: e };
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .map_err(read)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        paths.iter().map(|p| Scenario::load(p)).collect()
+    }
+}
+
+fn github_fault(name: &str, spec: &FaultSpec) -> Option<Fault> {
+    let FaultSpec::Github { status, bytes, seconds, .. } = spec else { return None };
+    Some(match name {
+        "no_release" => Fault::NoRelease,
+        "server_error" => Fault::ServerError { status: status.unwrap_or(503), on: Route::Api },
+        "download_error" => Fault::ServerError { status: status.unwrap_or(503), on: Route::Download },
+        "truncated_json" => Fault::TruncatedJson,
+        "cut_body_after" => Fault::CutBodyAfter { bytes: bytes.unwrap_or(10_000) },
+        "stall" => Fault::Stall { after: bytes.unwrap_or(10_000), pause: Duration::from_secs(5) },
+        "redirect_loop" => Fault::RedirectLoop,
+        "wrong_size" => Fault::WrongSize { delta: 4096 },
+        "wrong_hash" => Fault::WrongHash,
+        "secondary_rate_limit" => Fault::SecondaryRateLimit { retry_after: seconds.unwrap_or(60) },
+        _ => return None,
+    })
+}
+
+/// The LED string of one boot: `Y`/`y` yellow on/off, `.`/`-` a short/long green blink.
+pub fn led_string(trace: &[TraceLine], boot: u32) -> String {
+    let mut out = String::new();
+    let mut green_on_at = None;
+    for line in trace.iter().filter(|l| l.boot == boot) {
+        match line.event {
+            Event::Led { led: Led::Yellow, on } => out.push(if on { 'Y' } else { 'y' }),
+            Event::Led { led: Led::Green, on: true } => green_on_at = Some(line.ms),
+            Event::Led { led: Led::Green, on: false } => {
+                if let Some(t) = green_on_at.take() {
+                    out.push(if line.ms - t >= firmware::led::LONG_MS { '-' } else { '.' });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn outcome_of(trace: &[TraceLine], boot: u32, end: &BootEnd) -> String {
+    if *end == BootEnd::PowerCut {
+        return "cut".into();
+    }
+    trace
+        .iter()
+        .filter(|l| l.boot == boot)
+        .find_map(|l| match &l.event {
+            Event::Outcome { result, .. } => Some(result.name().to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| format!("{end:?}").to_lowercase())
+}
+
+/// Runs one scenario against fresh servers.
+pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, ScenarioError> {
+    let started = std::time::Instant::now();
+    let rate_limited = s.faults.iter().any(|f| matches!(f, FaultSpec::RateLimit { .. }));
+    let world = World::start(broker, rate_limited).await?;
+    let prefix = format!("sim/{}-{}", s.name, std::process::id());
+    let collector = Collector::connect(&world.broker, &prefix).await?;
+
+    let mut releases = Vec::new();
+    for (i, r) in s.releases.iter().enumerate() {
+        let version = r.image_version.clone().unwrap_or_else(|| r.tag.clone());
+        let bytes = image::build(&version, r.size, s.seed ^ i as u64);
+        let mut release = Release::new(&r.tag, 1_700_000_000 + i as u64 * 86_400)
+            .with_asset(Asset::new(&r.asset, bytes));
+        release.prerelease = r.prerelease;
+        release.draft = r.draft;
+        release.body = format!("Release {} of the simulated thermostat.\n\n{}", r.tag, "- a change\n".repeat(40));
+        releases.push(release);
+    }
+    world.github.set_releases("acme", "thermostat", releases);
+
+    let client_id = s.name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
+    let conf = match &s.board.conf {
+        Some(raw) => raw.clone(),
+        None => conf_json(&world.api_base(), world.board_broker(), &client_id, &prefix, s.board.allow_prereleases, s.board.allow_downgrade),
+    };
+    let running = image::build(&s.board.version, 32 * 1024, s.seed ^ 0xB007);
+    let mut board = VirtualBoard::new(image::provision(conf.as_bytes(), &running, s.seed), &client_id, s.seed);
+
+    let mut triggers = Triggers::default();
+    let mut broker_down = Vec::new();
+    for f in &s.faults {
+        match f {
+            FaultSpec::PowerCut { at_flash_op, at_download_byte, at_event, occurrence, at_time_ms } => {
+                if let Some(op) = at_flash_op {
+                    board.flash.arm_cut(*op);
+                }
+                triggers.at_download_byte = at_download_byte.or(triggers.at_download_byte);
+                if let Some(e) = at_event {
+                    triggers.at_event = Some((e.clone(), occurrence.unwrap_or(1)));
+                }
+                triggers.at_time_ms = at_time_ms.or(triggers.at_time_ms);
+            }
+            FaultSpec::WifiDown { from_ms, until_ms } => board.outages.push(Outage { from: *from_ms, until: *until_ms }),
+            FaultSpec::WifiDrop { at_download_byte, for_ms } => triggers.wifi_drop_at_byte = Some((*at_download_byte, *for_ms)),
+            FaultSpec::Github { fault, times, .. } => {
+                let armed = github_fault(fault, f)
+                    .ok_or_else(|| ScenarioError::UnknownFault { name: s.name.clone(), fault: fault.clone() })?;
+                world.github.arm(match times {
+                    Some(n) => armed.times(*n),
+                    None => armed.always(),
+                });
+            }
+            FaultSpec::RateLimit { per_hour } => world.github.set_rate_limit(RateLimit {
+                anonymous: *per_hour,
+                authenticated: *per_hour,
+                window_secs: 3600,
+                exhausted: Exhausted::Forbidden,
+            }),
+            FaultSpec::ConnectionReset { after_bytes, times } => {
+                world.github_proxy.set_mode(ProxyMode::ResetAfter { bytes: *after_bytes });
+                let proxy = world.github_proxy.clone();
+                let (limit, times) = (*after_bytes, u64::from(*times));
+                // Back to Pass once `times` connections were reset.
+                tokio::spawn(async move {
+                    while proxy.stats().resets < times {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    let _ = limit;
+                    proxy.set_mode(ProxyMode::Pass);
+                });
+            }
+            FaultSpec::BrokerDown { boots } => broker_down.extend(boots.iter().copied()),
+        }
+    }
+
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(|e| WorldError::Unresolvable(e.to_string()))?;
+    let wiring = Wiring { broker: world.board_broker() };
+    let mut failures = Vec::new();
+    let mut ends = Vec::new();
+    let mut apps = 0;
+    while board.boots < 16 {
+        let next = board.boots + 1;
+        world.broker_proxy.set_mode(if broker_down.contains(&next) { ProxyMode::Down } else { ProxyMode::Pass });
+        let end = board.boot(&http, &wiring, &mut triggers).await;
+        ends.push(end.clone());
+        match end {
+            BootEnd::App => {
+                apps += 1;
+                if apps > s.extra_boots {
+                    break;
+                }
+            }
+            BootEnd::Reboot | BootEnd::PowerCut => {}
+            BootEnd::Bricked(b) => {
+                failures.push(format!("invariant: boot {next} bricked: {b}"));
+                break;
+            }
+            BootEnd::Stuck => {
+                failures.push(format!("invariant: boot {next} stuck (the core waits for nothing)"));
+                break;
+            }
+        }
+    }
+    if board.boots >= 16 {
+        failures.push("invariant: the application never ran within 16 boots".into());
+    }
+    world.broker_proxy.set_mode(ProxyMode::Pass);
+
+    // The board's own view of what it reported, then the broker's.
+    let published: usize =
+        board.trace.iter().filter(|l| matches!(l.event, Event::Published { .. })).count();
+    let messages = collector.wait_for(published, Duration::from_secs(3)).await;
+    collector.close().await;
+    let mut log: Vec<(u64, String, String)> = messages
+        .iter()
+        .filter_map(|m| {
+            let text = String::from_utf8_lossy(&m.payload).into_owned();
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            Some((v["seq"].as_u64()?, v["result"].as_str()?.to_string(), text))
+        })
+        .collect();
+    log.sort();
+    log.dedup_by_key(|e| e.0); // QoS 1 is at-least-once
+
+    let boots = board.boots;
+    let report_outcomes: Vec<String> = (1..=boots).map(|b| outcome_of(&board.trace, b, &ends[(b - 1) as usize])).collect();
+    let leds: Vec<String> = (1..=boots).map(|b| led_string(&board.trace, b)).collect();
+    let versions: Vec<String> = board.boot_choices.iter().map(|c| c.version.clone()).collect();
+    check_invariants(&board, &log, &mut failures);
+
+    let e = &s.expect;
+    let final_version = versions.last().cloned().unwrap_or_default();
+    if final_version != e.final_version {
+        failures.push(format!("final version {final_version}, expected {}", e.final_version));
+    }
+    if !e.outcomes.is_empty() && report_outcomes != e.outcomes {
+        failures.push(format!("outcomes {report_outcomes:?}, expected {:?}", e.outcomes));
+    }
+    if !e.leds.is_empty() && leds != e.leds {
+        failures.push(format!("LEDs {leds:?}, expected {:?}", e.leds));
+    }
+    let log_results: Vec<String> = log.iter().map(|(_, r, _)| r.clone()).collect();
+    if log_results != e.log {
+        failures.push(format!("MQTT log {log_results:?}, expected {:?}", e.log));
+    }
+    for code in &e.errors {
+        let seen = board.trace.iter().any(|l| matches!(&l.event, Event::Error { code: c, .. } | Event::Retry { reason: c, .. } if c.name() == code));
+        if !seen {
+            failures.push(format!("error `{code}` never appeared in the trace"));
+        }
+    }
+    for (_, _, payload) in &log {
+        for secret in ["sim-wifi-secret", "sim-mqtt-secret", "sim-token"] {
+            if payload.contains(secret) {
+                failures.push(format!("invariant: the log leaks a secret: {payload}"));
+            }
+        }
+    }
+    Ok(Report {
+        name: s.name.clone(),
+        seed: s.seed,
+        failures,
+        outcomes: report_outcomes,
+        leds,
+        log: log_results,
+        log_payloads: log.into_iter().map(|(_, _, p)| p).collect(),
+        versions,
+        virtual_ms: board.clock,
+        wall_ms: started.elapsed().as_millis(),
+        trace: board.trace,
+    })
+}
+
+/// Checks that hold for every run, whatever the scenario.
+pub fn check_invariants(board: &VirtualBoard, log: &[(u64, String, String)], failures: &mut Vec<String>) {
+    // The version the core reports is the version of the image the bootloader started.
+    for (i, choice) in board.boot_choices.iter().enumerate() {
+        let boot = i as u32 + 1;
+        let reported = board.trace.iter().find_map(|l| match &l.event {
+            Event::Boot { version, .. } if l.boot == boot => Some(version.to_string()),
+            _ => None,
+        });
+        if let Some(reported) = reported {
+            if reported != choice.version {
+                failures.push(format!("invariant: boot {boot} reports version {reported}, booted image is {}", choice.version));
+            }
+        }
+    }
+    // Every record the board saw acknowledged reached the broker; sequence numbers have no gaps.
+    let acked: std::collections::BTreeSet<u64> = board
+        .trace
+        .iter()
+        .filter_map(|l| match l.event {
+            Event::Published { seq } => Some(u64::from(seq)),
+            _ => None,
+        })
+        .collect();
+    let received: std::collections::BTreeSet<u64> = log.iter().map(|e| e.0).collect();
+    if let Some(missing) = acked.difference(&received).next() {
+        failures.push(format!("invariant: record {missing} was acknowledged but the collector never got it"));
+    }
+    if let Some(&max) = received.iter().max() {
+        if let Some(gap) = (1..=max).find(|s| !received.contains(s)) {
+            failures.push(format!("invariant: activity log lost record {gap} (received up to {max})"));
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The servers a virtual board talks to, wired with fault proxies:
+//!
+//! ```text
+//!  board ──reqwest──> proxy ──> mock GitHub (axum)      /repos/…, /{o}/{r}/releases/download/… → 302 → /_cdn/…
+//!  board ──MQTT 5──> proxy ──> rumqttd (in-process)    <── collector subscribed to the log topics
+//! ```
+
+use crate::broker::{Broker, BrokerAddr, BrokerError, BrokerHandle};
+use crate::github::{GithubConfig, GithubError, GithubHandle, MockGithub, RateLimit};
+use crate::proxy::{Proxy, ProxyError, ProxyHandle};
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+/// Why the servers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorldError {
+    /// The mock GitHub.
+    #[error("mock GitHub: {0}")]
+    Github(#[from] GithubError),
+    /// A fault proxy.
+    #[error("fault proxy: {0}")]
+    Proxy(#[from] ProxyError),
+    /// The broker.
+    #[error("broker: {0}")]
+    Broker(#[from] BrokerError),
+    /// An external broker URL that does not resolve.
+    #[error("broker {0} does not resolve")]
+    Unresolvable(String),
+}
+
+/// Where the MQTT broker is.
+#[derive(Clone, Debug)]
+pub enum BrokerChoice {
+    /// rumqttd in this process (started once, shared by every world).
+    Embedded,
+    /// A broker given by URL.
+    External(BrokerAddr),
+}
+
+static EMBEDDED: OnceLock<Result<BrokerHandle, String>> = OnceLock::new();
+
+/// The shared broker's address.
+pub fn broker_addr(choice: &BrokerChoice) -> Result<BrokerAddr, WorldError> {
+    match choice {
+        BrokerChoice::External(addr) => Ok(addr.clone()),
+        BrokerChoice::Embedded => {
+            let handle = EMBEDDED.get_or_init(|| Broker::start_embedded().map_err(|e| e.to_string()));
+            match handle {
+                Ok(h) => BrokerAddr::parse(&h.url()).map_err(WorldError::Broker),
+                Err(e) => Err(WorldError::Unresolvable(e.clone())),
+            }
+        }
+    }
+}
+
+/// One set of servers (per scenario, or one for a whole sweep).
+pub struct World {
+    /// The mock GitHub.
+    pub github: GithubHandle,
+    /// Proxy in front of it: the board's `api_base`.
+    pub github_proxy: ProxyHandle,
+    /// The broker, as the collector reaches it.
+    pub broker: BrokerAddr,
+    /// Proxy in front of the broker: where the board publishes.
+    pub broker_proxy: ProxyHandle,
+}
+
+impl World {
+    /// Starts a mock GitHub and both proxies. `rate_limited` keeps GitHub's 60 requests an
+    /// hour; sweeps turn it off (thousands of boots from one address).
+    pub async fn start(broker: &BrokerChoice, rate_limited: bool) -> Result<World, WorldError> {
+        let mut config = GithubConfig::default();
+        if !rate_limited {
+            config.rate_limit = RateLimit { anonymous: u32::MAX, authenticated: u32::MAX, ..RateLimit::default() };
+        }
+        let github = MockGithub::start(config).await?;
+        let github_proxy = Proxy::start(github.addr()).await?;
+        let broker = broker_addr(broker)?;
+        let upstream = crate::broker::resolve(&broker).ok_or_else(|| WorldError::Unresolvable(broker.url()))?;
+        let broker_proxy = Proxy::start(upstream).await?;
+        Ok(World { github, github_proxy, broker, broker_proxy })
+    }
+
+    /// The board's `api_base`.
+    pub fn api_base(&self) -> String {
+        format!("http://{}", self.github_proxy.addr())
+    }
+
+    /// Where the board's MQTT client connects.
+    pub fn board_broker(&self) -> SocketAddr {
+        self.broker_proxy.addr()
+    }
+}
+
+/// The `conf.json` a simulated board gets.
+pub fn conf_json(api_base: &str, broker: SocketAddr, client_id: &str, prefix: &str, prereleases: bool, downgrade: bool) -> String {
+    format!(
+        r#"{{
+  "wifi": {{ "ssid": "sim-wifi", "password": "sim-wifi-secret" }},
+  "github": {{ "repository": "https://github.com/acme/thermostat", "api_base": "{api_base}", "asset": "firmware.bin" }},
+  "mqtt": {{ "host": "{}", "port": {}, "client_id": "{client_id}", "topic_prefix": "{prefix}", "password": "sim-mqtt-secret" }},
+  "leds": {{ "yellow": 4, "green": 5, "app": 8 }},
+  "update": {{ "allow_prereleases": {prereleases}, "allow_downgrade": {downgrade} }}
+}}"#,
+        broker.ip(),
+        broker.port()
+    )
+}

@@ -1,0 +1,625 @@
+//! The simulator's servers, driven by the clients the virtual board uses (reqwest, rumqttc v5).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_NONE_MATCH, LOCATION, RANGE};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sim::broker::{Broker, BrokerAddr, Collector};
+use sim::github::{
+    Asset, Exhausted, Fault, FaultKind, GithubConfig, GithubHandle, MockGithub, RateLimit, Release,
+    Route,
+};
+use sim::proxy::{Proxy, ProxyMode};
+
+const OWNER: &str = "acme";
+const REPO: &str = "blinky";
+
+fn image(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// A mock with releases 1.0 and 1.1 (the latest), a 1.2 prerelease and a 1.3 draft.
+async fn github() -> GithubHandle {
+    let gh = MockGithub::start(GithubConfig::default())
+        .await
+        .expect("mock GitHub starts");
+    gh.set_releases(
+        OWNER,
+        REPO,
+        vec![
+            Release::new("1.0", 1_700_000_000).with_asset(Asset::new("firmware.bin", image(1000))),
+            Release::new("1.1", 1_700_100_000)
+                .with_asset(Asset::new("firmware.bin", image(100_000))),
+            Release {
+                prerelease: true,
+                ..Release::new("1.2", 1_700_200_000)
+            },
+            Release {
+                draft: true,
+                ..Release::new("1.3", 1_700_300_000)
+            },
+        ],
+    );
+    gh
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client builds")
+}
+
+async fn latest(gh: &GithubHandle) -> Value {
+    reqwest::get(format!(
+        "{}/repos/{OWNER}/{REPO}/releases/latest",
+        gh.base_url()
+    ))
+    .await
+    .expect("request succeeds")
+    .json()
+    .await
+    .expect("JSON body")
+}
+
+#[tokio::test]
+async fn latest_release_has_githubs_shape_and_the_assets_digest() {
+    let gh = github().await;
+    let base = gh.base_url();
+    let rel = latest(&gh).await;
+
+    assert_eq!(rel["tag_name"], "1.1", "newest published non-prerelease");
+    for field in [
+        "url",
+        "html_url",
+        "assets_url",
+        "upload_url",
+        "tarball_url",
+        "zipball_url",
+        "id",
+        "node_id",
+        "author",
+        "target_commitish",
+        "name",
+        "draft",
+        "prerelease",
+        "immutable",
+        "created_at",
+        "published_at",
+        "body",
+    ] {
+        assert!(rel.get(field).is_some(), "release field {field} missing");
+    }
+    assert_eq!(rel["author"]["type"], "Bot");
+    assert_eq!(rel["published_at"], "2023-11-16T02:00:00Z");
+
+    let asset = &rel["assets"][0];
+    let id = asset["id"].as_u64().expect("numeric asset id");
+    assert_eq!(
+        asset["url"],
+        format!("{base}/repos/{OWNER}/{REPO}/releases/assets/{id}")
+    );
+    assert_eq!(
+        asset["browser_download_url"],
+        format!("{base}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin")
+    );
+    assert_eq!(asset["state"], "uploaded");
+    assert_eq!(asset["size"], 100_000);
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(image(100_000))));
+    assert_eq!(asset["digest"], digest.as_str());
+    for field in [
+        "node_id",
+        "label",
+        "uploader",
+        "content_type",
+        "download_count",
+        "created_at",
+        "updated_at",
+    ] {
+        assert!(asset.get(field).is_some(), "asset field {field} missing");
+    }
+}
+
+#[tokio::test]
+async fn drafts_are_listed_only_for_a_client_with_a_token() {
+    let gh = github().await;
+    let url = format!("{}/repos/{OWNER}/{REPO}/releases", gh.base_url());
+    let tags = |v: Value| -> Vec<String> {
+        v.as_array()
+            .expect("a list")
+            .iter()
+            .map(|r| r["tag_name"].as_str().expect("tag").to_owned())
+            .collect()
+    };
+    let anon: Value = reqwest::get(&url)
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(tags(anon), ["1.2", "1.1", "1.0"]);
+    let authed: Value = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth("ghp_sim")
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(tags(authed), ["1.3", "1.2", "1.1", "1.0"]);
+}
+
+#[tokio::test]
+async fn no_release_is_githubs_404() {
+    let gh = github().await;
+    gh.arm(Fault::NoRelease.times(1));
+    let r = reqwest::get(format!(
+        "{}/repos/{OWNER}/{REPO}/releases/latest",
+        gh.base_url()
+    ))
+    .await
+    .expect("request succeeds");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body: Value = r.json().await.expect("JSON error body");
+    assert_eq!(body["message"], "Not Found");
+    assert_eq!(gh.fired(FaultKind::NoRelease), 1);
+    assert_eq!(
+        latest(&gh).await["tag_name"],
+        "1.1",
+        "recovers after one firing"
+    );
+}
+
+#[tokio::test]
+async fn browser_download_url_redirects_to_the_asset_host() {
+    let gh = github().await;
+    let rel = latest(&gh).await;
+    let url = rel["assets"][0]["browser_download_url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+
+    let r = no_redirects().get(&url).send().await.expect("request");
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let location = r.headers()[LOCATION].to_str().expect("ascii").to_owned();
+    assert!(location.contains("/_cdn/"), "{location}");
+
+    let r = reqwest::get(&url).await.expect("followed");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[CONTENT_LENGTH], "100000");
+    assert_eq!(r.bytes().await.expect("body").as_ref(), image(100_000));
+
+    // The API asset URL with Accept: octet-stream goes to the same host.
+    let api = rel["assets"][0]["url"].as_str().expect("url");
+    let r = no_redirects()
+        .get(api)
+        .header("accept", "application/octet-stream")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert!(
+        r.headers()[LOCATION]
+            .to_str()
+            .expect("ascii")
+            .contains("/_cdn/")
+    );
+    let json: Value = reqwest::Client::new()
+        .get(api)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("asset JSON");
+    assert_eq!(json["name"], "firmware.bin");
+
+    let log = gh.requests();
+    let cdn = log
+        .iter()
+        .find(|r| r.path.starts_with("/_cdn/"))
+        .expect("CDN request logged");
+    assert_eq!(
+        (cdn.status, cdn.bytes_sent, cdn.aborted),
+        (200, 100_000, false)
+    );
+}
+
+#[tokio::test]
+async fn ranges_resume_and_out_of_range_is_416() {
+    let gh = github().await;
+    let url = format!(
+        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
+        gh.base_url()
+    );
+    let all = image(100_000);
+    let client = reqwest::Client::new();
+
+    let r = client
+        .get(&url)
+        .header(RANGE, "bytes=40000-")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.headers()[CONTENT_RANGE], "bytes 40000-99999/100000");
+    assert_eq!(r.headers()[CONTENT_LENGTH], "60000");
+    assert_eq!(r.bytes().await.expect("body").as_ref(), &all[40_000..]);
+
+    let r = client
+        .get(&url)
+        .header(RANGE, "bytes=10-19")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.expect("body").as_ref(), &all[10..20]);
+
+    let r = client
+        .get(&url)
+        .header(RANGE, "bytes=100000-")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(r.headers()[CONTENT_RANGE], "bytes */100000");
+
+    let ranges: Vec<_> = gh.requests().into_iter().filter_map(|r| r.range).collect();
+    assert_eq!(ranges, ["bytes=40000-", "bytes=10-19", "bytes=100000-"]);
+}
+
+#[tokio::test]
+async fn etag_gives_304_which_costs_no_rate_limit() {
+    let gh = github().await;
+    let url = format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url());
+    let client = reqwest::Client::new();
+    let first = client.get(&url).send().await.expect("get");
+    let etag = first.headers()[ETAG].clone();
+    assert!(etag.to_str().expect("ascii").starts_with("W/\""));
+    assert_eq!(first.headers()["x-ratelimit-remaining"], "59");
+
+    let again = client
+        .get(&url)
+        .header(IF_NONE_MATCH, etag)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers()["x-ratelimit-remaining"], "59");
+    assert!(again.bytes().await.expect("body").is_empty());
+}
+
+#[tokio::test]
+async fn rate_limit_counts_down_then_403_until_the_window_resets() {
+    let gh = github().await;
+    let now = Arc::new(AtomicU64::new(1_700_000_000));
+    let clock = now.clone();
+    gh.set_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+    gh.set_rate_limit(RateLimit {
+        anonymous: 3,
+        ..RateLimit::default()
+    });
+    let url = format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url());
+    for left in ["2", "1", "0"] {
+        let r = reqwest::get(&url).await.expect("get");
+        assert_eq!(r.status(), StatusCode::OK);
+        let h = r.headers();
+        assert_eq!(h["x-ratelimit-limit"], "3");
+        assert_eq!(h["x-ratelimit-remaining"], left);
+        assert_eq!(h["x-ratelimit-reset"], "1700003600");
+        assert_eq!(h["x-ratelimit-resource"], "core");
+    }
+    // Downloads are not API calls: they still work.
+    let dl = format!(
+        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
+        gh.base_url()
+    );
+    assert_eq!(
+        reqwest::get(&dl).await.expect("get").status(),
+        StatusCode::OK
+    );
+
+    let r = reqwest::get(&url).await.expect("get");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+    assert_eq!(r.headers()["x-ratelimit-used"], "3");
+    let body: Value = r.json().await.expect("json");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .starts_with("API rate limit exceeded")
+    );
+    assert_eq!(gh.fired(FaultKind::RateLimited), 1);
+
+    gh.set_rate_limit(RateLimit {
+        anonymous: 3,
+        exhausted: Exhausted::TooManyRequests { retry_after: 42 },
+        ..RateLimit::default()
+    });
+    let r = reqwest::get(&url).await.expect("get");
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "42");
+
+    // The virtual clock passes the reset time: a fresh window.
+    now.store(1_700_003_600, Ordering::SeqCst);
+    let r = reqwest::get(&url).await.expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "2");
+}
+
+#[tokio::test]
+async fn server_error_fires_n_times_then_recovers() {
+    let gh = github().await;
+    gh.arm(
+        Fault::ServerError {
+            status: 503,
+            on: Route::Api,
+        }
+        .times(2),
+    );
+    let url = format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url());
+    let statuses: Vec<u16> = futures_util::future::join_all(
+        (0..3).map(|_| async { reqwest::get(&url).await.expect("get").status().as_u16() }),
+    )
+    .await;
+    let mut sorted = statuses.clone();
+    sorted.sort();
+    assert_eq!(sorted, [200, 503, 503]);
+    assert_eq!(gh.fired(FaultKind::ServerError), 2);
+}
+
+#[tokio::test]
+async fn truncated_json_is_valid_http_with_invalid_json() {
+    let gh = github().await;
+    gh.arm(Fault::TruncatedJson.times(1));
+    let r = reqwest::get(format!(
+        "{}/repos/{OWNER}/{REPO}/releases/latest",
+        gh.base_url()
+    ))
+    .await
+    .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.bytes().await.expect("whole body arrives");
+    assert!(serde_json::from_slice::<Value>(&body).is_err());
+    assert_eq!(gh.fired(FaultKind::TruncatedJson), 1);
+}
+
+#[tokio::test]
+async fn wrong_size_and_wrong_hash_lie_in_the_json_only() {
+    let gh = github().await;
+    gh.set_faults([Fault::WrongSize { delta: 1 }, Fault::WrongHash]);
+    let asset = latest(&gh).await["assets"][0].clone();
+    assert_eq!(asset["size"], 100_001);
+    let good = format!("sha256:{}", hex::encode(Sha256::digest(image(100_000))));
+    assert_ne!(asset["digest"], good.as_str());
+    assert_eq!(asset["digest"].as_str().expect("digest").len(), good.len());
+}
+
+#[tokio::test]
+async fn cut_body_after_makes_the_body_stream_fail() {
+    let gh = github().await;
+    gh.arm(Fault::CutBodyAfter { bytes: 30_000 }.times(1));
+    let url = format!(
+        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
+        gh.base_url()
+    );
+    let r = reqwest::get(&url).await.expect("headers arrive");
+    assert_eq!(
+        r.headers()[CONTENT_LENGTH],
+        "100000",
+        "the full length is announced"
+    );
+    let mut stream = r.bytes_stream();
+    let mut got = 0usize;
+    let mut error = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => got += c.len(),
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    let error = error.expect("the body stream reports the truncation");
+    assert!(error.is_body() || error.is_decode(), "{error:?}");
+    assert_eq!(got, 30_000);
+    assert_eq!(gh.fired(FaultKind::CutBodyAfter), 1);
+    let rec = gh
+        .requests()
+        .into_iter()
+        .find(|r| r.path.starts_with("/_cdn/"))
+        .expect("logged");
+    assert_eq!((rec.bytes_sent, rec.aborted), (30_000, true));
+
+    // Disarmed after one firing: a resume fetches the rest.
+    let rest = reqwest::Client::new()
+        .get(&url)
+        .header(RANGE, "bytes=30000-")
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(rest.as_ref(), &image(100_000)[30_000..]);
+}
+
+#[tokio::test]
+async fn stall_and_trickle_slow_the_body_but_deliver_it() {
+    let gh = github().await;
+    gh.set_faults([
+        Fault::Stall {
+            after: 50_000,
+            pause: Duration::from_millis(300),
+        }
+        .times(1),
+        Fault::Trickle {
+            chunk: 25_000,
+            delay: Duration::from_millis(10),
+        }
+        .times(1),
+    ]);
+    let url = format!(
+        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
+        gh.base_url()
+    );
+    let start = std::time::Instant::now();
+    let body = reqwest::get(&url)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(body.as_ref(), image(100_000));
+    assert_eq!(gh.fired(FaultKind::Stall), 1);
+    assert_eq!(gh.fired(FaultKind::Trickle), 1);
+}
+
+#[tokio::test]
+async fn redirect_loop_never_reaches_the_bytes() {
+    let gh = github().await;
+    gh.arm(Fault::RedirectLoop);
+    let url = format!(
+        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
+        gh.base_url()
+    );
+    let r = no_redirects().get(&url).send().await.expect("get");
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert_eq!(r.headers()[LOCATION], url.as_str(), "redirects to itself");
+    let err = reqwest::get(&url).await.expect_err("reqwest gives up");
+    assert!(err.is_redirect(), "{err:?}");
+    assert!(gh.fired(FaultKind::RedirectLoop) > 10);
+}
+
+#[tokio::test]
+async fn broker_delivers_a_qos1_publish_from_an_mqtt5_client() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let broker = Broker::start_embedded().expect("broker starts");
+    let addr = BrokerAddr::parse(&broker.url()).expect("own URL parses");
+    let collector = Collector::connect(&addr, "ota/board-1")
+        .await
+        .expect("subscribed");
+
+    let mut opts = MqttOptions::new("board-1", "127.0.0.1", broker.addr.port());
+    opts.set_keep_alive(Duration::from_secs(10));
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    client
+        .publish(
+            "ota/board-1/log",
+            QoS::AtLeastOnce,
+            false,
+            "{\"outcome\":\"updated\"}",
+        )
+        .await
+        .expect("queued");
+    let acked = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match eventloop.poll().await.expect("connection stays up") {
+                Event::Incoming(Packet::PubAck(ack)) => return ack,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("PUBACK within 5 s");
+    assert_eq!(acked.pkid, 1);
+
+    let got = collector.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].topic, "ota/board-1/log");
+    assert_eq!(got[0].payload.as_ref(), b"{\"outcome\":\"updated\"}");
+    assert_eq!(got[0].qos, 1);
+    assert!(!got[0].retain);
+}
+
+#[tokio::test]
+async fn proxy_reset_is_a_connection_error_for_reqwest() {
+    let gh = github().await;
+    let proxy = Proxy::start(gh.addr()).await.expect("proxy starts");
+    let base = format!("http://{}", proxy.addr());
+    let url = format!("{base}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin");
+
+    // Through the proxy, the JSON's URLs point at the proxy (Host header), so downloads go there too.
+    let rel: Value = reqwest::get(format!("{base}/repos/{OWNER}/{REPO}/releases/latest"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        rel["assets"][0]["browser_download_url"]
+            .as_str()
+            .expect("url")
+            .starts_with(&base)
+    );
+
+    proxy.set_mode(ProxyMode::ResetAfter { bytes: 20_000 });
+    let client = reqwest::Client::new();
+    let result = async { client.get(&url).send().await?.bytes().await }.await;
+    let err = result.expect_err("the reset surfaces");
+    assert!(
+        err.is_body() || err.is_request() || err.is_connect(),
+        "{err:?}"
+    );
+    assert!(proxy.stats().resets >= 1);
+
+    proxy.set_mode(ProxyMode::Refuse);
+    let err = reqwest::Client::new()
+        .get(&url)
+        .send()
+        .await
+        .expect_err("refused");
+    assert!(err.is_request() || err.is_connect(), "{err:?}");
+    assert!(proxy.stats().refused >= 1);
+
+    proxy.set_mode(ProxyMode::Down);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = reqwest::Client::new()
+        .get(&url)
+        .send()
+        .await
+        .expect_err("down");
+    assert!(err.is_connect(), "{err:?}");
+
+    proxy.set_mode(ProxyMode::Pass);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let body = reqwest::get(&url)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(body.len(), 100_000);
+}
+
+#[tokio::test]
+async fn proxy_in_front_of_the_broker_cuts_and_restores_mqtt() {
+    let broker = Broker::start_embedded().expect("broker starts");
+    let proxy = Proxy::start(broker.addr).await.expect("proxy starts");
+    let via = BrokerAddr::from(proxy.addr());
+    let collector = Collector::connect(&via, "ota")
+        .await
+        .expect("subscribed via proxy");
+    assert!(proxy.stats().bytes_up > 0 && proxy.stats().bytes_down > 0);
+
+    proxy.set_mode(ProxyMode::Down);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        Collector::connect(&via, "x").await.is_err(),
+        "broker unreachable"
+    );
+    collector.close().await;
+}
