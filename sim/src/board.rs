@@ -114,11 +114,20 @@ pub struct VirtualBoard {
     event_counts: std::collections::HashMap<&'static str, u32>,
 }
 
-type Pending = Pin<Box<dyn std::future::Future<Output = reqwest::Result<reqwest::Response>> + Send>>;
+type Pending =
+    Pin<Box<dyn std::future::Future<Output = reqwest::Result<reqwest::Response>> + Send>>;
 
 enum Flight {
-    Connecting { id: u32, purpose: Purpose, fut: Pending },
-    Streaming { id: u32, purpose: Purpose, body: Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>> },
+    Connecting {
+        id: u32,
+        purpose: Purpose,
+        fut: Pending,
+    },
+    Streaming {
+        id: u32,
+        purpose: Purpose,
+        body: Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    },
 }
 
 impl Flight {
@@ -158,8 +167,18 @@ impl VirtualBoard {
         }
     }
 
+    /// How many events of this name the board reported so far.
+    pub fn event_count(&self, name: &str) -> u32 {
+        self.event_counts.get(name).copied().unwrap_or(0)
+    }
+
     /// Powers the board on and runs one boot to its end.
-    pub async fn boot(&mut self, http: &reqwest::Client, wiring: &Wiring, triggers: &mut Triggers) -> BootEnd {
+    pub async fn boot(
+        &mut self,
+        http: &reqwest::Client,
+        wiring: &Wiring,
+        triggers: &mut Triggers,
+    ) -> BootEnd {
         self.flash.power_on();
         self.boots += 1;
         let choice = match bootloader::boot(&self.flash) {
@@ -187,11 +206,19 @@ impl VirtualBoard {
                 let name = event.name();
                 let n = counts.entry(name).or_insert(0);
                 *n += 1;
-                if triggers.at_event.as_ref().is_some_and(|(e, k)| e == name && *k == *n) {
+                if triggers
+                    .at_event
+                    .as_ref()
+                    .is_some_and(|(e, k)| e == name && *k == *n)
+                {
                     triggers.at_event = None;
                     cut = true;
                 }
-                trace.push(TraceLine { boot, ms: t.0, event });
+                trace.push(TraceLine {
+                    boot,
+                    ms: t.0,
+                    event,
+                });
             }
             if cut || core.flash_mut().is_dead() {
                 core.flash_mut().cut_now();
@@ -214,8 +241,13 @@ impl VirtualBoard {
                             flight = None;
                         }
                     }
-                    Action::Publish { seq, topic, payload } => {
-                        let delivered = publish(&mut mqtt, wiring, &self.client_id, &topic, &payload).await;
+                    Action::Publish {
+                        seq,
+                        topic,
+                        payload,
+                    } => {
+                        let delivered =
+                            publish(&mut mqtt, wiring, &self.client_id, &topic, &payload).await;
                         core.handle_publish_result(Instant(now), seq, delivered);
                     }
                     Action::Reboot => break 'boot BootEnd::Reboot,
@@ -223,7 +255,10 @@ impl VirtualBoard {
                 }
                 continue;
             }
-            let deadline = [core.poll_timeout().map(|t| t.0), join_at].into_iter().flatten().min();
+            let deadline = [core.poll_timeout().map(|t| t.0), join_at]
+                .into_iter()
+                .flatten()
+                .min();
             if let Some(f) = flight.as_mut() {
                 let step = tokio::time::timeout(IO_PATIENCE, next_step(f)).await;
                 let id = f.id();
@@ -236,17 +271,31 @@ impl VirtualBoard {
                             }
                         }
                         let purpose = match f {
-                            Flight::Connecting { purpose, .. } | Flight::Streaming { purpose, .. } => *purpose,
+                            Flight::Connecting { purpose, .. }
+                            | Flight::Streaming { purpose, .. } => *purpose,
                         };
-                        flight = Some(Flight::Streaming { id, purpose, body: Box::pin(resp.bytes_stream()) });
+                        flight = Some(Flight::Streaming {
+                            id,
+                            purpose,
+                            body: Box::pin(resp.bytes_stream()),
+                        });
                         core.handle_response_head(Instant(now), id, &head);
                     }
                     Ok(Step::Chunk(bytes)) => {
-                        let is_image = matches!(f, Flight::Streaming { purpose: Purpose::Download, .. });
+                        let is_image = matches!(
+                            f,
+                            Flight::Streaming {
+                                purpose: Purpose::Download,
+                                ..
+                            }
+                        );
                         for piece in bytes.chunks(PIECE) {
                             let mut piece = piece;
                             if is_image {
-                                if let Some(at) = triggers.at_download_byte.filter(|&at| downloaded + piece.len() as u64 >= at) {
+                                if let Some(at) = triggers
+                                    .at_download_byte
+                                    .filter(|&at| downloaded + piece.len() as u64 >= at)
+                                {
                                     piece = &piece[..(at - downloaded) as usize];
                                     triggers.at_download_byte = None;
                                     core.handle_response_body(Instant(now), id, piece);
@@ -254,16 +303,24 @@ impl VirtualBoard {
                                     core.flash_mut().cut_now();
                                     break;
                                 }
-                                if let Some((_, length)) = triggers.wifi_drop_at_byte.filter(|(at, _)| downloaded + piece.len() as u64 >= *at) {
+                                if let Some((_, length)) = triggers
+                                    .wifi_drop_at_byte
+                                    .filter(|(at, _)| downloaded + piece.len() as u64 >= *at)
+                                {
                                     triggers.wifi_drop_at_byte = None;
-                                    outages.push(Outage { from: start + now, until: start + now + length });
+                                    outages.push(Outage {
+                                        from: start + now,
+                                        until: start + now + length,
+                                    });
                                     core.handle_network(Instant(now), false);
                                     break;
                                 }
                                 downloaded += piece.len() as u64;
                             }
                             core.handle_response_body(Instant(now), id, piece);
-                            if core.flash_mut().is_dead() || !flight.as_ref().is_some_and(|f| f.id() == id) {
+                            if core.flash_mut().is_dead()
+                                || !flight.as_ref().is_some_and(|f| f.id() == id)
+                            {
                                 break;
                             }
                         }
@@ -303,7 +360,11 @@ impl VirtualBoard {
             }
         };
         while let Some((t, event)) = core.poll_event() {
-            trace.push(TraceLine { boot, ms: t.0, event });
+            trace.push(TraceLine {
+                boot,
+                ms: t.0,
+                event,
+            });
         }
         drop(core);
         if let Some(m) = mqtt.take() {
@@ -329,14 +390,21 @@ fn wifi_up_at(outages: &[Outage], t: u64) -> u64 {
 }
 
 fn start_request(http: &reqwest::Client, req: &HttpRequest) -> Flight {
-    let mut builder = http.get(req.url.as_str()).header("accept", req.accept.header_value()).header("user-agent", "esp-ota-sim");
+    let mut builder = http
+        .get(req.url.as_str())
+        .header("accept", req.accept.header_value())
+        .header("user-agent", "esp-ota-sim");
     if let Some(from) = req.range_from {
         builder = builder.header("range", format!("bytes={from}-"));
     }
     if req.authorize {
         builder = builder.header("authorization", "Bearer sim-token");
     }
-    Flight::Connecting { id: req.id, purpose: req.purpose, fut: Box::pin(builder.send()) }
+    Flight::Connecting {
+        id: req.id,
+        purpose: req.purpose,
+        fut: Box::pin(builder.send()),
+    }
 }
 
 async fn next_step(flight: &mut Flight) -> Step {
@@ -367,16 +435,30 @@ fn describe(e: &reqwest::Error) -> String {
 }
 
 /// Publishes with QoS 1 and waits for the broker's PUBACK.
-async fn publish(mqtt: &mut Option<Mqtt>, wiring: &Wiring, client_id: &str, topic: &str, payload: &[u8]) -> bool {
+async fn publish(
+    mqtt: &mut Option<Mqtt>,
+    wiring: &Wiring,
+    client_id: &str,
+    topic: &str,
+    payload: &[u8],
+) -> bool {
     if mqtt.is_none() {
-        let mut opts = MqttOptions::new(client_id.to_string(), wiring.broker.ip().to_string(), wiring.broker.port());
+        let mut opts = MqttOptions::new(
+            client_id.to_string(),
+            wiring.broker.ip().to_string(),
+            wiring.broker.port(),
+        );
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_start(true);
         let (client, events) = AsyncClient::new(opts, 8);
         *mqtt = Some(Mqtt { client, events });
     }
     let Some(m) = mqtt.as_mut() else { return false };
-    if m.client.publish(topic.to_string(), QoS::AtLeastOnce, false, payload.to_vec()).await.is_err() {
+    if m.client
+        .publish(topic.to_string(), QoS::AtLeastOnce, false, payload.to_vec())
+        .await
+        .is_err()
+    {
         *mqtt = None;
         return false;
     }

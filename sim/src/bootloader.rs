@@ -66,20 +66,32 @@ pub fn boot(flash: &SimFlash) -> Result<BootChoice, Bricked> {
         return Err(Bricked::NoTable("no OTA slots".into()));
     }
     let otadata = table
-        .find(firmware::format::partition::TYPE_DATA, firmware::format::partition::SUBTYPE_OTADATA)
+        .find(
+            firmware::format::partition::TYPE_DATA,
+            firmware::format::partition::SUBTYPE_OTADATA,
+        )
         .ok_or_else(|| Bricked::NoTable("no otadata".into()))?;
     let entry = |i: u32| -> [u8; ENTRY_LEN] {
         let at = (otadata.offset + i * SECTOR_LEN) as usize;
-        contents[at..at + ENTRY_LEN].try_into().unwrap_or([0xFF; ENTRY_LEN])
+        contents[at..at + ENTRY_LEN]
+            .try_into()
+            .unwrap_or([0xFF; ENTRY_LEN])
     };
     let data = OtaData::from_sectors(&entry(0), &entry(1));
     let count = slots.len() as u8;
     let selected = data.boot_slot(count).unwrap_or(0);
-    let order = std::iter::once(selected).chain((0..selected).rev()).chain(selected + 1..count);
+    let order = std::iter::once(selected)
+        .chain((0..selected).rev())
+        .chain(selected + 1..count);
     for slot in order {
         let p = &slots[usize::from(slot)];
         if let Some(info) = verify_image(contents, p.offset, p.size) {
-            return Ok(BootChoice { slot, offset: p.offset, selected, version: info.app_desc.version.to_string() });
+            return Ok(BootChoice {
+                slot,
+                offset: p.offset,
+                selected,
+                version: info.app_desc.version.to_string(),
+            });
         }
     }
     Err(Bricked::NoValidImage { selected })

@@ -9,7 +9,9 @@
 //! only partially; for an erase, a prefix of the sector back to `FF` and the
 //! rest untouched or garbled), then the flash is dead until the next boot.
 
-use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
+use embedded_storage::nor_flash::{
+    ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
+};
 
 /// Flash size of the simulated board.
 pub const FLASH_SIZE: usize = 4 * 1024 * 1024;
@@ -93,7 +95,19 @@ pub struct SimFlash {
 impl SimFlash {
     /// An erased flash; `seed` drives how cuts tear operations.
     pub fn new(seed: u64) -> SimFlash {
-        SimFlash { bytes: vec![0xFF; FLASH_SIZE], ops: 0, cut_at: None, dead: false, last_cut: None, rng: SplitMix(seed) }
+        SimFlash {
+            bytes: vec![0xFF; FLASH_SIZE],
+            ops: 0,
+            cut_at: None,
+            dead: false,
+            last_cut: None,
+            rng: SplitMix(seed),
+        }
+    }
+
+    /// Replaces the seed that decides how cuts tear operations.
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = SplitMix(seed);
     }
 
     /// Writes bytes as a flashing tool would (no operation counted, no cut).
@@ -144,7 +158,11 @@ impl SimFlash {
         if self.cut_at == Some(self.ops) {
             self.cut_at = None;
             self.dead = true;
-            self.last_cut = Some(Cut { op: self.ops, kind, offset });
+            self.last_cut = Some(Cut {
+                op: self.ops,
+                kind,
+                offset,
+            });
             return Ok(true);
         }
         Ok(false)
@@ -250,7 +268,14 @@ mod tests {
         assert_eq!(f.write(4096, &[0; 4096]), Err(SimFlashError::PowerCut));
         assert!(f.is_dead());
         assert_eq!(f.read(0, &mut [0; 4]), Err(SimFlashError::PowerCut));
-        assert_eq!(f.last_cut(), Some(Cut { op: 2, kind: OpKind::Write, offset: 4096 }));
+        assert_eq!(
+            f.last_cut(),
+            Some(Cut {
+                op: 2,
+                kind: OpKind::Write,
+                offset: 4096
+            })
+        );
         let written = f.contents()[4096..8192].iter().filter(|&&b| b == 0).count();
         assert!(written < 4096, "a torn write is incomplete");
         f.power_on();

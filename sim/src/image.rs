@@ -16,17 +16,33 @@ const IRAM: u32 = 0x4038_0000;
 pub fn build(version: &str, size: usize, seed: u64) -> Vec<u8> {
     let code = [0x13u8, 0, 0, 0].repeat(16); // `nop`s: a second segment as real apps have
     let overhead = app_image::image_len(&[
-        SegmentSpec { load_addr: DROM, data: &[0; 256] },
-        SegmentSpec { load_addr: IRAM, data: &code },
+        SegmentSpec {
+            load_addr: DROM,
+            data: &[0; 256],
+        },
+        SegmentSpec {
+            load_addr: IRAM,
+            data: &code,
+        },
     ]) - 256;
     let drom_len = size.saturating_sub(overhead).max(256) & !3;
     let mut drom = AppDesc::new(version, "sim-app").to_bytes().to_vec();
     let mut rng = SplitMix(seed ^ 0xA5A5);
     drom.extend((256..drom_len).map(|_| rng.next_u64() as u8));
-    let segs = [SegmentSpec { load_addr: DROM, data: &drom }, SegmentSpec { load_addr: IRAM, data: &code }];
+    let segs = [
+        SegmentSpec {
+            load_addr: DROM,
+            data: &drom,
+        },
+        SegmentSpec {
+            load_addr: IRAM,
+            data: &code,
+        },
+    ];
     let mut out = vec![0; app_image::image_len(&segs)];
     // `out` is sized by image_len and the segments are within limits: writing cannot fail.
-    let n = app_image::write_image(&mut out, &app_image::esp32c3_header(IRAM + 0x80), &segs).unwrap_or(0);
+    let n = app_image::write_image(&mut out, &app_image::esp32c3_header(IRAM + 0x80), &segs)
+        .unwrap_or(0);
     out.truncate(n);
     out
 }
@@ -52,7 +68,11 @@ mod tests {
     fn built_images_verify_and_carry_their_version() {
         for size in [4096, 65_536, 1 << 20] {
             let img = build("1.2", size, 3);
-            assert!(img.len() >= size && img.len() < size + 64, "{size} -> {}", img.len());
+            assert!(
+                img.len() >= size && img.len() < size + 64,
+                "{size} -> {}",
+                img.len()
+            );
             let info = app_image::inspect(&img).unwrap();
             assert_eq!(info.app_desc.version, "1.2");
         }

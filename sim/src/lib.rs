@@ -7,4 +7,5 @@ pub mod github;
 pub mod image;
 pub mod proxy;
 pub mod scenario;
+pub mod sweep;
 pub mod world;

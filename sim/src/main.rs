@@ -1,55 +1,375 @@
-//! `sim` command line. For now only `sim serve`: the servers a board (virtual or real) talks to.
-
-use std::net::SocketAddr;
+//! `sim`: runs the OTA core on virtual boards against a mock GitHub and an
+//! MQTT broker, with power cuts and network faults.
 
 use clap::{Parser, Subcommand};
-use sim::broker::Broker;
+use sim::broker::{Broker, BrokerAddr};
 use sim::github::{GithubConfig, MockGithub};
+use sim::scenario::{self, Report, Scenario};
+use sim::sweep::{self, SweepOptions, SweepReport};
+use sim::world::BrokerChoice;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
 
 #[derive(Parser)]
 #[command(name = "sim", about = "Host simulator for the ESP32 OTA updater")]
 struct Cli {
+    /// Use this MQTT broker (mqtt://host:port) instead of the embedded rumqttd.
+    #[arg(long, global = true)]
+    broker: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run scenarios (all of fixtures/scenarios when none is named).
+    Run {
+        /// Scenario files.
+        scenarios: Vec<PathBuf>,
+        /// Folder of scenarios when none is named.
+        #[arg(long, default_value = "fixtures/scenarios")]
+        dir: PathBuf,
+        /// Print one JSON object per scenario instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Print each scenario's serial console.
+        #[arg(long)]
+        trace: bool,
+    },
+    /// Cut power at every flash operation of an update (or at random points).
+    Sweep {
+        /// Release image size: bytes, or with KiB / MiB.
+        #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+        image_size: usize,
+        /// Random runs with one to three cuts each instead of the exhaustive sweep.
+        #[arg(long)]
+        random: Option<u32>,
+        /// Seed (of the random runs, or of how cuts tear operations).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Runs in flight at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// Only cut at these flash operations (to reproduce a failure).
+        #[arg(long = "op")]
+        ops: Vec<u64>,
+    },
+    /// Every scenario, then a sweep of a small image: what `just sim` runs.
+    All {
+        /// Folder of scenarios.
+        #[arg(long, default_value = "fixtures/scenarios")]
+        dir: PathBuf,
+        /// Image size of the sweep.
+        #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+        image_size: usize,
+    },
     /// Run the mock GitHub and the embedded MQTT broker until Ctrl-C.
     Serve {
         /// Address of the mock GitHub; port 0 picks a free one. The broker binds the same IP.
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: SocketAddr,
     },
+    /// Write a release image (a real ESP32-C3 app image) with this version.
+    Image {
+        /// Version in esp_app_desc_t.
+        #[arg(long)]
+        version: String,
+        /// Size: bytes, or with KiB / MiB.
+        #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+        size: usize,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
 }
 
-/// Errors of the command line.
-#[derive(Debug, thiserror::Error)]
-enum CliError {
-    /// The mock GitHub did not start.
-    #[error(transparent)]
-    Github(#[from] sim::github::GithubError),
-    /// The broker did not start.
-    #[error(transparent)]
-    Broker(#[from] sim::broker::BrokerError),
-    /// Waiting for Ctrl-C failed.
-    #[error("cannot wait for Ctrl-C: {0}")]
-    Signal(std::io::Error),
+fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: usize = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (e.g. 65536, 64KiB, 1MiB)"))?;
+    let unit = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1024,
+        "m" | "mib" | "mb" => 1024 * 1024,
+        other => return Err(format!("unknown size unit `{other}` (use KiB or MiB)")),
+    };
+    Ok(n * unit)
+}
+
+fn broker_choice(url: &Option<String>) -> Result<BrokerChoice, String> {
+    match url {
+        None => Ok(BrokerChoice::Embedded),
+        Some(u) => BrokerAddr::parse(u)
+            .map(BrokerChoice::External)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn print_table(reports: &[Report]) {
+    println!(
+        "{:<28} {:<6} {:<34} {:<30} {:<16} {:>9} {:>7}",
+        "scenario", "result", "outcomes", "LEDs", "versions", "virtual", "wall"
+    );
+    for r in reports {
+        let versions = {
+            let mut v = r.versions.clone();
+            v.dedup();
+            v.join(">")
+        };
+        println!(
+            "{:<28} {:<6} {:<34} {:<30} {:<16} {:>8}s {:>5}ms",
+            r.name,
+            if r.passed() { "ok" } else { "FAIL" },
+            r.outcomes.join(","),
+            r.leds.join(" "),
+            versions,
+            r.virtual_ms / 1000,
+            r.wall_ms
+        );
+    }
+    for r in reports.iter().filter(|r| !r.passed()) {
+        println!("\n{} FAILED (seed {}):", r.name, r.seed);
+        for f in &r.failures {
+            println!("  - {f}");
+        }
+        println!(
+            "  console:\n{}",
+            r.console()
+                .lines()
+                .map(|l| format!("    {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+fn report_json(r: &Report) -> serde_json::Value {
+    serde_json::json!({
+        "scenario": r.name, "passed": r.passed(), "seed": r.seed, "failures": r.failures,
+        "outcomes": r.outcomes, "leds": r.leds, "log": r.log, "versions": r.versions,
+        "virtual_ms": r.virtual_ms, "wall_ms": r.wall_ms,
+    })
+}
+
+async fn run_scenarios(
+    paths: &[PathBuf],
+    dir: &PathBuf,
+    json: bool,
+    trace: bool,
+    broker: &BrokerChoice,
+) -> Result<bool, String> {
+    let scenarios: Vec<Scenario> = if paths.is_empty() {
+        Scenario::load_dir(dir).map_err(|e| e.to_string())?
+    } else {
+        paths
+            .iter()
+            .map(|p| Scenario::load(p))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?
+    };
+    if scenarios.is_empty() {
+        return Err(format!("no scenarios in {}", dir.display()));
+    }
+    let mut reports = Vec::new();
+    for s in &scenarios {
+        let r = scenario::run(s, broker)
+            .await
+            .map_err(|e| format!("{}: {e}", s.name))?;
+        if json {
+            println!("{}", report_json(&r));
+        }
+        if trace {
+            println!("=== {} ===\n{}", r.name, r.console());
+        }
+        reports.push(r);
+    }
+    if !json {
+        print_table(&reports);
+    }
+    let failed = reports.iter().filter(|r| !r.passed()).count();
+    println!(
+        "scenarios: {} passed, {} failed",
+        reports.len() - failed,
+        failed
+    );
+    Ok(failed == 0)
+}
+
+fn print_sweep(opts: &SweepOptions, r: &SweepReport) {
+    let kind = match opts.random {
+        Some((n, seed)) => format!("random: {n} runs, seed {seed}"),
+        None => format!("every flash operation, seed {}", opts.seed),
+    };
+    println!("sweep: image {} bytes, {kind}", opts.image_size);
+    println!("  flash operations in a clean update: {}", r.clean_ops);
+    println!("  crash points run:                   {}", r.runs);
+    println!("  boots:                              {}", r.boots);
+    println!("  runs that resumed a download:       {}", r.resumed_runs);
+    println!("  bytes downloaded again (all runs):  {}", r.redownloaded);
+    println!(
+        "  most downloaded again after a cut:  {} bytes (one sector is 4096)",
+        r.max_redownload
+    );
+    println!(
+        "  invariant violations:               {}",
+        r.violations.len()
+    );
+    println!(
+        "  wall time:                          {:.2} s ({:.0} crash points/s)",
+        r.wall.as_secs_f64(),
+        r.rate()
+    );
+    for v in r.violations.iter().take(10) {
+        println!("  VIOLATION seed {} cuts [{}]:", v.seed, v.cuts.join(", "));
+        for w in &v.what {
+            println!("    - {w}");
+        }
+        let ops: Vec<&str> = v
+            .cuts
+            .iter()
+            .filter_map(|c| c.strip_prefix("op:"))
+            .collect();
+        if opts.random.is_none() && !ops.is_empty() {
+            println!(
+                "    reproduce: sim sweep --image-size {} --seed {} --op {}",
+                opts.image_size,
+                opts.seed,
+                ops.join(" --op ")
+            );
+        } else if let Some((_, _)) = opts.random {
+            println!(
+                "    reproduce: sim sweep --image-size {} --random 1 --seed {}",
+                opts.image_size, v.seed
+            );
+        }
+    }
+}
+
+async fn run_sweep(opts: SweepOptions, broker: &BrokerChoice) -> Result<bool, String> {
+    let report = sweep::sweep(&opts, broker)
+        .await
+        .map_err(|e| e.to_string())?;
+    print_sweep(&opts, &report);
+    Ok(report.violations.is_empty())
 }
 
 #[tokio::main]
-async fn main() -> Result<(), CliError> {
-    match Cli::parse().command {
-        Command::Serve { addr } => {
-            let github = MockGithub::start_on(addr, GithubConfig::default()).await?;
-            // Blocks this worker thread while rumqttd comes up; nothing else is running yet.
-            let broker = Broker::start_embedded_on(addr.ip())?;
-            println!("github {}", github.base_url());
-            println!("mqtt {}", broker.url());
-            println!("mqtt-v4 mqtt://{}", broker.v4_addr);
-            tokio::signal::ctrl_c().await.map_err(CliError::Signal)?;
-            github.shutdown();
-            Ok(())
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let started = Instant::now();
+    let broker = match broker_choice(&cli.broker) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Run {
+            scenarios,
+            dir,
+            json,
+            trace,
+        } => run_scenarios(&scenarios, &dir, json, trace, &broker).await,
+        Command::Sweep {
+            image_size,
+            random,
+            seed,
+            jobs,
+            ops,
+        } => {
+            let opts = SweepOptions {
+                image_size,
+                random: random.map(|n| (n, seed)),
+                seed,
+                jobs,
+                only: (!ops.is_empty()).then_some(ops),
+            };
+            run_sweep(opts, &broker).await
+        }
+        Command::All { dir, image_size } => {
+            let scenarios_ok = run_scenarios(&[], &dir, false, false, &broker).await;
+            let opts = SweepOptions {
+                image_size,
+                random: None,
+                seed: 1,
+                jobs: 4,
+                only: None,
+            };
+            let sweep_ok = run_sweep(opts, &broker).await;
+            let random_opts = SweepOptions {
+                image_size,
+                random: Some((50, 7)),
+                seed: 7,
+                jobs: 4,
+                only: None,
+            };
+            let random_ok = run_sweep(random_opts, &broker).await;
+            match (scenarios_ok, sweep_ok, random_ok) {
+                (Ok(a), Ok(b), Ok(c)) => Ok(a && b && c),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+            }
+        }
+        Command::Serve { addr } => serve(addr).await,
+        Command::Image {
+            version,
+            size,
+            output,
+        } => {
+            let bytes = sim::image::build(&version, size, 1);
+            std::fs::write(&output, &bytes)
+                .map(|_| {
+                    println!(
+                        "wrote {} ({} bytes, version {version})",
+                        output.display(),
+                        bytes.len()
+                    );
+                    true
+                })
+                .map_err(|e| format!("{}: {e}", output.display()))
+        }
+    };
+    println!("wall time: {:.2} s", started.elapsed().as_secs_f64());
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
+}
+
+async fn serve(addr: SocketAddr) -> Result<bool, String> {
+    let github = MockGithub::start_on(addr, GithubConfig::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let broker = Broker::start_embedded_on(addr.ip()).map_err(|e| e.to_string())?;
+    let image = sim::image::build("1.1", 256 * 1024, 1);
+    github.set_releases(
+        "acme",
+        "thermostat",
+        vec![
+            sim::github::Release::new("1.1", 1_700_000_000)
+                .with_asset(sim::github::Asset::new("firmware.bin", image)),
+        ],
+    );
+    println!(
+        "github {}  (acme/thermostat has release 1.1 with firmware.bin)",
+        github.base_url()
+    );
+    println!("mqtt {}", broker.url());
+    println!("mqtt-v4 mqtt://{}", broker.v4_addr);
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;
+    github.shutdown();
+    Ok(true)
 }

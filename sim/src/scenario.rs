@@ -300,18 +300,29 @@ pub enum ScenarioError {
 impl Scenario {
     /// Reads a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: path.display().to_string(), source })?;
-        let mut s: Scenario =
-            toml::from_str(&text).map_err(|source| ScenarioError::Parse { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut s: Scenario = toml::from_str(&text).map_err(|source| ScenarioError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
         if s.name.is_empty() {
-            s.name = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            s.name = path
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
         }
         Ok(s)
     }
 
     /// Every scenario in a folder, by file name.
     pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>, ScenarioError> {
-        let read = |e| ScenarioError::Read { path: dir.display().to_string(), source: e };
+        let read = |e| ScenarioError::Read {
+            path: dir.display().to_string(),
+            source: e,
+        };
         let mut paths: Vec<_> = std::fs::read_dir(dir)
             .map_err(read)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -323,18 +334,39 @@ impl Scenario {
 }
 
 fn github_fault(name: &str, spec: &FaultSpec) -> Option<Fault> {
-    let FaultSpec::Github { status, bytes, seconds, .. } = spec else { return None };
+    let FaultSpec::Github {
+        status,
+        bytes,
+        seconds,
+        ..
+    } = spec
+    else {
+        return None;
+    };
     Some(match name {
         "no_release" => Fault::NoRelease,
-        "server_error" => Fault::ServerError { status: status.unwrap_or(503), on: Route::Api },
-        "download_error" => Fault::ServerError { status: status.unwrap_or(503), on: Route::Download },
+        "server_error" => Fault::ServerError {
+            status: status.unwrap_or(503),
+            on: Route::Api,
+        },
+        "download_error" => Fault::ServerError {
+            status: status.unwrap_or(503),
+            on: Route::Download,
+        },
         "truncated_json" => Fault::TruncatedJson,
-        "cut_body_after" => Fault::CutBodyAfter { bytes: bytes.unwrap_or(10_000) },
-        "stall" => Fault::Stall { after: bytes.unwrap_or(10_000), pause: Duration::from_secs(5) },
+        "cut_body_after" => Fault::CutBodyAfter {
+            bytes: bytes.unwrap_or(10_000),
+        },
+        "stall" => Fault::Stall {
+            after: bytes.unwrap_or(10_000),
+            pause: Duration::from_secs(5),
+        },
         "redirect_loop" => Fault::RedirectLoop,
         "wrong_size" => Fault::WrongSize { delta: 4096 },
         "wrong_hash" => Fault::WrongHash,
-        "secondary_rate_limit" => Fault::SecondaryRateLimit { retry_after: seconds.unwrap_or(60) },
+        "secondary_rate_limit" => Fault::SecondaryRateLimit {
+            retry_after: seconds.unwrap_or(60),
+        },
         _ => return None,
     })
 }
@@ -345,11 +377,24 @@ pub fn led_string(trace: &[TraceLine], boot: u32) -> String {
     let mut green_on_at = None;
     for line in trace.iter().filter(|l| l.boot == boot) {
         match line.event {
-            Event::Led { led: Led::Yellow, on } => out.push(if on { 'Y' } else { 'y' }),
-            Event::Led { led: Led::Green, on: true } => green_on_at = Some(line.ms),
-            Event::Led { led: Led::Green, on: false } => {
+            Event::Led {
+                led: Led::Yellow,
+                on,
+            } => out.push(if on { 'Y' } else { 'y' }),
+            Event::Led {
+                led: Led::Green,
+                on: true,
+            } => green_on_at = Some(line.ms),
+            Event::Led {
+                led: Led::Green,
+                on: false,
+            } => {
                 if let Some(t) = green_on_at.take() {
-                    out.push(if line.ms - t >= firmware::led::LONG_MS { '-' } else { '.' });
+                    out.push(if line.ms - t >= firmware::led::LONG_MS {
+                        '-'
+                    } else {
+                        '.'
+                    });
                 }
             }
             _ => {}
@@ -375,7 +420,10 @@ fn outcome_of(trace: &[TraceLine], boot: u32, end: &BootEnd) -> String {
 /// Runs one scenario against fresh servers.
 pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, ScenarioError> {
     let started = std::time::Instant::now();
-    let rate_limited = s.faults.iter().any(|f| matches!(f, FaultSpec::RateLimit { .. }));
+    let rate_limited = s
+        .faults
+        .iter()
+        .any(|f| matches!(f, FaultSpec::RateLimit { .. }));
     let world = World::start(broker, rate_limited).await?;
     let prefix = format!("sim/{}-{}", s.name, std::process::id());
     let collector = Collector::connect(&world.broker, &prefix).await?;
@@ -388,24 +436,47 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
             .with_asset(Asset::new(&r.asset, bytes));
         release.prerelease = r.prerelease;
         release.draft = r.draft;
-        release.body = format!("Release {} of the simulated thermostat.\n\n{}", r.tag, "- a change\n".repeat(40));
+        release.body = format!(
+            "Release {} of the simulated thermostat.\n\n{}",
+            r.tag,
+            "- a change\n".repeat(40)
+        );
         releases.push(release);
     }
     world.github.set_releases("acme", "thermostat", releases);
 
-    let client_id = s.name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
+    let client_id = s
+        .name
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
     let conf = match &s.board.conf {
         Some(raw) => raw.clone(),
-        None => conf_json(&world.api_base(), world.board_broker(), &client_id, &prefix, s.board.allow_prereleases, s.board.allow_downgrade),
+        None => conf_json(
+            &world.api_base(),
+            world.board_broker(),
+            &client_id,
+            &prefix,
+            s.board.allow_prereleases,
+            s.board.allow_downgrade,
+        ),
     };
     let running = image::build(&s.board.version, 32 * 1024, s.seed ^ 0xB007);
-    let mut board = VirtualBoard::new(image::provision(conf.as_bytes(), &running, s.seed), &client_id, s.seed);
+    let mut board = VirtualBoard::new(
+        image::provision(conf.as_bytes(), &running, s.seed),
+        &client_id,
+        s.seed,
+    );
 
     let mut triggers = Triggers::default();
     let mut broker_down = Vec::new();
     for f in &s.faults {
         match f {
-            FaultSpec::PowerCut { at_flash_op, at_download_byte, at_event, occurrence, at_time_ms } => {
+            FaultSpec::PowerCut {
+                at_flash_op,
+                at_download_byte,
+                at_event,
+                occurrence,
+                at_time_ms,
+            } => {
                 if let Some(op) = at_flash_op {
                     board.flash.arm_cut(*op);
                 }
@@ -415,11 +486,19 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
                 }
                 triggers.at_time_ms = at_time_ms.or(triggers.at_time_ms);
             }
-            FaultSpec::WifiDown { from_ms, until_ms } => board.outages.push(Outage { from: *from_ms, until: *until_ms }),
-            FaultSpec::WifiDrop { at_download_byte, for_ms } => triggers.wifi_drop_at_byte = Some((*at_download_byte, *for_ms)),
+            FaultSpec::WifiDown { from_ms, until_ms } => board.outages.push(Outage {
+                from: *from_ms,
+                until: *until_ms,
+            }),
+            FaultSpec::WifiDrop {
+                at_download_byte,
+                for_ms,
+            } => triggers.wifi_drop_at_byte = Some((*at_download_byte, *for_ms)),
             FaultSpec::Github { fault, times, .. } => {
-                let armed = github_fault(fault, f)
-                    .ok_or_else(|| ScenarioError::UnknownFault { name: s.name.clone(), fault: fault.clone() })?;
+                let armed = github_fault(fault, f).ok_or_else(|| ScenarioError::UnknownFault {
+                    name: s.name.clone(),
+                    fault: fault.clone(),
+                })?;
                 world.github.arm(match times {
                     Some(n) => armed.times(*n),
                     None => armed.always(),
@@ -432,7 +511,9 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
                 exhausted: Exhausted::Forbidden,
             }),
             FaultSpec::ConnectionReset { after_bytes, times } => {
-                world.github_proxy.set_mode(ProxyMode::ResetAfter { bytes: *after_bytes });
+                world.github_proxy.set_mode(ProxyMode::ResetAfter {
+                    bytes: *after_bytes,
+                });
                 let proxy = world.github_proxy.clone();
                 let (limit, times) = (*after_bytes, u64::from(*times));
                 // Back to Pass once `times` connections were reset.
@@ -453,13 +534,19 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
         .no_proxy()
         .build()
         .map_err(|e| WorldError::Unresolvable(e.to_string()))?;
-    let wiring = Wiring { broker: world.board_broker() };
+    let wiring = Wiring {
+        broker: world.board_broker(),
+    };
     let mut failures = Vec::new();
     let mut ends = Vec::new();
     let mut apps = 0;
     while board.boots < 16 {
         let next = board.boots + 1;
-        world.broker_proxy.set_mode(if broker_down.contains(&next) { ProxyMode::Down } else { ProxyMode::Pass });
+        world.broker_proxy.set_mode(if broker_down.contains(&next) {
+            ProxyMode::Down
+        } else {
+            ProxyMode::Pass
+        });
         let end = board.boot(&http, &wiring, &mut triggers).await;
         ends.push(end.clone());
         match end {
@@ -475,7 +562,9 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
                 break;
             }
             BootEnd::Stuck => {
-                failures.push(format!("invariant: boot {next} stuck (the core waits for nothing)"));
+                failures.push(format!(
+                    "invariant: boot {next} stuck (the core waits for nothing)"
+                ));
                 break;
             }
         }
@@ -486,8 +575,11 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
     world.broker_proxy.set_mode(ProxyMode::Pass);
 
     // The board's own view of what it reported, then the broker's.
-    let published: usize =
-        board.trace.iter().filter(|l| matches!(l.event, Event::Published { .. })).count();
+    let published: usize = board
+        .trace
+        .iter()
+        .filter(|l| matches!(l.event, Event::Published { .. }))
+        .count();
     let messages = collector.wait_for(published, Duration::from_secs(3)).await;
     collector.close().await;
     let mut log: Vec<(u64, String, String)> = messages
@@ -502,18 +594,30 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
     log.dedup_by_key(|e| e.0); // QoS 1 is at-least-once
 
     let boots = board.boots;
-    let report_outcomes: Vec<String> = (1..=boots).map(|b| outcome_of(&board.trace, b, &ends[(b - 1) as usize])).collect();
+    let report_outcomes: Vec<String> = (1..=boots)
+        .map(|b| outcome_of(&board.trace, b, &ends[(b - 1) as usize]))
+        .collect();
     let leds: Vec<String> = (1..=boots).map(|b| led_string(&board.trace, b)).collect();
-    let versions: Vec<String> = board.boot_choices.iter().map(|c| c.version.clone()).collect();
+    let versions: Vec<String> = board
+        .boot_choices
+        .iter()
+        .map(|c| c.version.clone())
+        .collect();
     check_invariants(&board, &log, &mut failures);
 
     let e = &s.expect;
     let final_version = versions.last().cloned().unwrap_or_default();
     if final_version != e.final_version {
-        failures.push(format!("final version {final_version}, expected {}", e.final_version));
+        failures.push(format!(
+            "final version {final_version}, expected {}",
+            e.final_version
+        ));
     }
     if !e.outcomes.is_empty() && report_outcomes != e.outcomes {
-        failures.push(format!("outcomes {report_outcomes:?}, expected {:?}", e.outcomes));
+        failures.push(format!(
+            "outcomes {report_outcomes:?}, expected {:?}",
+            e.outcomes
+        ));
     }
     if !e.leds.is_empty() && leds != e.leds {
         failures.push(format!("LEDs {leds:?}, expected {:?}", e.leds));
@@ -551,7 +655,11 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
 }
 
 /// Checks that hold for every run, whatever the scenario.
-pub fn check_invariants(board: &VirtualBoard, log: &[(u64, String, String)], failures: &mut Vec<String>) {
+pub fn check_invariants(
+    board: &VirtualBoard,
+    log: &[(u64, String, String)],
+    failures: &mut Vec<String>,
+) {
     // The version the core reports is the version of the image the bootloader started.
     for (i, choice) in board.boot_choices.iter().enumerate() {
         let boot = i as u32 + 1;
@@ -561,7 +669,10 @@ pub fn check_invariants(board: &VirtualBoard, log: &[(u64, String, String)], fai
         });
         if let Some(reported) = reported {
             if reported != choice.version {
-                failures.push(format!("invariant: boot {boot} reports version {reported}, booted image is {}", choice.version));
+                failures.push(format!(
+                    "invariant: boot {boot} reports version {reported}, booted image is {}",
+                    choice.version
+                ));
             }
         }
     }
@@ -576,11 +687,15 @@ pub fn check_invariants(board: &VirtualBoard, log: &[(u64, String, String)], fai
         .collect();
     let received: std::collections::BTreeSet<u64> = log.iter().map(|e| e.0).collect();
     if let Some(missing) = acked.difference(&received).next() {
-        failures.push(format!("invariant: record {missing} was acknowledged but the collector never got it"));
+        failures.push(format!(
+            "invariant: record {missing} was acknowledged but the collector never got it"
+        ));
     }
     if let Some(&max) = received.iter().max() {
         if let Some(gap) = (1..=max).find(|s| !received.contains(s)) {
-            failures.push(format!("invariant: activity log lost record {gap} (received up to {max})"));
+            failures.push(format!(
+                "invariant: activity log lost record {gap} (received up to {max})"
+            ));
         }
     }
 }

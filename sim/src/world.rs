@@ -44,7 +44,8 @@ pub fn broker_addr(choice: &BrokerChoice) -> Result<BrokerAddr, WorldError> {
     match choice {
         BrokerChoice::External(addr) => Ok(addr.clone()),
         BrokerChoice::Embedded => {
-            let handle = EMBEDDED.get_or_init(|| Broker::start_embedded().map_err(|e| e.to_string()));
+            let handle =
+                EMBEDDED.get_or_init(|| Broker::start_embedded().map_err(|e| e.to_string()));
             match handle {
                 Ok(h) => BrokerAddr::parse(&h.url()).map_err(WorldError::Broker),
                 Err(e) => Err(WorldError::Unresolvable(e.clone())),
@@ -71,14 +72,24 @@ impl World {
     pub async fn start(broker: &BrokerChoice, rate_limited: bool) -> Result<World, WorldError> {
         let mut config = GithubConfig::default();
         if !rate_limited {
-            config.rate_limit = RateLimit { anonymous: u32::MAX, authenticated: u32::MAX, ..RateLimit::default() };
+            config.rate_limit = RateLimit {
+                anonymous: u32::MAX,
+                authenticated: u32::MAX,
+                ..RateLimit::default()
+            };
         }
         let github = MockGithub::start(config).await?;
         let github_proxy = Proxy::start(github.addr()).await?;
         let broker = broker_addr(broker)?;
-        let upstream = crate::broker::resolve(&broker).ok_or_else(|| WorldError::Unresolvable(broker.url()))?;
+        let upstream = crate::broker::resolve(&broker)
+            .ok_or_else(|| WorldError::Unresolvable(broker.url()))?;
         let broker_proxy = Proxy::start(upstream).await?;
-        Ok(World { github, github_proxy, broker, broker_proxy })
+        Ok(World {
+            github,
+            github_proxy,
+            broker,
+            broker_proxy,
+        })
     }
 
     /// The board's `api_base`.
@@ -93,7 +104,14 @@ impl World {
 }
 
 /// The `conf.json` a simulated board gets.
-pub fn conf_json(api_base: &str, broker: SocketAddr, client_id: &str, prefix: &str, prereleases: bool, downgrade: bool) -> String {
+pub fn conf_json(
+    api_base: &str,
+    broker: SocketAddr,
+    client_id: &str,
+    prefix: &str,
+    prereleases: bool,
+    downgrade: bool,
+) -> String {
     format!(
         r#"{{
   "wifi": {{ "ssid": "sim-wifi", "password": "sim-wifi-secret" }},

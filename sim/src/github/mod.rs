@@ -346,11 +346,16 @@ async fn record(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> 
         return response;
     }
     let (parts, body) = response.into_parts();
+    let expected = header_str(&parts.headers, header::CONTENT_LENGTH)
+        .and_then(|v| v.parse().ok())
+        .or(body.size_hint().exact());
     let counted = Counted {
         inner: body,
         shared,
         index,
         ended: false,
+        expected,
+        sent: 0,
     };
     Response::from_parts(parts, Body::new(counted))
 }
@@ -362,6 +367,10 @@ struct Counted {
     index: usize,
     /// Set when the inner body reported its end; a stream body cannot say so afterwards.
     ended: bool,
+    /// The announced Content-Length: hyper stops polling once it is sent, so reaching it is
+    /// the end even if the body never got to say so.
+    expected: Option<u64>,
+    sent: u64,
 }
 
 impl HttpBody for Counted {
@@ -376,10 +385,11 @@ impl HttpBody for Counted {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref()
-                    && let Some(rec) = lock(&this.shared.log).get_mut(this.index)
-                {
-                    rec.bytes_sent += data.len() as u64;
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                    if let Some(rec) = lock(&this.shared.log).get_mut(this.index) {
+                        rec.bytes_sent = this.sent;
+                    }
                 }
             }
             Poll::Ready(Some(Err(_))) => {
@@ -407,10 +417,10 @@ impl HttpBody for Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         // Dropped before the end: the client closed the connection mid-body.
-        if !self.ended
-            && !self.inner.is_end_stream()
-            && let Some(rec) = lock(&self.shared.log).get_mut(self.index)
-        {
+        let complete = self.ended
+            || self.inner.is_end_stream()
+            || self.expected.is_some_and(|n| self.sent >= n);
+        if !complete && let Some(rec) = lock(&self.shared.log).get_mut(self.index) {
             rec.aborted = true;
         }
     }
@@ -945,6 +955,9 @@ fn paced_body(data: Bytes, p: Pacing) -> Body {
         let pos = st.pos as u64;
         if st.p.cut.is_some_and(|c| pos >= c) {
             st.done = true;
+            // Give hyper a Pending so it flushes the head and the bytes so far; an error on a
+            // body that never yielded to the runtime would discard its whole write buffer.
+            tokio::time::sleep(Duration::from_millis(5)).await;
             let err = std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
                 "mock GitHub fault: body cut",

@@ -1,0 +1,385 @@
+//! The power-cut sweep, MCUboot style.
+//!
+//! 1. Run a clean update (board 1.0, release 1.1 of the chosen size) and
+//!    count its flash operations: every erase and program from the first
+//!    boot until the new image confirmed itself and the application runs.
+//! 2. For every operation N of that count: a fresh board, power cut during
+//!    operation N (the RNG of the seed decides how torn it is), reboot, run
+//!    to completion, and check the invariants:
+//!    - every boot finds a complete image (the bootloader verifies checksum
+//!      and appended SHA-256): never bricked, never a mix;
+//!    - the version the core reports is the version of the image booted;
+//!    - the board ends on the latest release, confirmed;
+//!    - the activity log has no gap and every acknowledged record arrived;
+//!    - bytes downloaded again after the cut stay within one flash sector
+//!      (plus the network piece in flight) beyond what was durable.
+//! 3. `--random N --seed S`: N runs, each with one to three cuts at random
+//!    operations, download bytes or trace events.
+//!
+//! A failure prints the seed and the cut points that reproduce it.
+
+use crate::board::{BootEnd, Triggers, VirtualBoard, Wiring};
+use crate::broker::Collector;
+use crate::flash::SplitMix;
+use crate::github::{Asset, Release};
+use crate::image;
+use crate::scenario::check_invariants;
+use crate::world::{BrokerChoice, World, WorldError, conf_json};
+use firmware::storage::SECTOR;
+use firmware::trace::{Event, Outcome};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Sweep settings.
+#[derive(Clone, Debug)]
+pub struct SweepOptions {
+    /// Size of the release image.
+    pub image_size: usize,
+    /// Random multi-cut runs instead of the exhaustive sweep: (runs, seed).
+    pub random: Option<(u32, u64)>,
+    /// Seed of the exhaustive sweep's torn operations.
+    pub seed: u64,
+    /// Runs in flight at once.
+    pub jobs: usize,
+    /// Only these cut points (for reproducing one failure).
+    pub only: Option<Vec<u64>>,
+}
+
+/// One failed run.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    /// Seed of the run.
+    pub seed: u64,
+    /// Cut points (flash operation numbers, or `byte:N` / `event:NAME`).
+    pub cuts: Vec<String>,
+    /// What broke.
+    pub what: Vec<String>,
+}
+
+/// The sweep's figures.
+#[derive(Clone, Debug, Default)]
+pub struct SweepReport {
+    /// Flash operations of a clean update.
+    pub clean_ops: u64,
+    /// Runs done.
+    pub runs: u64,
+    /// Boots over all runs.
+    pub boots: u64,
+    /// Failed runs.
+    pub violations: Vec<Violation>,
+    /// Largest re-download after a single cut, in bytes.
+    pub max_redownload: u64,
+    /// Total bytes downloaded again over all runs.
+    pub redownloaded: u64,
+    /// Runs that resumed a download.
+    pub resumed_runs: u64,
+    /// Wall time.
+    pub wall: Duration,
+}
+
+impl SweepReport {
+    /// Crash points checked per second of wall time.
+    pub fn rate(&self) -> f64 {
+        self.runs as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A cut in a run.
+#[derive(Clone, Debug)]
+enum CutAt {
+    /// Flash operation number, counted from the start of this boot's flash life.
+    Op(u64),
+    /// Image byte.
+    Byte(u64),
+    /// The n-th event of this name.
+    Event(&'static str, u32),
+}
+
+impl std::fmt::Display for CutAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CutAt::Op(n) => write!(f, "op:{n}"),
+            CutAt::Byte(n) => write!(f, "byte:{n}"),
+            CutAt::Event(e, n) => write!(f, "event:{e}#{n}"),
+        }
+    }
+}
+
+struct Shared {
+    world: World,
+    template: crate::flash::SimFlash,
+    http: reqwest::Client,
+    image_size: u64,
+    latest: String,
+    prefix: String,
+}
+
+/// Where `conf.json` lives in the default partition table.
+const CONFIG_OFFSET: u32 = 0x3d_0000;
+
+struct RunResult {
+    client_id: String,
+    /// What the board saw; the log is checked against the broker once every run is done.
+    trace: Vec<crate::board::TraceLine>,
+    boot_choices: Vec<crate::bootloader::BootChoice>,
+    boots: u64,
+    redownloaded: u64,
+    resumed: bool,
+    what: Vec<String>,
+}
+
+async fn run_one(shared: &Shared, id: u64, seed: u64, cuts: &[CutAt]) -> RunResult {
+    let mut flash = shared.template.clone();
+    flash.reseed(seed);
+    // Each board its own client id, so its log has its own topic.
+    let client_id = format!("sweep-{id}");
+    let conf = conf_json(&shared.world.api_base(), shared.world.board_broker(), &client_id, &shared.prefix, false, false);
+    flash.load(CONFIG_OFFSET, &[0xFF; 0x1000]);
+    flash.load(CONFIG_OFFSET, conf.as_bytes());
+    let mut board = VirtualBoard::new(flash, &client_id, seed);
+    let wiring = Wiring {
+        broker: shared.world.board_broker(),
+    };
+    let mut pending = cuts.iter();
+    let mut triggers = Triggers::default();
+    let mut what = Vec::new();
+    let arm = |board: &mut VirtualBoard, triggers: &mut Triggers, cut: Option<&CutAt>| match cut {
+        Some(CutAt::Op(n)) => {
+            let base = board.flash.ops();
+            board.flash.arm_cut(base + n);
+        }
+        Some(CutAt::Byte(n)) => triggers.at_download_byte = Some(board.downloaded + n),
+        Some(CutAt::Event(e, n)) => {
+            triggers.at_event = Some(((*e).to_string(), board.event_count(e) + n))
+        }
+        None => {}
+    };
+    arm(&mut board, &mut triggers, pending.next());
+    let mut last_end = BootEnd::Stuck;
+    while board.boots < 12 {
+        let end = board.boot(&shared.http, &wiring, &mut triggers).await;
+        match &end {
+            BootEnd::PowerCut => {
+                // Event counters restart with each boot's core but the trigger counts over the
+                // board's life, so re-arm the next cut relative to now.
+                arm(&mut board, &mut triggers, pending.next());
+            }
+            BootEnd::Bricked(b) => {
+                what.push(format!("invariant: bricked at boot {}: {b}", board.boots));
+                break;
+            }
+            BootEnd::Stuck => {
+                what.push(format!("invariant: boot {} stuck", board.boots));
+                break;
+            }
+            BootEnd::App => {
+                let confirmed_latest = board.trace.iter().rev().find_map(|l| match &l.event {
+                    Event::Outcome { result, to, .. } => Some((*result, to.to_string())),
+                    _ => None,
+                });
+                if let Some((Outcome::Updated | Outcome::UpToDate, v)) = &confirmed_latest {
+                    if *v == shared.latest {
+                        last_end = end;
+                        break;
+                    }
+                }
+            }
+            BootEnd::Reboot => {}
+        }
+        last_end = end;
+    }
+    if last_end != BootEnd::App {
+        what.push(format!(
+            "invariant: did not end running {} (last boot: {last_end:?})",
+            shared.latest
+        ));
+    }
+    let final_version = board
+        .boot_choices
+        .last()
+        .map(|c| c.version.clone())
+        .unwrap_or_default();
+    if final_version != shared.latest {
+        what.push(format!(
+            "invariant: ends on {final_version}, latest is {}",
+            shared.latest
+        ));
+    }
+    let resumed = board
+        .trace
+        .iter()
+        .any(|l| matches!(l.event, Event::Resume { .. }));
+    let redownloaded = board.downloaded.saturating_sub(shared.image_size);
+    if cuts.len() == 1 && redownloaded > u64::from(SECTOR) + 1460 {
+        what.push(format!("invariant: {redownloaded} bytes downloaded again after one cut (limit: one sector + one TCP segment)"));
+    }
+    RunResult {
+        client_id: board.client_id.clone(),
+        trace: std::mem::take(&mut board.trace),
+        boot_choices: std::mem::take(&mut board.boot_choices),
+        boots: u64::from(board.boots),
+        redownloaded,
+        resumed,
+        what,
+    }
+}
+
+/// Runs the sweep.
+pub async fn sweep(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepReport, WorldError> {
+    let started = Instant::now();
+    let world = World::start(broker, false).await?;
+    let image = image::build("1.1", opts.image_size, 11);
+    let image_size = image.len() as u64;
+    world.github.set_releases(
+        "acme",
+        "thermostat",
+        vec![Release::new("1.1", 1_700_000_000).with_asset(Asset::new("firmware.bin", image))],
+    );
+    let prefix = format!("sweep/{}", std::process::id());
+    let conf = conf_json(
+        &world.api_base(),
+        world.board_broker(),
+        "sweep",
+        &prefix,
+        false,
+        false,
+    );
+    let running = image::build("1.0", 32 * 1024, 10);
+    let template = image::provision(conf.as_bytes(), &running, opts.seed);
+    let collector = Collector::connect(&world.broker, &prefix).await?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(|e| WorldError::Unresolvable(e.to_string()))?;
+    let shared = Arc::new(Shared {
+        world,
+        template,
+        http,
+        image_size,
+        latest: "1.1".into(),
+        prefix: prefix.clone(),
+    });
+
+    // 1. Count the operations of a clean update.
+    let clean = {
+        let mut board = VirtualBoard::new(shared.template.clone(), "sweep-clean", opts.seed);
+        let wiring = Wiring {
+            broker: shared.world.board_broker(),
+        };
+        let mut triggers = Triggers::default();
+        // Until the new image confirmed itself and the application runs.
+        while board.boots < 4
+            && board.boot(&shared.http, &wiring, &mut triggers).await != BootEnd::App
+        {}
+        board.flash.ops()
+    };
+
+    // 2. The runs.
+    let plans: Vec<(u64, Vec<CutAt>)> = match (&opts.random, &opts.only) {
+        (_, Some(only)) => only
+            .iter()
+            .map(|&n| (opts.seed, vec![CutAt::Op(n)]))
+            .collect(),
+        (None, None) => (1..=clean)
+            .map(|n| (opts.seed ^ n, vec![CutAt::Op(n)]))
+            .collect(),
+        (Some((runs, seed)), None) => (0..u64::from(*runs))
+            .map(|i| {
+                let run_seed = seed.wrapping_add(i);
+                let mut rng = SplitMix(run_seed);
+                let cuts = (0..1 + rng.below(3))
+                    .map(|_| match rng.below(4) {
+                        0 => CutAt::Byte(1 + rng.below(image_size)),
+                        1 => CutAt::Event(
+                            ["progress", "switch", "confirmed", "trial", "published"]
+                                [rng.below(5) as usize],
+                            1,
+                        ),
+                        _ => CutAt::Op(1 + rng.below(clean + clean / 5)),
+                    })
+                    .collect();
+                (run_seed, cuts)
+            })
+            .collect(),
+    };
+    let mut report = SweepReport {
+        clean_ops: clean,
+        ..Default::default()
+    };
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
+    let mut tasks = Vec::new();
+    for (id, (seed, cuts)) in plans.into_iter().enumerate() {
+        let shared = shared.clone();
+        let permit = semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| WorldError::Unresolvable(e.to_string()))?;
+        tasks.push(tokio::spawn(async move {
+            let result = run_one(&shared, id as u64, seed, &cuts).await;
+            drop(permit);
+            (seed, cuts, result)
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        if let Ok(done) = task.await {
+            results.push(done);
+        }
+    }
+    // The activity log as the broker received it, per board (the topic names the board).
+    let acked = results
+        .iter()
+        .flat_map(|(_, _, r)| r.trace.iter())
+        .filter(|l| matches!(l.event, Event::Published { .. }))
+        .count();
+    let messages = collector.wait_for(acked, Duration::from_secs(10)).await;
+    collector.close().await;
+    let mut by_board: std::collections::HashMap<String, Vec<(u64, String, String)>> =
+        Default::default();
+    for m in messages {
+        let board = m
+            .topic
+            .split('/')
+            .rev()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        let payload = String::from_utf8_lossy(&m.payload).into_owned();
+        if let Some(seq) = serde_json::from_str::<serde_json::Value>(&payload)
+            .ok()
+            .and_then(|v| v["seq"].as_u64())
+        {
+            by_board
+                .entry(board)
+                .or_default()
+                .push((seq, String::new(), payload));
+        }
+    }
+    for (seed, cuts, mut result) in results {
+        let mut board = VirtualBoard::new(crate::flash::SimFlash::new(0), &result.client_id, 0);
+        board.trace = std::mem::take(&mut result.trace);
+        board.boot_choices = std::mem::take(&mut result.boot_choices);
+        let mut log = by_board.remove(&result.client_id).unwrap_or_default();
+        log.sort();
+        log.dedup_by_key(|e| e.0);
+        check_invariants(&board, &log, &mut result.what);
+        report.runs += 1;
+        report.boots += result.boots;
+        report.redownloaded += result.redownloaded;
+        report.resumed_runs += u64::from(result.resumed);
+        if cuts.len() == 1 {
+            report.max_redownload = report.max_redownload.max(result.redownloaded);
+        }
+        if !result.what.is_empty() {
+            report.violations.push(Violation {
+                seed,
+                cuts: cuts.iter().map(|c| c.to_string()).collect(),
+                what: result.what,
+            });
+        }
+    }
+    report.wall = started.elapsed();
+    Ok(report)
+}
