@@ -450,6 +450,8 @@ async fn publish(
         );
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_start(true);
+        // One record in flight at a time; the default sizes its state for 65535.
+        opts.set_outgoing_inflight_upper_limit(8);
         let (client, events) = AsyncClient::new(opts, 8);
         *mqtt = Some(Mqtt { client, events });
     }

@@ -46,7 +46,15 @@ pub enum BrokerError {
     },
     /// The MQTT client rejected a request (its queue is closed).
     #[error("MQTT client error: {0}")]
-    Client(#[from] rumqttc::v5::ClientError),
+    Client(Box<rumqttc::v5::ClientError>),
+}
+
+impl From<rumqttc::v5::ClientError> for BrokerError {
+    fn from(e: rumqttc::v5::ClientError) -> Self {
+        // Boxed: the client error carries the whole rejected request, which would make every
+        // `Result<_, BrokerError>` hundreds of bytes wide.
+        Self::Client(Box::new(e))
+    }
 }
 
 /// Where a broker listens.

@@ -603,7 +603,7 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
         .iter()
         .map(|c| c.version.clone())
         .collect();
-    check_invariants(&board, &log, &mut failures);
+    check_invariants(&board.boot_choices, &board.trace, &log, &mut failures);
 
     let e = &s.expect;
     let final_version = versions.last().cloned().unwrap_or_default();
@@ -656,14 +656,15 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
 
 /// Checks that hold for every run, whatever the scenario.
 pub fn check_invariants(
-    board: &VirtualBoard,
+    boot_choices: &[crate::bootloader::BootChoice],
+    trace: &[TraceLine],
     log: &[(u64, String, String)],
     failures: &mut Vec<String>,
 ) {
     // The version the core reports is the version of the image the bootloader started.
-    for (i, choice) in board.boot_choices.iter().enumerate() {
+    for (i, choice) in boot_choices.iter().enumerate() {
         let boot = i as u32 + 1;
-        let reported = board.trace.iter().find_map(|l| match &l.event {
+        let reported = trace.iter().find_map(|l| match &l.event {
             Event::Boot { version, .. } if l.boot == boot => Some(version.to_string()),
             _ => None,
         });
@@ -677,8 +678,7 @@ pub fn check_invariants(
         }
     }
     // Every record the board saw acknowledged reached the broker; sequence numbers have no gaps.
-    let acked: std::collections::BTreeSet<u64> = board
-        .trace
+    let acked: std::collections::BTreeSet<u64> = trace
         .iter()
         .filter_map(|l| match l.event {
             Event::Published { seq } => Some(u64::from(seq)),

@@ -358,13 +358,10 @@ pub async fn sweep(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepRe
         }
     }
     for (seed, cuts, mut result) in results {
-        let mut board = VirtualBoard::new(crate::flash::SimFlash::new(0), &result.client_id, 0);
-        board.trace = std::mem::take(&mut result.trace);
-        board.boot_choices = std::mem::take(&mut result.boot_choices);
         let mut log = by_board.remove(&result.client_id).unwrap_or_default();
         log.sort();
         log.dedup_by_key(|e| e.0);
-        check_invariants(&board, &log, &mut result.what);
+        check_invariants(&result.boot_choices, &result.trace, &log, &mut result.what);
         report.runs += 1;
         report.boots += result.boots;
         report.redownloaded += result.redownloaded;
