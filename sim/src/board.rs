@@ -24,6 +24,8 @@ use std::time::Duration;
 /// Real time an I/O step may take before the virtual clock jumps to the core's next deadline
 /// (how a stalled server shows up as a stall without waiting out the real timeout).
 const IO_PATIENCE: Duration = Duration::from_millis(400);
+/// A boot that has not reached the application after this much virtual time is stuck.
+const MAX_BOOT_MS: u64 = 48 * 3600 * 1000;
 /// Body bytes handed to the core per call, like one TCP segment.
 const PIECE: usize = 1460;
 
@@ -63,7 +65,9 @@ pub struct Triggers {
     /// Cut once this many image bytes (over the board's life) reached the core.
     pub at_download_byte: Option<u64>,
     /// Cut right after the `n`-th (1-based, over the board's life) event of this name.
-    pub at_event: Option<(String, u32)>,
+    pub at_events: Vec<(String, u32)>,
+    /// After the `n`-th event of this name, cut during the `k`-th flash operation that follows.
+    pub op_after_event: Option<(String, u32, u64)>,
     /// Cut when the virtual clock passes this time (ms since the first boot).
     pub at_time_ms: Option<u64>,
     /// WiFi drops once this many image bytes reached the core, for `.1` ms.
@@ -110,6 +114,11 @@ pub struct VirtualBoard {
     pub outages: Vec<Outage>,
     /// The MQTT client id (from the scenario's conf.json).
     pub client_id: String,
+    /// What each power cut interrupted: (boot, description).
+    pub cuts: Vec<(u32, String)>,
+    cuts_seen: Option<crate::flash::Cut>,
+    /// The virtual clock in ms since the first boot, for servers that follow it.
+    pub clock_handle: std::sync::Arc<std::sync::atomic::AtomicU64>,
     seed: u64,
     event_counts: std::collections::HashMap<&'static str, u32>,
 }
@@ -162,6 +171,9 @@ impl VirtualBoard {
             downloaded: 0,
             outages: Vec::new(),
             client_id: client_id.to_string(),
+            cuts: Vec::new(),
+            cuts_seen: None,
+            clock_handle: Default::default(),
             seed,
             event_counts: Default::default(),
         }
@@ -195,24 +207,28 @@ impl VirtualBoard {
         let mut counts = std::mem::take(&mut self.event_counts);
         let mut downloaded = self.downloaded;
         let mut outages = self.outages.clone();
+        let clock_out = self.clock_handle.clone();
         let mut core = Updater::new(&mut self.flash, seed);
         core.handle_boot(Instant(now), Some(offset));
         let mut flight: Option<Flight> = None;
         let mut join_at: Option<u64> = None;
         let mut mqtt: Option<Mqtt> = None;
         let end = 'boot: loop {
+            clock_out.store(start + now, std::sync::atomic::Ordering::Relaxed);
             let mut cut = false;
             while let Some((t, event)) = core.poll_event() {
                 let name = event.name();
                 let n = counts.entry(name).or_insert(0);
                 *n += 1;
-                if triggers
-                    .at_event
-                    .as_ref()
-                    .is_some_and(|(e, k)| e == name && *k == *n)
-                {
-                    triggers.at_event = None;
+                if let Some(i) = triggers.at_events.iter().position(|(e, k)| e == name && *k == *n) {
+                    triggers.at_events.remove(i);
                     cut = true;
+                }
+                if triggers.op_after_event.as_ref().is_some_and(|(e, k, _)| e == name && *k == *n) {
+                    if let Some((_, _, ops)) = triggers.op_after_event.take() {
+                        let at = core.flash_mut().ops() + ops;
+                        core.flash_mut().arm_cut(at);
+                    }
                 }
                 trace.push(TraceLine {
                     boot,
@@ -343,6 +359,7 @@ impl VirtualBoard {
                 continue;
             }
             match deadline {
+                Some(_) if now > MAX_BOOT_MS => break 'boot BootEnd::Stuck,
                 Some(d) => {
                     now = now.max(d);
                     if triggers.at_time_ms.is_some_and(|t| start + now >= t) {
@@ -369,6 +386,14 @@ impl VirtualBoard {
         drop(core);
         if let Some(m) = mqtt.take() {
             let _ = m.client.disconnect().await;
+        }
+        if end == BootEnd::PowerCut {
+            let what = match self.flash.last_cut() {
+                Some(c) if Some(c) != self.cuts_seen => format!("{:?} at 0x{:x} (flash operation {})", c.kind, c.offset, c.op),
+                _ => "between flash operations".to_string(),
+            };
+            self.cuts_seen = self.flash.last_cut();
+            self.cuts.push((boot, what));
         }
         self.event_counts = counts;
         self.outages = outages;

@@ -87,6 +87,8 @@ pub struct SimFlash {
     bytes: Vec<u8>,
     ops: u64,
     cut_at: Option<u64>,
+    /// Cut during the n-th operation inside `[start, end)`: (start, end, operations left).
+    cut_in: Option<(u32, u32, u32)>,
     dead: bool,
     last_cut: Option<Cut>,
     rng: SplitMix,
@@ -99,6 +101,7 @@ impl SimFlash {
             bytes: vec![0xFF; FLASH_SIZE],
             ops: 0,
             cut_at: None,
+            cut_in: None,
             dead: false,
             last_cut: None,
             rng: SplitMix(seed),
@@ -130,6 +133,11 @@ impl SimFlash {
         self.cut_at = Some(op);
     }
 
+    /// Cut power during the `nth` (1-based) operation that touches `[start, end)`.
+    pub fn arm_cut_in(&mut self, start: u32, end: u32, nth: u32) {
+        self.cut_in = Some((start, end, nth.max(1)));
+    }
+
     /// Cut power now, between operations.
     pub fn cut_now(&mut self) {
         self.dead = true;
@@ -155,7 +163,17 @@ impl SimFlash {
             return Err(SimFlashError::PowerCut);
         }
         self.ops += 1;
-        if self.cut_at == Some(self.ops) {
+        let in_region = match self.cut_in.as_mut() {
+            Some((start, end, left)) if (*start..*end).contains(&offset) => {
+                *left -= 1;
+                *left == 0
+            }
+            _ => false,
+        };
+        if in_region {
+            self.cut_in = None;
+        }
+        if self.cut_at == Some(self.ops) || in_region {
             self.cut_at = None;
             self.dead = true;
             self.last_cut = Some(Cut {

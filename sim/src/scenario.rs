@@ -124,6 +124,10 @@ pub enum FaultSpec {
         /// At flash operation N (1-based, over the board's life).
         #[serde(default)]
         at_flash_op: Option<u64>,
+        /// During the `occurrence`-th flash operation on this partition (by label: `otadata`,
+        /// `ota_1`, `otastate`, `otalog` …).
+        #[serde(default)]
+        at_partition: Option<String>,
         /// Once N image bytes reached the core.
         #[serde(default)]
         at_download_byte: Option<u64>,
@@ -133,6 +137,9 @@ pub enum FaultSpec {
         /// … its n-th occurrence (default 1).
         #[serde(default)]
         occurrence: Option<u32>,
+        /// With `at_event`: cut during the n-th flash operation after that event instead.
+        #[serde(default)]
+        then_op: Option<u64>,
         /// When the virtual clock passes T ms.
         #[serde(default)]
         at_time_ms: Option<u64>,
@@ -211,6 +218,9 @@ pub struct Expect {
     /// Error codes that must appear in the trace.
     #[serde(default)]
     pub errors: Vec<String>,
+    /// What each power cut interrupted: `erase`, `write` or `between`, in order.
+    #[serde(default)]
+    pub cuts: Vec<String>,
 }
 
 /// What a run produced.
@@ -238,6 +248,8 @@ pub struct Report {
     pub wall_ms: u128,
     /// Every trace line.
     pub trace: Vec<TraceLine>,
+    /// What each power cut interrupted: (boot, description).
+    pub cuts: Vec<(u32, String)>,
 }
 
 impl Report {
@@ -252,6 +264,9 @@ impl Report {
         let mut boot = 0;
         for line in &self.trace {
             if line.boot != boot {
+                if let Some((_, what)) = self.cuts.iter().find(|(b, _)| *b == boot) {
+                    out.push_str(&format!("--- power cut: {what} ---\n"));
+                }
                 boot = line.boot;
                 out.push_str(&format!("--- boot {boot} ---\n"));
             }
@@ -466,23 +481,40 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
         s.seed,
     );
 
+    // The mock's rate limiter lives on the board's virtual clock.
+    let clock = board.clock_handle.clone();
+    world.github.set_clock(std::sync::Arc::new(move || {
+        1_790_000_000 + clock.load(std::sync::atomic::Ordering::Relaxed) / 1000
+    }));
     let mut triggers = Triggers::default();
     let mut broker_down = Vec::new();
     for f in &s.faults {
         match f {
             FaultSpec::PowerCut {
                 at_flash_op,
+                at_partition,
                 at_download_byte,
                 at_event,
                 occurrence,
+                then_op,
                 at_time_ms,
             } => {
                 if let Some(op) = at_flash_op {
                     board.flash.arm_cut(*op);
                 }
+                if let Some(label) = at_partition {
+                    let table = firmware::format::partition::default_table();
+                    let p = table.by_label(label).ok_or_else(|| ScenarioError::UnknownFault {
+                        name: s.name.clone(),
+                        fault: format!("partition `{label}`"),
+                    })?;
+                    board.flash.arm_cut_in(p.offset, p.end(), occurrence.unwrap_or(1));
+                }
                 triggers.at_download_byte = at_download_byte.or(triggers.at_download_byte);
-                if let Some(e) = at_event {
-                    triggers.at_event = Some((e.clone(), occurrence.unwrap_or(1)));
+                match (at_event, then_op) {
+                    (Some(e), Some(k)) => triggers.op_after_event = Some((e.clone(), occurrence.unwrap_or(1), *k)),
+                    (Some(e), None) => triggers.at_events.push((e.clone(), occurrence.unwrap_or(1))),
+                    _ => {}
                 }
                 triggers.at_time_ms = at_time_ms.or(triggers.at_time_ms);
             }
@@ -626,6 +658,14 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
     if log_results != e.log {
         failures.push(format!("MQTT log {log_results:?}, expected {:?}", e.log));
     }
+    let cut_kinds: Vec<String> = board
+        .cuts
+        .iter()
+        .map(|(_, what)| what.split_whitespace().next().unwrap_or("").to_lowercase())
+        .collect();
+    if !e.cuts.is_empty() && cut_kinds != e.cuts {
+        failures.push(format!("power cuts hit {cut_kinds:?}, expected {:?}", e.cuts));
+    }
     for code in &e.errors {
         let seen = board.trace.iter().any(|l| matches!(&l.event, Event::Error { code: c, .. } | Event::Retry { reason: c, .. } if c.name() == code));
         if !seen {
@@ -651,6 +691,7 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
         virtual_ms: board.clock,
         wall_ms: started.elapsed().as_millis(),
         trace: board.trace,
+        cuts: board.cuts,
     })
 }
 

@@ -150,7 +150,7 @@ async fn run_one(shared: &Shared, id: u64, seed: u64, cuts: &[CutAt]) -> RunResu
         }
         Some(CutAt::Byte(n)) => triggers.at_download_byte = Some(board.downloaded + n),
         Some(CutAt::Event(e, n)) => {
-            triggers.at_event = Some(((*e).to_string(), board.event_count(e) + n))
+            triggers.at_events.push(((*e).to_string(), board.event_count(e) + n))
         }
         None => {}
     };
