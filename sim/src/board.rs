@@ -215,27 +215,7 @@ impl VirtualBoard {
         let mut mqtt: Option<Mqtt> = None;
         let end = 'boot: loop {
             clock_out.store(start + now, std::sync::atomic::Ordering::Relaxed);
-            let mut cut = false;
-            while let Some((t, event)) = core.poll_event() {
-                let name = event.name();
-                let n = counts.entry(name).or_insert(0);
-                *n += 1;
-                if let Some(i) = triggers.at_events.iter().position(|(e, k)| e == name && *k == *n) {
-                    triggers.at_events.remove(i);
-                    cut = true;
-                }
-                if triggers.op_after_event.as_ref().is_some_and(|(e, k, _)| e == name && *k == *n) {
-                    if let Some((_, _, ops)) = triggers.op_after_event.take() {
-                        let at = core.flash_mut().ops() + ops;
-                        core.flash_mut().arm_cut(at);
-                    }
-                }
-                trace.push(TraceLine {
-                    boot,
-                    ms: t.0,
-                    event,
-                });
-            }
+            let cut = drain(&mut core, &mut trace, &mut counts, triggers, boot);
             if cut || core.flash_mut().is_dead() {
                 core.flash_mut().cut_now();
                 break 'boot BootEnd::PowerCut;
@@ -334,6 +314,11 @@ impl VirtualBoard {
                                 downloaded += piece.len() as u64;
                             }
                             core.handle_response_body(Instant(now), id, piece);
+                            // Triggers on events count per piece, whatever the network's chunking.
+                            if drain(&mut core, &mut trace, &mut counts, triggers, boot) {
+                                core.flash_mut().cut_now();
+                                break;
+                            }
                             if core.flash_mut().is_dead()
                                 || !flight.as_ref().is_some_and(|f| f.id() == id)
                             {
@@ -402,6 +387,34 @@ impl VirtualBoard {
         self.clock = start + now;
         end
     }
+}
+
+/// Moves the core's events into the trace and fires event triggers; true when power is cut.
+fn drain(
+    core: &mut Updater<&mut SimFlash>,
+    trace: &mut Vec<TraceLine>,
+    counts: &mut std::collections::HashMap<&'static str, u32>,
+    triggers: &mut Triggers,
+    boot: u32,
+) -> bool {
+    let mut cut = false;
+    while let Some((t, event)) = core.poll_event() {
+        let name = event.name();
+        let n = counts.entry(name).or_insert(0);
+        *n += 1;
+        if let Some(i) = triggers.at_events.iter().position(|(e, k)| e == name && *k == *n) {
+            triggers.at_events.remove(i);
+            cut = true;
+        }
+        if triggers.op_after_event.as_ref().is_some_and(|(e, k, _)| e == name && *k == *n) {
+            if let Some((_, _, ops)) = triggers.op_after_event.take() {
+                let at = core.flash_mut().ops() + ops;
+                core.flash_mut().arm_cut(at);
+            }
+        }
+        trace.push(TraceLine { boot, ms: t.0, event });
+    }
+    cut
 }
 
 /// The first time at or after `t` that is in no outage.
