@@ -20,7 +20,11 @@ pub struct Rng(u64);
 impl Rng {
     /// A generator from a seed (0 is replaced, xorshift cannot leave 0).
     pub fn new(seed: u64) -> Rng {
-        Rng(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed })
+        Rng(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
     }
 
     /// The next 64 random bits.
@@ -35,7 +39,11 @@ impl Rng {
 
     /// A number in `0..=max`.
     pub fn below_or_equal(&mut self, max: u64) -> u64 {
-        if max == u64::MAX { self.next_u64() } else { self.next_u64() % (max + 1) }
+        if max == u64::MAX {
+            self.next_u64()
+        } else {
+            self.next_u64() % (max + 1)
+        }
     }
 }
 
@@ -63,10 +71,25 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_delays() {
-        let a: std::vec::Vec<u64> = (0..10).map({ let mut r = Rng::new(42); move |n| delay_ms(n, &mut r) }).collect();
-        let b: std::vec::Vec<u64> = (0..10).map({ let mut r = Rng::new(42); move |n| delay_ms(n, &mut r) }).collect();
+        let a: std::vec::Vec<u64> = (0..10)
+            .map({
+                let mut r = Rng::new(42);
+                move |n| delay_ms(n, &mut r)
+            })
+            .collect();
+        let b: std::vec::Vec<u64> = (0..10)
+            .map({
+                let mut r = Rng::new(42);
+                move |n| delay_ms(n, &mut r)
+            })
+            .collect();
         assert_eq!(a, b);
-        let c: std::vec::Vec<u64> = (0..10).map({ let mut r = Rng::new(43); move |n| delay_ms(n, &mut r) }).collect();
+        let c: std::vec::Vec<u64> = (0..10)
+            .map({
+                let mut r = Rng::new(43);
+                move |n| delay_ms(n, &mut r)
+            })
+            .collect();
         assert_ne!(a, c);
     }
 }

@@ -137,7 +137,10 @@ impl fmt::Display for ConfigError {
 
 impl From<JsonError> for ConfigError {
     fn from(e: JsonError) -> Self {
-        ConfigError { field: FieldPath::new(), problem: Problem::Syntax(e) }
+        ConfigError {
+            field: FieldPath::new(),
+            problem: Problem::Syntax(e),
+        }
     }
 }
 
@@ -194,7 +197,11 @@ impl Default for ConfigParser {
 impl ConfigParser {
     /// A parser at the start of the file.
     pub fn new() -> Self {
-        ConfigParser { tokenizer: Tokenizer::new(), draft: Draft::default(), len: 0 }
+        ConfigParser {
+            tokenizer: Tokenizer::new(),
+            draft: Draft::default(),
+            len: 0,
+        }
     }
 
     /// Feeds the next piece of the file.
@@ -204,7 +211,10 @@ impl ConfigParser {
             return Err(named_error("", Problem::FileTooLarge));
         }
         let draft = &mut self.draft;
-        self.tokenizer.push(chunk, &mut |path: &Path<'_>, token: Token<'_>| draft.accept(path, token))
+        self.tokenizer
+            .push(chunk, &mut |path: &Path<'_>, token: Token<'_>| {
+                draft.accept(path, token)
+            })
     }
 
     /// Ends the file and checks that every required field was given.
@@ -213,7 +223,8 @@ impl ConfigParser {
             return Err(named_error("", Problem::EmptyFile));
         }
         let draft = &mut self.draft;
-        self.tokenizer.finish(&mut |path: &Path<'_>, token: Token<'_>| draft.accept(path, token))?;
+        self.tokenizer
+            .finish(&mut |path: &Path<'_>, token: Token<'_>| draft.accept(path, token))?;
         self.draft.build()
     }
 }
@@ -230,25 +241,38 @@ impl Config {
     pub fn log_topic(&self) -> String<160> {
         let mut topic = String::new();
         // 64 + 1 + 64 + 4 bytes fit in 160.
-        let _ = fmt::write(&mut topic, format_args!("{}/{}/log", self.mqtt_topic_prefix, self.mqtt_client_id));
+        let _ = fmt::write(
+            &mut topic,
+            format_args!("{}/{}/log", self.mqtt_topic_prefix, self.mqtt_client_id),
+        );
         topic
     }
 }
 
 fn text<const M: usize>(path: &Path<'_>, token: Token<'_>) -> Result<String<M>, ConfigError> {
     match token {
-        Token::Str(t) if t.truncated || t.value.len() > M => Err(field_error(path, Problem::TooLong { max: M })),
+        Token::Str(t) if t.truncated || t.value.len() > M => {
+            Err(field_error(path, Problem::TooLong { max: M }))
+        }
         Token::Str(t) => {
             let mut s = String::new();
             // Length checked just above.
             let _ = s.push_str(t.value);
             Ok(s)
         }
-        _ => Err(field_error(path, Problem::WrongType { expected: "a string" })),
+        _ => Err(field_error(
+            path,
+            Problem::WrongType {
+                expected: "a string",
+            },
+        )),
     }
 }
 
-fn nonempty_text<const M: usize>(path: &Path<'_>, token: Token<'_>) -> Result<String<M>, ConfigError> {
+fn nonempty_text<const M: usize>(
+    path: &Path<'_>,
+    token: Token<'_>,
+) -> Result<String<M>, ConfigError> {
     let s = text::<M>(path, token)?;
     if s.is_empty() {
         return Err(field_error(path, Problem::Invalid("must not be empty")));
@@ -259,7 +283,12 @@ fn nonempty_text<const M: usize>(path: &Path<'_>, token: Token<'_>) -> Result<St
 fn boolean(path: &Path<'_>, token: Token<'_>) -> Result<bool, ConfigError> {
     match token {
         Token::Bool(b) => Ok(b),
-        _ => Err(field_error(path, Problem::WrongType { expected: "true or false" })),
+        _ => Err(field_error(
+            path,
+            Problem::WrongType {
+                expected: "true or false",
+            },
+        )),
     }
 }
 
@@ -268,10 +297,22 @@ fn integer(path: &Path<'_>, token: Token<'_>, min: u32, max: u32) -> Result<u32,
         Token::Number(n) => match n.parse::<u32>() {
             Ok(v) if (min..=max).contains(&v) => Ok(v),
             Ok(_) => Err(field_error(path, Problem::OutOfRange)),
-            Err(_) if n.bytes().all(|b| b.is_ascii_digit()) => Err(field_error(path, Problem::OutOfRange)),
-            Err(_) => Err(field_error(path, Problem::WrongType { expected: "a whole number" })),
+            Err(_) if n.bytes().all(|b| b.is_ascii_digit()) => {
+                Err(field_error(path, Problem::OutOfRange))
+            }
+            Err(_) => Err(field_error(
+                path,
+                Problem::WrongType {
+                    expected: "a whole number",
+                },
+            )),
         },
-        _ => Err(field_error(path, Problem::WrongType { expected: "a whole number" })),
+        _ => Err(field_error(
+            path,
+            Problem::WrongType {
+                expected: "a whole number",
+            },
+        )),
     }
 }
 
@@ -284,24 +325,37 @@ impl Draft {
                 _ => Err(named_error("", Problem::NotAnObject)),
             },
             1 => {
-                let known = matches!(path.segment(0), Some(Segment::Key(k)) if SECTIONS.contains(&k));
+                let known =
+                    matches!(path.segment(0), Some(Segment::Key(k)) if SECTIONS.contains(&k));
                 if !known {
                     return Err(field_error(path, Problem::UnknownField));
                 }
                 match token {
                     Token::StartObject | Token::EndObject => Ok(()),
                     // Nested arrays and scalars at section level are type errors.
-                    _ => Err(field_error(path, Problem::WrongType { expected: "an object" })),
+                    _ => Err(field_error(
+                        path,
+                        Problem::WrongType {
+                            expected: "an object",
+                        },
+                    )),
                 }
             }
             2 => self.field(path, token),
             // Deeper values only occur inside a wrongly typed field.
             _ => {
                 let mut outer = FieldPath::new();
-                if let (Some(Segment::Key(a)), Some(Segment::Key(b))) = (path.segment(0), path.segment(1)) {
+                if let (Some(Segment::Key(a)), Some(Segment::Key(b))) =
+                    (path.segment(0), path.segment(1))
+                {
                     let _ = fmt::write(&mut outer, format_args!("{a}.{b}"));
                 }
-                Err(ConfigError { field: outer, problem: Problem::WrongType { expected: "a scalar value" } })
+                Err(ConfigError {
+                    field: outer,
+                    problem: Problem::WrongType {
+                        expected: "a scalar value",
+                    },
+                })
             }
         }
     }
@@ -309,7 +363,9 @@ impl Draft {
     fn field(&mut self, path: &Path<'_>, token: Token<'_>) -> Result<(), ConfigError> {
         if matches!(token, Token::StartObject | Token::StartArray) {
             // Report the container itself; its contents would only repeat the error.
-            let expected = if path.is(&["update", "allow_prereleases"]) || path.is(&["update", "allow_downgrade"]) {
+            let expected = if path.is(&["update", "allow_prereleases"])
+                || path.is(&["update", "allow_downgrade"])
+            {
                 "true or false"
             } else {
                 "a scalar value"
@@ -327,13 +383,17 @@ impl Draft {
             _ if path.is(&["wifi", "password"]) => self.wifi_password = Some(text(path, token)?),
             _ if path.is(&["github", "repository"]) => {
                 let value = text::<160>(path, token)?;
-                let parsed = parse_repository(&value).map_err(|why| field_error(path, Problem::Invalid(why)))?;
+                let parsed = parse_repository(&value)
+                    .map_err(|why| field_error(path, Problem::Invalid(why)))?;
                 self.repository = Some(parsed);
             }
             _ if path.is(&["github", "api_base"]) => {
                 let base: String<128> = nonempty_text(path, token)?;
                 if !(base.starts_with("https://") || base.starts_with("http://")) {
-                    return Err(field_error(path, Problem::Invalid("must start with https:// or http://")));
+                    return Err(field_error(
+                        path,
+                        Problem::Invalid("must start with https:// or http://"),
+                    ));
                 }
                 let mut trimmed = String::new();
                 let _ = trimmed.push_str(base.trim_end_matches('/'));
@@ -347,22 +407,39 @@ impl Draft {
                 }
             }
             _ if path.is(&["mqtt", "host"]) => self.mqtt_host = Some(nonempty_text(path, token)?),
-            _ if path.is(&["mqtt", "port"]) => self.mqtt_port = Some(integer(path, token, 1, 65535)? as u16),
+            _ if path.is(&["mqtt", "port"]) => {
+                self.mqtt_port = Some(integer(path, token, 1, 65535)? as u16)
+            }
             _ if path.is(&["mqtt", "user"]) => self.mqtt_user = Some(text(path, token)?),
             _ if path.is(&["mqtt", "password"]) => self.mqtt_password = Some(text(path, token)?),
-            _ if path.is(&["mqtt", "client_id"]) => self.mqtt_client_id = Some(nonempty_text(path, token)?),
+            _ if path.is(&["mqtt", "client_id"]) => {
+                self.mqtt_client_id = Some(nonempty_text(path, token)?)
+            }
             _ if path.is(&["mqtt", "topic_prefix"]) => {
                 let prefix: String<64> = nonempty_text(path, token)?;
                 if prefix.contains(['#', '+']) {
-                    return Err(field_error(path, Problem::Invalid("must not contain MQTT wildcards # or +")));
+                    return Err(field_error(
+                        path,
+                        Problem::Invalid("must not contain MQTT wildcards # or +"),
+                    ));
                 }
                 self.mqtt_topic_prefix = Some(prefix);
             }
-            _ if path.is(&["leds", "yellow"]) => self.led_yellow = Some(integer(path, token, 0, 48)? as u8),
-            _ if path.is(&["leds", "green"]) => self.led_green = Some(integer(path, token, 0, 48)? as u8),
-            _ if path.is(&["leds", "app"]) => self.led_app = Some(integer(path, token, 0, 48)? as u8),
-            _ if path.is(&["update", "allow_prereleases"]) => self.allow_prereleases = Some(boolean(path, token)?),
-            _ if path.is(&["update", "allow_downgrade"]) => self.allow_downgrade = Some(boolean(path, token)?),
+            _ if path.is(&["leds", "yellow"]) => {
+                self.led_yellow = Some(integer(path, token, 0, 48)? as u8)
+            }
+            _ if path.is(&["leds", "green"]) => {
+                self.led_green = Some(integer(path, token, 0, 48)? as u8)
+            }
+            _ if path.is(&["leds", "app"]) => {
+                self.led_app = Some(integer(path, token, 0, 48)? as u8)
+            }
+            _ if path.is(&["update", "allow_prereleases"]) => {
+                self.allow_prereleases = Some(boolean(path, token)?)
+            }
+            _ if path.is(&["update", "allow_downgrade"]) => {
+                self.allow_downgrade = Some(boolean(path, token)?)
+            }
             _ => return Err(field_error(path, Problem::UnknownField)),
         }
         Ok(())
@@ -393,7 +470,9 @@ impl Draft {
 
     fn build(self) -> Result<Config, ConfigError> {
         let missing = |name: &str| named_error(name, Problem::Missing);
-        let (owner, repo) = self.repository.ok_or_else(|| missing("github.repository"))?;
+        let (owner, repo) = self
+            .repository
+            .ok_or_else(|| missing("github.repository"))?;
         let mut default_base = String::new();
         let _ = default_base.push_str("https://api.github.com");
         let mut default_prefix = String::new();
@@ -410,7 +489,9 @@ impl Draft {
             mqtt_port: self.mqtt_port.unwrap_or(1883),
             mqtt_user: self.mqtt_user.filter(|u| !u.is_empty()),
             mqtt_password: self.mqtt_password.filter(|p| !p.is_empty()),
-            mqtt_client_id: self.mqtt_client_id.ok_or_else(|| missing("mqtt.client_id"))?,
+            mqtt_client_id: self
+                .mqtt_client_id
+                .ok_or_else(|| missing("mqtt.client_id"))?,
             mqtt_topic_prefix: self.mqtt_topic_prefix.unwrap_or(default_prefix),
             led_yellow: self.led_yellow.unwrap_or(4),
             led_green: self.led_green.unwrap_or(5),
@@ -425,8 +506,13 @@ impl Draft {
 /// project's form, optionally with `.git` or a trailing slash).
 fn parse_repository(value: &str) -> Result<(String<39>, String<100>), &'static str> {
     const FORMS: &str = "must be owner/repo or https://github.com/owner/repo";
-    let rest = if let Some(link) = value.strip_prefix("https://").or_else(|| value.strip_prefix("http://")) {
-        link.strip_prefix("github.com/").or_else(|| link.strip_prefix("www.github.com/")).ok_or(FORMS)?
+    let rest = if let Some(link) = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+    {
+        link.strip_prefix("github.com/")
+            .or_else(|| link.strip_prefix("www.github.com/"))
+            .ok_or(FORMS)?
     } else if value.contains(':') {
         return Err(FORMS);
     } else {
@@ -440,13 +526,17 @@ fn parse_repository(value: &str) -> Result<(String<39>, String<100>), &'static s
     };
     let owner_ok = !owner.is_empty()
         && owner.len() <= 39
-        && owner.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && owner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !owner.starts_with('-');
     let repo_ok = !repo.is_empty()
         && repo.len() <= 100
         && repo != "."
         && repo != ".."
-        && repo.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        && repo
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !owner_ok || !repo_ok {
         return Err("has characters GitHub does not allow in owner/repo");
     }
@@ -474,7 +564,11 @@ mod tests {
     }
 
     fn with(section: &str, field: &str, value: &str) -> std::string::String {
-        GOOD.replacen(&std::format!("\"{section}\": {{"), &std::format!("\"{section}\": {{\"{field}\": {value}, "), 1)
+        GOOD.replacen(
+            &std::format!("\"{section}\": {{"),
+            &std::format!("\"{section}\": {{\"{field}\": {value}, "),
+            1,
+        )
     }
 
     #[test]
@@ -498,15 +592,34 @@ mod tests {
 
     #[test]
     fn both_repository_forms_are_accepted() {
-        for form in ["acme/thermostat", "https://github.com/acme/thermostat", "https://github.com/acme/thermostat.git/", "http://www.github.com/acme/thermostat"] {
-            let c = Config::parse(with("github", "repository", &std::format!("\"{form}\"")).as_bytes()).unwrap();
-            assert_eq!((c.owner.as_str(), c.repo.as_str()), ("acme", "thermostat"), "{form}");
+        for form in [
+            "acme/thermostat",
+            "https://github.com/acme/thermostat",
+            "https://github.com/acme/thermostat.git/",
+            "http://www.github.com/acme/thermostat",
+        ] {
+            let c =
+                Config::parse(with("github", "repository", &std::format!("\"{form}\"")).as_bytes())
+                    .unwrap();
+            assert_eq!(
+                (c.owner.as_str(), c.repo.as_str()),
+                ("acme", "thermostat"),
+                "{form}"
+            );
         }
     }
 
     #[test]
     fn unknown_repository_forms_name_the_field() {
-        for form in ["acme", "acme/thermostat/extra", "https://gitlab.com/acme/thermostat", "git@github.com:acme/thermostat", "https://github.com/acme", "ac me/thermostat", ""] {
+        for form in [
+            "acme",
+            "acme/thermostat/extra",
+            "https://gitlab.com/acme/thermostat",
+            "git@github.com:acme/thermostat",
+            "https://github.com/acme",
+            "ac me/thermostat",
+            "",
+        ] {
             let e = err(&with("github", "repository", &std::format!("\"{form}\"")));
             assert_eq!(e.field, "github.repository", "{form}: {e}");
             assert!(matches!(e.problem, Problem::Invalid(_)), "{form}: {e}");
@@ -523,29 +636,75 @@ mod tests {
     fn a_truncated_file_is_a_syntax_error_at_its_end() {
         let cut = &GOOD[..GOOD.len() / 2];
         let e = err(cut);
-        assert!(matches!(e.problem, Problem::Syntax(JsonError { kind: crate::json::JsonErrorKind::UnexpectedEnd, .. })), "{e}");
+        assert!(
+            matches!(
+                e.problem,
+                Problem::Syntax(JsonError {
+                    kind: crate::json::JsonErrorKind::UnexpectedEnd,
+                    ..
+                })
+            ),
+            "{e}"
+        );
     }
 
     #[test]
     fn wrong_types_name_the_field() {
         let e = err(&with("mqtt", "port", "\"1883\""));
-        assert_eq!((e.field.as_str(), e.problem), ("mqtt.port", Problem::WrongType { expected: "a whole number" }));
-        assert_eq!(e.to_string(), "conf.json field `mqtt.port`: must be a whole number");
+        assert_eq!(
+            (e.field.as_str(), e.problem),
+            (
+                "mqtt.port",
+                Problem::WrongType {
+                    expected: "a whole number"
+                }
+            )
+        );
+        assert_eq!(
+            e.to_string(),
+            "conf.json field `mqtt.port`: must be a whole number"
+        );
         let e = err(&with("wifi", "ssid", "42"));
         assert_eq!(e.field, "wifi.ssid");
-        let e = err(&GOOD.replacen("\"mqtt\": {", "\"update\": {\"allow_downgrade\": \"yes\"}, \"mqtt\": {", 1));
-        assert_eq!((e.field.as_str(), e.problem), ("update.allow_downgrade", Problem::WrongType { expected: "true or false" }));
+        let e = err(&GOOD.replacen(
+            "\"mqtt\": {",
+            "\"update\": {\"allow_downgrade\": \"yes\"}, \"mqtt\": {",
+            1,
+        ));
+        assert_eq!(
+            (e.field.as_str(), e.problem),
+            (
+                "update.allow_downgrade",
+                Problem::WrongType {
+                    expected: "true or false"
+                }
+            )
+        );
         let e = err(&with("mqtt", "host", "[\"a\"]"));
         assert_eq!(e.field, "mqtt.host");
         let e = err(r#"{"wifi": "workshop"}"#);
-        assert_eq!((e.field.as_str(), e.problem), ("wifi", Problem::WrongType { expected: "an object" }));
+        assert_eq!(
+            (e.field.as_str(), e.problem),
+            (
+                "wifi",
+                Problem::WrongType {
+                    expected: "an object"
+                }
+            )
+        );
         assert_eq!(err("[1]").problem, Problem::NotAnObject);
     }
 
     #[test]
     fn missing_required_fields_are_named() {
-        let e = err(&GOOD.replace(r#""asset": "fw.bin""#, r#""api_base": "http://127.0.0.1:8080/""#));
-        assert_eq!((e.field.as_str(), e.problem), ("github.asset", Problem::Missing));
+        let e = err(&GOOD.replace(
+            r#""asset": "fw.bin""#,
+            r#""api_base": "http://127.0.0.1:8080/""#,
+        ));
+        assert_eq!(
+            (e.field.as_str(), e.problem),
+            ("github.asset", Problem::Missing)
+        );
         let e = err(&GOOD.replace(r#""ssid": "workshop", "#, ""));
         assert_eq!(e.field, "wifi.ssid");
     }
@@ -553,28 +712,48 @@ mod tests {
     #[test]
     fn out_of_range_too_long_and_unknown_fields_are_named() {
         let e = err(&with("mqtt", "port", "70000"));
-        assert_eq!((e.field.as_str(), e.problem), ("mqtt.port", Problem::OutOfRange));
+        assert_eq!(
+            (e.field.as_str(), e.problem),
+            ("mqtt.port", Problem::OutOfRange)
+        );
         let e = err(&with("mqtt", "port", "-1"));
         assert_eq!(e.field, "mqtt.port");
-        let e = err(&with("wifi", "ssid", &std::format!("\"{}\"", "x".repeat(33))));
-        assert_eq!((e.field.as_str(), e.problem), ("wifi.ssid", Problem::TooLong { max: 32 }));
+        let e = err(&with(
+            "wifi",
+            "ssid",
+            &std::format!("\"{}\"", "x".repeat(33)),
+        ));
+        assert_eq!(
+            (e.field.as_str(), e.problem),
+            ("wifi.ssid", Problem::TooLong { max: 32 })
+        );
         let e = err(&with("wifi", "pasword", "\"x\""));
-        assert_eq!((e.field.as_str(), e.problem), ("wifi.pasword", Problem::UnknownField));
+        assert_eq!(
+            (e.field.as_str(), e.problem),
+            ("wifi.pasword", Problem::UnknownField)
+        );
         let e = err(r#"{"wfi": {}}"#);
-        assert_eq!((e.field.as_str(), e.problem), ("wfi", Problem::UnknownField));
+        assert_eq!(
+            (e.field.as_str(), e.problem),
+            ("wfi", Problem::UnknownField)
+        );
         let e = err(&with("github", "api_base", "\"ftp://x\""));
         assert_eq!(e.field, "github.api_base");
     }
 
     #[test]
     fn a_file_larger_than_a_sector_is_refused() {
-        let big = std::format!("{{\"wifi\": {{\"ssid\": \"{}\"}}}}", " ".repeat(MAX_CONFIG_LEN));
+        let big = std::format!(
+            "{{\"wifi\": {{\"ssid\": \"{}\"}}}}",
+            " ".repeat(MAX_CONFIG_LEN)
+        );
         assert_eq!(err(&big).problem, Problem::FileTooLarge);
     }
 
     #[test]
     fn the_api_base_loses_its_trailing_slash() {
-        let c = Config::parse(with("github", "api_base", "\"http://127.0.0.1:8080/\"").as_bytes()).unwrap();
+        let c = Config::parse(with("github", "api_base", "\"http://127.0.0.1:8080/\"").as_bytes())
+            .unwrap();
         assert_eq!(c.api_base, "http://127.0.0.1:8080");
     }
 }

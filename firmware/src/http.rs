@@ -71,7 +71,10 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// A head with this status and no headers yet.
     pub fn new(status: u16) -> Self {
-        ResponseHead { status, ..Default::default() }
+        ResponseHead {
+            status,
+            ..Default::default()
+        }
     }
 
     /// Records one header (names are case-insensitive; unknown ones are ignored).
@@ -81,7 +84,10 @@ impl ResponseHead {
         if is("content-length") {
             self.content_length = value.parse().ok();
         } else if is("content-range") {
-            self.range_start = value.strip_prefix("bytes ").and_then(|r| r.split('-').next()).and_then(|s| s.parse().ok());
+            self.range_start = value
+                .strip_prefix("bytes ")
+                .and_then(|r| r.split('-').next())
+                .and_then(|s| s.parse().ok());
         } else if is("location") {
             let mut url = Url::new();
             self.location_too_long = url.push_str(value).is_err();
@@ -150,7 +156,9 @@ pub fn parse_http_date(s: &str) -> Option<u64> {
     let doy = (153 * mp + 2) / 5 + day as i64 - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days).ok().map(|d| d * 86_400 + h * 3600 + m * 60 + sec)
+    u64::try_from(days)
+        .ok()
+        .map(|d| d * 86_400 + h * 3600 + m * 60 + sec)
 }
 
 #[cfg(test)]
@@ -159,8 +167,14 @@ mod tests {
 
     #[test]
     fn http_dates_parse() {
-        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
-        assert_eq!(parse_http_date("Thu, 26 Nov 2026 23:45:00 GMT"), Some(1_795_736_700));
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            parse_http_date("Thu, 26 Nov 2026 23:45:00 GMT"),
+            Some(1_795_736_700)
+        );
         assert_eq!(parse_http_date("yesterday"), None);
     }
 

@@ -54,7 +54,11 @@ impl<'a> Path<'a> {
     /// True when the path is exactly these keys (array levels never match).
     pub fn is(&self, keys: &[&str]) -> bool {
         self.levels.len() == keys.len()
-            && self.levels.iter().zip(keys).all(|(level, key)| level.segment() == Segment::Key(key))
+            && self
+                .levels
+                .iter()
+                .zip(keys)
+                .all(|(level, key)| level.segment() == Segment::Key(key))
     }
 }
 
@@ -137,10 +141,14 @@ impl fmt::Display for JsonError {
                 write!(f, "unexpected byte 0x{b:02x} at byte {}", self.offset)
             }
             JsonErrorKind::UnexpectedEnd => write!(f, "document ends early (byte {})", self.offset),
-            JsonErrorKind::TooDeep => write!(f, "nesting deeper than {MAX_DEPTH} at byte {}", self.offset),
+            JsonErrorKind::TooDeep => {
+                write!(f, "nesting deeper than {MAX_DEPTH} at byte {}", self.offset)
+            }
             JsonErrorKind::NumberTooLong => write!(f, "number too long at byte {}", self.offset),
             JsonErrorKind::InvalidString => write!(f, "invalid string at byte {}", self.offset),
-            JsonErrorKind::TrailingData => write!(f, "data after the document at byte {}", self.offset),
+            JsonErrorKind::TrailingData => {
+                write!(f, "data after the document at byte {}", self.offset)
+            }
         }
     }
 }
@@ -159,7 +167,11 @@ impl Level {
     fn segment(&self) -> Segment<'_> {
         if self.is_object {
             // A truncated key must never match a real one: the NUL cannot appear in `is()`'s keys.
-            if self.key_truncated { Segment::Key("\0") } else { Segment::Key(self.key.as_str()) }
+            if self.key_truncated {
+                Segment::Key("\0")
+            } else {
+                Segment::Key(self.key.as_str())
+            }
         } else {
             Segment::Index(self.index)
         }
@@ -254,7 +266,10 @@ impl<const N: usize> Tokenizer<N> {
     }
 
     fn error(&self, kind: JsonErrorKind) -> JsonError {
-        JsonError { kind, offset: self.offset }
+        JsonError {
+            kind,
+            offset: self.offset,
+        }
     }
 
     fn byte<E: From<JsonError>>(
@@ -265,10 +280,16 @@ impl<const N: usize> Tokenizer<N> {
         match self.expect {
             Expect::Str { is_key } => self.string_byte(b, is_key, sink),
             Expect::Escape { is_key } => self.escape_byte(b, is_key),
-            Expect::Unicode { is_key, digits, code } => self.unicode_byte(b, is_key, digits, code),
+            Expect::Unicode {
+                is_key,
+                digits,
+                code,
+            } => self.unicode_byte(b, is_key, digits, code),
             Expect::Number => {
                 if matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
-                    self.value.push(b).map_err(|_| self.error(JsonErrorKind::NumberTooLong))?;
+                    self.value
+                        .push(b)
+                        .map_err(|_| self.error(JsonErrorKind::NumberTooLong))?;
                     Ok(())
                 } else {
                     self.emit_number(sink)?;
@@ -303,7 +324,9 @@ impl<const N: usize> Tokenizer<N> {
                 self.start_string(true);
                 Ok(())
             }
-            Expect::Key if b == b'}' && self.levels.last().is_some_and(|l| l.empty) => self.close(true, sink),
+            Expect::Key if b == b'}' && self.levels.last().is_some_and(|l| l.empty) => {
+                self.close(true, sink)
+            }
             Expect::Next => match b {
                 b',' if !self.levels.is_empty() => {
                     // `levels` is non-empty: checked in the guard.
@@ -313,7 +336,11 @@ impl<const N: usize> Tokenizer<N> {
                             level.index = level.index.saturating_add(1);
                         }
                     }
-                    self.expect = if is_object { Expect::Key } else { Expect::Value };
+                    self.expect = if is_object {
+                        Expect::Key
+                    } else {
+                        Expect::Value
+                    };
                     Ok(())
                 }
                 b'}' if self.levels.last().is_some_and(|l| l.is_object) => self.close(true, sink),
@@ -323,16 +350,37 @@ impl<const N: usize> Tokenizer<N> {
             Expect::Value => match b {
                 b'{' | b'[' => {
                     let is_object = b == b'{';
-                    self.emit(if is_object { Token::StartObject } else { Token::StartArray }, sink)?;
+                    self.emit(
+                        if is_object {
+                            Token::StartObject
+                        } else {
+                            Token::StartArray
+                        },
+                        sink,
+                    )?;
                     if let Some(parent) = self.levels.last_mut() {
                         parent.empty = false;
                     }
-                    let level = Level { is_object, key: String::new(), key_truncated: false, index: 0, empty: true };
-                    self.levels.push(level).map_err(|_| self.error(JsonErrorKind::TooDeep))?;
-                    self.expect = if is_object { Expect::Key } else { Expect::Value };
+                    let level = Level {
+                        is_object,
+                        key: String::new(),
+                        key_truncated: false,
+                        index: 0,
+                        empty: true,
+                    };
+                    self.levels
+                        .push(level)
+                        .map_err(|_| self.error(JsonErrorKind::TooDeep))?;
+                    self.expect = if is_object {
+                        Expect::Key
+                    } else {
+                        Expect::Value
+                    };
                     Ok(())
                 }
-                b']' if self.levels.last().is_some_and(|l| !l.is_object && l.empty) => self.close(false, sink),
+                b']' if self.levels.last().is_some_and(|l| !l.is_object && l.empty) => {
+                    self.close(false, sink)
+                }
                 b'"' => {
                     self.start_string(false);
                     Ok(())
@@ -340,7 +388,9 @@ impl<const N: usize> Tokenizer<N> {
                 b'-' | b'0'..=b'9' => {
                     self.value.clear();
                     // The buffer is empty and N > 0 for any useful tokenizer; an N of 0 reports NumberTooLong.
-                    self.value.push(b).map_err(|_| self.error(JsonErrorKind::NumberTooLong))?;
+                    self.value
+                        .push(b)
+                        .map_err(|_| self.error(JsonErrorKind::NumberTooLong))?;
                     self.expect = Expect::Number;
                     Ok(())
                 }
@@ -410,7 +460,11 @@ impl<const N: usize> Tokenizer<N> {
             b'r' => '\r',
             b't' => '\t',
             b'u' => {
-                self.expect = Expect::Unicode { is_key, digits: 0, code: 0 };
+                self.expect = Expect::Unicode {
+                    is_key,
+                    digits: 0,
+                    code: 0,
+                };
                 return Ok(());
             }
             _ => return Err(self.error(JsonErrorKind::InvalidString).into()),
@@ -421,12 +475,24 @@ impl<const N: usize> Tokenizer<N> {
         Ok(())
     }
 
-    fn unicode_byte<E: From<JsonError>>(&mut self, b: u8, is_key: bool, digits: u8, code: u16) -> Result<(), E> {
-        let nibble = (b as char).to_digit(16).ok_or_else(|| self.error(JsonErrorKind::InvalidString))?;
+    fn unicode_byte<E: From<JsonError>>(
+        &mut self,
+        b: u8,
+        is_key: bool,
+        digits: u8,
+        code: u16,
+    ) -> Result<(), E> {
+        let nibble = (b as char)
+            .to_digit(16)
+            .ok_or_else(|| self.error(JsonErrorKind::InvalidString))?;
         // At most four digits of at most 0xF each: fits in u16.
         let code = (code << 4) | nibble as u16;
         if digits < 3 {
-            self.expect = Expect::Unicode { is_key, digits: digits + 1, code };
+            self.expect = Expect::Unicode {
+                is_key,
+                digits: digits + 1,
+                code,
+            };
             return Ok(());
         }
         self.expect = Expect::Str { is_key };
@@ -437,14 +503,17 @@ impl<const N: usize> Tokenizer<N> {
             }
             0xDC00..=0xDFFF => match self.high_surrogate.take() {
                 Some(high) => {
-                    let scalar = 0x10000 + ((u32::from(high) - 0xD800) << 10) + (u32::from(code) - 0xDC00);
+                    let scalar =
+                        0x10000 + ((u32::from(high) - 0xD800) << 10) + (u32::from(code) - 0xDC00);
                     self.push_char(char::from_u32(scalar).unwrap_or(char::REPLACEMENT_CHARACTER));
                 }
                 None => self.push_char(char::REPLACEMENT_CHARACTER),
             },
             _ => {
                 self.flush_surrogate();
-                self.push_char(char::from_u32(u32::from(code)).unwrap_or(char::REPLACEMENT_CHARACTER));
+                self.push_char(
+                    char::from_u32(u32::from(code)).unwrap_or(char::REPLACEMENT_CHARACTER),
+                );
             }
         }
         Ok(())
@@ -470,7 +539,10 @@ impl<const N: usize> Tokenizer<N> {
             Err(_) => return Err(self.error(JsonErrorKind::InvalidString).into()),
         };
         if is_key {
-            let level = self.levels.last_mut().ok_or(JsonError { kind: JsonErrorKind::InvalidString, offset: self.offset })?;
+            let level = self.levels.last_mut().ok_or(JsonError {
+                kind: JsonErrorKind::InvalidString,
+                offset: self.offset,
+            })?;
             level.key.clear();
             level.key_truncated = truncated || valid > MAX_KEY_LEN;
             let text = core::str::from_utf8(&self.value[..valid.min(MAX_KEY_LEN)]).unwrap_or("");
@@ -480,8 +552,11 @@ impl<const N: usize> Tokenizer<N> {
             self.expect = Expect::Colon;
             Ok(())
         } else {
-            let value = core::str::from_utf8(&self.value[..valid]).map_err(|_| self.error(JsonErrorKind::InvalidString))?;
-            let path = Path { levels: &self.levels };
+            let value = core::str::from_utf8(&self.value[..valid])
+                .map_err(|_| self.error(JsonErrorKind::InvalidString))?;
+            let path = Path {
+                levels: &self.levels,
+            };
             sink(&path, Token::Str(Text { value, truncated }))?;
             self.after_value();
             Ok(())
@@ -492,8 +567,11 @@ impl<const N: usize> Tokenizer<N> {
         &mut self,
         sink: &mut impl FnMut(&Path<'_>, Token<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let text = core::str::from_utf8(&self.value).map_err(|_| self.error(JsonErrorKind::InvalidString))?;
-        let path = Path { levels: &self.levels };
+        let text = core::str::from_utf8(&self.value)
+            .map_err(|_| self.error(JsonErrorKind::InvalidString))?;
+        let path = Path {
+            levels: &self.levels,
+        };
         sink(&path, Token::Number(text))
     }
 
@@ -502,7 +580,9 @@ impl<const N: usize> Tokenizer<N> {
         token: Token<'_>,
         sink: &mut impl FnMut(&Path<'_>, Token<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let path = Path { levels: &self.levels };
+        let path = Path {
+            levels: &self.levels,
+        };
         sink(&path, token)
     }
 
@@ -512,7 +592,14 @@ impl<const N: usize> Tokenizer<N> {
         sink: &mut impl FnMut(&Path<'_>, Token<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         self.levels.pop();
-        self.emit(if is_object { Token::EndObject } else { Token::EndArray }, sink)?;
+        self.emit(
+            if is_object {
+                Token::EndObject
+            } else {
+                Token::EndArray
+            },
+            sink,
+        )?;
         self.after_value();
         Ok(())
     }
@@ -521,7 +608,11 @@ impl<const N: usize> Tokenizer<N> {
         if let Some(level) = self.levels.last_mut() {
             level.empty = false;
         }
-        self.expect = if self.levels.is_empty() { Expect::Done } else { Expect::Next };
+        self.expect = if self.levels.is_empty() {
+            Expect::Done
+        } else {
+            Expect::Next
+        };
     }
 }
 
@@ -582,7 +673,10 @@ mod tests {
     fn long_strings_are_truncated_not_rejected() {
         let doc = br#"{"body":"0123456789abcdefghijklmnop","x":1}"#;
         let got = tokens(doc, 5).unwrap();
-        assert_eq!(got[1], "body=Str(Text { value: \"0123456789abcdef\", truncated: true })");
+        assert_eq!(
+            got[1],
+            "body=Str(Text { value: \"0123456789abcdef\", truncated: true })"
+        );
         assert_eq!(got[2], "x=Number(\"1\")");
     }
 
@@ -597,7 +691,10 @@ mod tests {
         assert_eq!(err(b"{} x").kind, JsonErrorKind::TrailingData);
         assert_eq!(err(b"[tru]").kind, JsonErrorKind::UnexpectedByte(b']'));
         assert_eq!(err(&[b'['; 40]).kind, JsonErrorKind::TooDeep);
-        assert_eq!(err(b"[12345678901234567890]").kind, JsonErrorKind::NumberTooLong);
+        assert_eq!(
+            err(b"[12345678901234567890]").kind,
+            JsonErrorKind::NumberTooLong
+        );
         assert_eq!(err(b"\"\\x\"").kind, JsonErrorKind::InvalidString);
         assert_eq!(err(b"[\"\xff\"]").kind, JsonErrorKind::InvalidString);
     }

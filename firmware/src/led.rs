@@ -99,7 +99,11 @@ pub struct Player {
 impl Player {
     /// Starts `pattern` now.
     pub fn start(&mut self, pattern: Pattern, now: Instant) {
-        *self = Player { pattern: Some(pattern), step: 0, next: Some(now) };
+        *self = Player {
+            pattern: Some(pattern),
+            step: 0,
+            next: Some(now),
+        };
     }
 
     /// When the next edge is due.
@@ -150,7 +154,10 @@ mod tests {
 
     #[test]
     fn updated_is_two_short_blinks() {
-        assert_eq!(play(Pattern::UPDATED), [(1000, true), (1200, false), (1600, true), (1800, false)]);
+        assert_eq!(
+            play(Pattern::UPDATED),
+            [(1000, true), (1200, false), (1600, true), (1800, false)]
+        );
     }
 
     #[test]

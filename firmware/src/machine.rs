@@ -37,7 +37,9 @@
 use crate::Instant;
 use crate::backoff::{self, Rng};
 use crate::config::{Config, ConfigParser, MAX_CONFIG_LEN};
-use crate::format::app_image::{self, APP_DESC_LEN, AppDesc, HEADER_LEN, ImageError, ImageVerifier, SEGMENT_HEADER_LEN};
+use crate::format::app_image::{
+    self, APP_DESC_LEN, AppDesc, HEADER_LEN, ImageError, ImageVerifier, SEGMENT_HEADER_LEN,
+};
 use crate::format::otadata::{ImageState, OtaData};
 use crate::http::{Accept, HttpRequest, ResponseHead};
 use crate::led::{Led, Pattern, Player};
@@ -240,7 +242,9 @@ fn pattern_for(result: Outcome, error: ErrorCode) -> Option<Pattern> {
         (_, NoRelease | BadRelease | BadTag | AssetMissing | NotEligible) => Pattern::NO_RELEASE,
         (_, TooLarge | Downgrade) => Pattern::REFUSED,
         (_, RolledBackRelease | SelfCheck) => Pattern::ROLLED_BACK,
-        (_, SizeMismatch | HashMismatch | BadImage | WrongChip | VersionMismatch) => Pattern::VERIFY_FAILED,
+        (_, SizeMismatch | HashMismatch | BadImage | WrongChip | VersionMismatch) => {
+            Pattern::VERIFY_FAILED
+        }
         (_, Config) => Pattern::CONFIG_ERROR,
         (_, Layout | Flash) => Pattern::FLASH_ERROR,
         (_, HttpStatus | RedirectLoop | RateLimited | Network | None) => Pattern::PROTOCOL_ERROR,
@@ -312,7 +316,10 @@ impl<F: NorFlash> Updater<F> {
 
     /// When `handle_timeout` must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.wake_at, self.led.deadline(), self.publish_deadline].into_iter().flatten().min()
+        [self.wake_at, self.led.deadline(), self.publish_deadline]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     // ----- inputs --------------------------------------------------------
@@ -352,10 +359,15 @@ impl<F: NorFlash> Updater<F> {
     /// Response headers of request `id` arrived.
     pub fn handle_response_head(&mut self, now: Instant, id: u32, head: &ResponseHead) {
         self.now = now;
-        let Some(req) = self.request.as_mut().filter(|r| r.id == id) else { return };
+        let Some(req) = self.request.as_mut().filter(|r| r.id == id) else {
+            return;
+        };
         req.status = head.status;
         req.content_length = head.content_length;
-        self.event(Event::Response { id, status: head.status });
+        self.event(Event::Response {
+            id,
+            status: head.status,
+        });
         self.wake_at = Some(now.plus_ms(STALL_MS));
         let step = match self.phase {
             Phase::InFlight(step) => step,
@@ -369,7 +381,9 @@ impl<F: NorFlash> Updater<F> {
     /// A piece of the body of request `id`.
     pub fn handle_response_body(&mut self, now: Instant, id: u32, chunk: &[u8]) {
         self.now = now;
-        let Some(req) = self.request.as_mut().filter(|r| r.id == id) else { return };
+        let Some(req) = self.request.as_mut().filter(|r| r.id == id) else {
+            return;
+        };
         req.received = req.received.saturating_add(chunk.len() as u32);
         self.wake_at = Some(now.plus_ms(STALL_MS));
         let result = match &mut req.body {
@@ -387,12 +401,17 @@ impl<F: NorFlash> Updater<F> {
         if !self.request.as_ref().is_some_and(|r| r.id == id) {
             return;
         }
-        let Some(req) = self.request.take() else { return };
+        let Some(req) = self.request.take() else {
+            return;
+        };
         self.wake_at = None;
         let short = req.content_length.is_some_and(|len| req.received < len);
         let result = match req.body {
             Body::Release(_) if short => {
-                let detail = trace::detail(format_args!("release response cut at byte {}", req.received));
+                let detail = trace::detail(format_args!(
+                    "release response cut at byte {}",
+                    req.received
+                ));
                 Err(Retry(ErrorCode::Network, Some(detail)))
             }
             Body::Release(parser) => match parser.finish() {
@@ -418,13 +437,19 @@ impl<F: NorFlash> Updater<F> {
             return;
         }
         self.request = None;
-        self.retry(ErrorCode::Network, Some(trace::detail(format_args!("{what}"))), None);
+        self.retry(
+            ErrorCode::Network,
+            Some(trace::detail(format_args!("{what}"))),
+            None,
+        );
     }
 
     /// The broker acknowledged (`true`) or could not take the last `Publish`.
     pub fn handle_publish_result(&mut self, now: Instant, seq: u32, delivered: bool) {
         self.now = now;
-        let PublishState::InFlight(record) = self.publish else { return };
+        let PublishState::InFlight(record) = self.publish else {
+            return;
+        };
         if record.seq != seq {
             return;
         }
@@ -461,12 +486,17 @@ impl<F: NorFlash> Updater<F> {
                 Phase::Backoff(step) if self.network_up => self.start(step),
                 Phase::Backoff(step) => self.wait_for_network(step),
                 Phase::WaitingNetwork(_) => {
-                    let detail = trace::detail(format_args!("no network after {JOIN_TIMEOUT_MS} ms"));
+                    let detail =
+                        trace::detail(format_args!("no network after {JOIN_TIMEOUT_MS} ms"));
                     self.retry(ErrorCode::Network, Some(detail), None);
                 }
                 Phase::InFlight(_) => {
                     self.abort_request();
-                    self.retry(ErrorCode::Network, Some(trace::detail(format_args!("no data for {STALL_MS} ms"))), None);
+                    self.retry(
+                        ErrorCode::Network,
+                        Some(trace::detail(format_args!("no data for {STALL_MS} ms"))),
+                        None,
+                    );
                 }
                 _ => {}
             }
@@ -477,13 +507,19 @@ impl<F: NorFlash> Updater<F> {
     // ----- boot ----------------------------------------------------------
 
     fn boot(&mut self, running_slot_offset: Option<u32>) -> Result<(), Failure> {
-        let layout = Layout::read(&mut self.flash).map_err(|e| fail(ErrorCode::Layout, format_args!("{e}")))?;
+        let layout = Layout::read(&mut self.flash)
+            .map_err(|e| fail(ErrorCode::Layout, format_args!("{e}")))?;
         let otadata = layout.read_otadata(&mut self.flash)?;
         let count = layout.slot_count();
-        let slot = running_slot_offset.and_then(|o| layout.slot_at(o)).or_else(|| otadata.boot_slot(count)).unwrap_or(0);
+        let slot = running_slot_offset
+            .and_then(|o| layout.slot_at(o))
+            .or_else(|| otadata.boot_slot(count))
+            .unwrap_or(0);
         self.running.slot = slot;
         self.read_running_image(&layout, slot)?;
-        let active = otadata.bootable().filter(|&i| otadata.entries[i].slot(count) == slot);
+        let active = otadata
+            .bootable()
+            .filter(|&i| otadata.entries[i].slot(count) == slot);
         self.running.active_entry = active;
         let state = active.map(|i| otadata.entries[i].image_state());
         self.event(Event::Boot {
@@ -516,8 +552,14 @@ impl<F: NorFlash> Updater<F> {
                 self.running.version_text = trace::short(&desc.version);
                 self.running.version = Version::parse(&desc.version).ok();
                 if self.running.version.is_none() {
-                    let detail = trace::detail(format_args!("running version `{}` is not X.Y[.Z]", desc.version));
-                    self.event(Event::Error { code: ErrorCode::BadTag, detail });
+                    let detail = trace::detail(format_args!(
+                        "running version `{}` is not X.Y[.Z]",
+                        desc.version
+                    ));
+                    self.event(Event::Error {
+                        code: ErrorCode::BadTag,
+                        detail,
+                    });
                 }
             }
             None => self.running.version_text = trace::short("unknown"),
@@ -526,9 +568,15 @@ impl<F: NorFlash> Updater<F> {
     }
 
     fn previous_version(&mut self, otadata: &OtaData) -> Short {
-        let Some(layout) = self.layout.as_ref() else { return Short::new() };
+        let Some(layout) = self.layout.as_ref() else {
+            return Short::new();
+        };
         let count = layout.slot_count();
-        let other = otadata.entries.iter().filter(|e| e.is_valid() && e.slot(count) != self.running.slot).max_by_key(|e| e.seq);
+        let other = otadata
+            .entries
+            .iter()
+            .filter(|e| e.is_valid() && e.slot(count) != self.running.slot)
+            .max_by_key(|e| e.seq);
         let slot = other.map_or((self.running.slot + count - 1) % count, |e| e.slot(count));
         match read_app_desc(&mut self.flash, layout.slots[usize::from(slot)]) {
             Ok((Some(desc), _)) => trace::short(&desc.version),
@@ -547,21 +595,34 @@ impl<F: NorFlash> Updater<F> {
         'read: while at < limit {
             storage::read(&mut self.flash, region.offset + at, &mut chunk)?;
             // conf.json ends at the first erased (FF) or NUL byte.
-            let end = chunk.iter().position(|&b| b == 0xFF || b == 0).unwrap_or(chunk.len());
-            parser.push(&chunk[..end]).map_err(|e| fail(ErrorCode::Config, format_args!("{e}")))?;
+            let end = chunk
+                .iter()
+                .position(|&b| b == 0xFF || b == 0)
+                .unwrap_or(chunk.len());
+            parser
+                .push(&chunk[..end])
+                .map_err(|e| fail(ErrorCode::Config, format_args!("{e}")))?;
             if end < chunk.len() {
                 break 'read;
             }
             at += chunk.len() as u32;
         }
-        parser.finish().map_err(|e| fail(ErrorCode::Config, format_args!("{e}")))
+        parser
+            .finish()
+            .map_err(|e| fail(ErrorCode::Config, format_args!("{e}")))
     }
 
     fn trial_boot(&mut self, otadata: &OtaData) -> Result<(), Failure> {
-        let Some(layout) = self.layout.as_ref() else { return Ok(()) };
+        let Some(layout) = self.layout.as_ref() else {
+            return Ok(());
+        };
         let record = TrialRecord::new(layout.state);
         let slot = self.running.slot;
-        let matches = self.running.trial.as_ref().is_some_and(|t| t.slot == slot && t.version == self.running.version_text);
+        let matches = self
+            .running
+            .trial
+            .as_ref()
+            .is_some_and(|t| t.slot == slot && t.version == self.running.version_text);
         if !matches {
             // Installed by another tool: put it on trial all the same.
             record.begin(&mut self.flash, slot, &self.running.version_text)?;
@@ -575,12 +636,17 @@ impl<F: NorFlash> Updater<F> {
         if let Some(t) = self.running.trial.as_mut() {
             t.boots += 1;
         }
-        self.event(Event::Trial { boot: boots + 1, of: MAX_TRIALS });
+        self.event(Event::Trial {
+            boot: boots + 1,
+            of: MAX_TRIALS,
+        });
         Ok(())
     }
 
     fn roll_back(&mut self, otadata: &OtaData, boots: u32) -> Result<(), Failure> {
-        let Some(layout) = self.layout.clone() else { return Ok(()) };
+        let Some(layout) = self.layout.clone() else {
+            return Ok(());
+        };
         let count = layout.slot_count();
         TrialRecord::new(layout.state).exhaust(&mut self.flash, boots)?;
         let previous = otadata
@@ -591,7 +657,10 @@ impl<F: NorFlash> Updater<F> {
             .map_or((self.running.slot + count - 1) % count, |e| e.slot(count));
         let (sector, entry) = otadata.select(previous, count, ImageState::Valid);
         layout.write_otadata(&mut self.flash, sector, &entry)?;
-        self.event(Event::Switch { slot: previous, seq: entry.seq });
+        self.event(Event::Switch {
+            slot: previous,
+            seq: entry.seq,
+        });
         let detail = trace::detail(format_args!(
             "version {} did not confirm itself in {MAX_TRIALS} boots; back to slot {previous}",
             self.running.version_text
@@ -605,7 +674,9 @@ impl<F: NorFlash> Updater<F> {
         if !self.running.on_trial || self.session.confirmed {
             return Ok(());
         }
-        let Some(layout) = self.layout.clone() else { return Ok(()) };
+        let Some(layout) = self.layout.clone() else {
+            return Ok(());
+        };
         let otadata = layout.read_otadata(&mut self.flash)?;
         if let Some(i) = self.running.active_entry {
             let mut entry = otadata.entries[i];
@@ -613,7 +684,9 @@ impl<F: NorFlash> Updater<F> {
             layout.write_otadata(&mut self.flash, i, &entry)?;
         }
         self.session.confirmed = true;
-        self.event(Event::Confirmed { version: self.running.version_text.clone() });
+        self.event(Event::Confirmed {
+            version: self.running.version_text.clone(),
+        });
         Ok(())
     }
 
@@ -640,30 +713,72 @@ impl<F: NorFlash> Updater<F> {
     }
 
     fn start_check(&mut self) -> Result<(), Failure> {
-        let Some(config) = self.config.as_ref() else { return Ok(()) };
+        let Some(config) = self.config.as_ref() else {
+            return Ok(());
+        };
         let mut url = Url::new();
         let list = config.allow_prereleases;
-        write!(url, "{}/repos/{}/{}/releases{}", config.api_base, config.owner, config.repo, if list { "?per_page=20" } else { "/latest" })
-            .map_err(|_| fail(ErrorCode::Config, format_args!("API URL longer than {} bytes", url.capacity())))?;
+        write!(
+            url,
+            "{}/repos/{}/{}/releases{}",
+            config.api_base,
+            config.owner,
+            config.repo,
+            if list { "?per_page=20" } else { "/latest" }
+        )
+        .map_err(|_| {
+            fail(
+                ErrorCode::Config,
+                format_args!("API URL longer than {} bytes", url.capacity()),
+            )
+        })?;
         let body = Body::Release(ReleaseParser::new(&config.asset, config.allow_prereleases));
         let authorize = config.token.is_some();
         self.send(Step::Check, url, 0, Accept::Json, authorize, body, 0);
         Ok(())
     }
 
-    fn send(&mut self, step: Step, url: Url, range_from: u32, accept: Accept, authorize: bool, body: Body, redirects: u8) {
+    fn send(
+        &mut self,
+        step: Step,
+        url: Url,
+        range_from: u32,
+        accept: Accept,
+        authorize: bool,
+        body: Body,
+        redirects: u8,
+    ) {
         let id = self.next_request_id;
         self.next_request_id += 1;
         let purpose = match step {
             Step::Check => Purpose::Check,
             Step::Download => Purpose::Download,
         };
-        self.event(Event::Request { id, purpose, from: range_from });
-        self.request = Some(InFlightRequest { id, redirects, range_from, status: 0, content_length: None, received: 0, body });
+        self.event(Event::Request {
+            id,
+            purpose,
+            from: range_from,
+        });
+        self.request = Some(InFlightRequest {
+            id,
+            redirects,
+            range_from,
+            status: 0,
+            content_length: None,
+            received: 0,
+            body,
+        });
         self.phase = Phase::InFlight(step);
         self.wake_at = Some(self.now.plus_ms(STALL_MS));
         let range_from = (range_from > 0).then_some(range_from);
-        self.push_action(Action::Http(HttpRequest { id, purpose, url, range_from, accept, authorize }));
+        self.push_action(Action::Http(HttpRequest {
+            id,
+            purpose,
+            url,
+            range_from,
+            accept,
+            authorize,
+        }));
     }
 
     fn abort_request(&mut self) {
@@ -683,50 +798,99 @@ impl<F: NorFlash> Updater<F> {
         }
         if let Some(wait) = head.rate_limit_wait_ms() {
             self.abort_request();
-            let detail = trace::detail(format_args!("GitHub rate limit: HTTP {}, waiting {} s", head.status, wait / 1000));
-            self.retry(ErrorCode::RateLimited, Some(detail), Some(wait.min(backoff::RATE_LIMIT_CAP_MS)));
+            let detail = trace::detail(format_args!(
+                "GitHub rate limit: HTTP {}, waiting {} s",
+                head.status,
+                wait / 1000
+            ));
+            self.retry(
+                ErrorCode::RateLimited,
+                Some(detail),
+                Some(wait.min(backoff::RATE_LIMIT_CAP_MS)),
+            );
             return Ok(());
         }
         if head.status >= 500 {
             self.abort_request();
-            self.retry(ErrorCode::HttpStatus, Some(trace::detail(format_args!("HTTP {}", head.status))), None);
+            self.retry(
+                ErrorCode::HttpStatus,
+                Some(trace::detail(format_args!("HTTP {}", head.status))),
+                None,
+            );
             return Ok(());
         }
         match (step, head.status) {
             (Step::Check, 200) => Ok(()),
-            (Step::Check, 404) => Err(fail(ErrorCode::NoRelease, format_args!("repository has no release (HTTP 404)"))),
+            (Step::Check, 404) => Err(fail(
+                ErrorCode::NoRelease,
+                format_args!("repository has no release (HTTP 404)"),
+            )),
             (Step::Download, 200 | 206) => self.download_head(head),
-            (Step::Download, 404 | 410) => {
-                Err(fail(ErrorCode::AssetMissing, format_args!("asset download answered HTTP {}", head.status)))
-            }
+            (Step::Download, 404 | 410) => Err(fail(
+                ErrorCode::AssetMissing,
+                format_args!("asset download answered HTTP {}", head.status),
+            )),
             (Step::Download, 416) => {
                 // Our durable prefix does not fit the server's idea of the asset: start over.
                 self.abort_request();
                 if let Some(layout) = self.layout.as_ref() {
                     Progress::new(layout.state).clear(&mut self.flash)?;
                 }
-                self.retry(ErrorCode::Network, Some(trace::detail(format_args!("HTTP 416 on resume"))), None);
+                self.retry(
+                    ErrorCode::Network,
+                    Some(trace::detail(format_args!("HTTP 416 on resume"))),
+                    None,
+                );
                 Ok(())
             }
-            (_, status) => Err(fail(ErrorCode::HttpStatus, format_args!("unexpected HTTP {status}"))),
+            (_, status) => Err(fail(
+                ErrorCode::HttpStatus,
+                format_args!("unexpected HTTP {status}"),
+            )),
         }
     }
 
     fn redirect(&mut self, step: Step, head: &ResponseHead) -> Result<(), Failure> {
-        let Some(req) = self.request.take() else { return Ok(()) };
+        let Some(req) = self.request.take() else {
+            return Ok(());
+        };
         self.push_action(Action::AbortHttp { id: req.id });
         if head.location_too_long {
-            return Err(fail(ErrorCode::RedirectLoop, format_args!("redirect target longer than {} bytes", crate::release::MAX_URL_LEN)));
+            return Err(fail(
+                ErrorCode::RedirectLoop,
+                format_args!(
+                    "redirect target longer than {} bytes",
+                    crate::release::MAX_URL_LEN
+                ),
+            ));
         }
         let Some(location) = head.location.clone() else {
-            return Err(fail(ErrorCode::HttpStatus, format_args!("HTTP {} without Location", head.status)));
+            return Err(fail(
+                ErrorCode::HttpStatus,
+                format_args!("HTTP {} without Location", head.status),
+            ));
         };
         if req.redirects >= MAX_REDIRECTS {
-            return Err(fail(ErrorCode::RedirectLoop, format_args!("more than {MAX_REDIRECTS} redirects")));
+            return Err(fail(
+                ErrorCode::RedirectLoop,
+                format_args!("more than {MAX_REDIRECTS} redirects"),
+            ));
         }
-        let accept = if step == Step::Check { Accept::Json } else { Accept::OctetStream };
+        let accept = if step == Step::Check {
+            Accept::Json
+        } else {
+            Accept::OctetStream
+        };
         // The token is for the API host only; the asset host must not see it.
-        self.send(step, location, req.range_from, accept, false, req.body, req.redirects + 1);
+        self.send(
+            step,
+            location,
+            req.range_from,
+            accept,
+            false,
+            req.body,
+            req.redirects + 1,
+        );
         Ok(())
     }
 
@@ -741,7 +905,11 @@ impl<F: NorFlash> Updater<F> {
         let delay = delay.unwrap_or_else(|| backoff::delay_ms(self.session.attempt, &mut self.rng));
         self.session.attempt += 1;
         self.session.retries += 1;
-        self.event(Event::Retry { attempt: self.session.retries, delay_ms: delay.min(u64::from(u32::MAX)) as u32, reason: code });
+        self.event(Event::Retry {
+            attempt: self.session.retries,
+            delay_ms: delay.min(u64::from(u32::MAX)) as u32,
+            reason: code,
+        });
         self.phase = Phase::Backoff(step);
         self.wake_at = Some(self.now.plus_ms(delay));
     }
@@ -749,7 +917,10 @@ impl<F: NorFlash> Updater<F> {
     // ----- the decision --------------------------------------------------
 
     fn evaluate(&mut self, release: SelectedRelease) {
-        self.event(Event::Release { tag: trace::short(&release.tag), size: release.asset.size });
+        self.event(Event::Release {
+            tag: trace::short(&release.tag),
+            size: release.asset.size,
+        });
         self.session.attempt = 0;
         match self.decide(&release) {
             Ok(true) => {
@@ -769,13 +940,19 @@ impl<F: NorFlash> Updater<F> {
 
     /// Whether to install `release`.
     fn decide(&mut self, release: &SelectedRelease) -> Result<bool, Failure> {
-        let Some(config) = self.config.as_ref() else { return Ok(false) };
+        let Some(config) = self.config.as_ref() else {
+            return Ok(false);
+        };
         if let Some(trial) = &self.running.trial {
-            let failed_before = trial.boots >= MAX_TRIALS && Version::parse(&trial.version).ok() == Some(release.version);
+            let failed_before = trial.boots >= MAX_TRIALS
+                && Version::parse(&trial.version).ok() == Some(release.version);
             if failed_before && self.running.version != Some(release.version) {
                 return Err(fail(
                     ErrorCode::RolledBackRelease,
-                    format_args!("release {} was rolled back on this board; waiting for a newer one", release.tag),
+                    format_args!(
+                        "release {} was rolled back on this board; waiting for a newer one",
+                        release.tag
+                    ),
                 ));
             }
         }
@@ -785,7 +962,10 @@ impl<F: NorFlash> Updater<F> {
             Some(running) if release.version == running => false,
             Some(_) if config.allow_downgrade => true,
             Some(running) => {
-                return Err(fail(ErrorCode::Downgrade, format_args!("release {} is older than running {running}", release.tag)));
+                return Err(fail(
+                    ErrorCode::Downgrade,
+                    format_args!("release {} is older than running {running}", release.tag),
+                ));
             }
         };
         if install {
@@ -793,11 +973,17 @@ impl<F: NorFlash> Updater<F> {
             if release.asset.size > slot.size {
                 return Err(fail(
                     ErrorCode::TooLarge,
-                    format_args!("image of {} bytes does not fit the {}-byte slot", release.asset.size, slot.size),
+                    format_args!(
+                        "image of {} bytes does not fit the {}-byte slot",
+                        release.asset.size, slot.size
+                    ),
                 ));
             }
             if release.asset.size.div_ceil(SECTOR) > progress::MAX_SECTORS {
-                return Err(fail(ErrorCode::TooLarge, format_args!("image of {} bytes is too large", release.asset.size)));
+                return Err(fail(
+                    ErrorCode::TooLarge,
+                    format_args!("image of {} bytes is too large", release.asset.size),
+                ));
             }
         }
         Ok(install)
@@ -813,10 +999,17 @@ impl<F: NorFlash> Updater<F> {
     // ----- download ------------------------------------------------------
 
     fn start_download(&mut self) -> Result<(), Failure> {
-        let (Some(release), Some(layout)) = (self.release.as_ref(), self.layout.as_ref()) else { return Ok(()) };
+        let (Some(release), Some(layout)) = (self.release.as_ref(), self.layout.as_ref()) else {
+            return Ok(());
+        };
         let count = layout.slot_count();
         let slot_index = (self.running.slot + 1) % count;
-        let target = Target { slot: slot_index, size: release.asset.size, sha256: release.asset.sha256, tag: trace::short(&release.tag) };
+        let target = Target {
+            slot: slot_index,
+            size: release.asset.size,
+            sha256: release.asset.sha256,
+            tag: trace::short(&release.tag),
+        };
         let progress = Progress::new(layout.state);
         let slot = layout.slots[usize::from(slot_index)];
         let url = release.asset.download_url.clone();
@@ -835,21 +1028,45 @@ impl<F: NorFlash> Updater<F> {
             }
         }
         let early = (written == 0).then(|| ImageVerifier::new(slot.size));
-        self.download = Some(Download { target, slot, written, buf: [0xFF; SECTOR as usize], filled: 0, early });
+        self.download = Some(Download {
+            target,
+            slot,
+            written,
+            buf: [0xFF; SECTOR as usize],
+            filled: 0,
+            early,
+        });
         if written >= target_size {
             // Everything is on flash already (a cut after the last sector).
             return self.finish_image();
         }
-        self.send(Step::Download, url, written, Accept::OctetStream, false, Body::Image, 0);
+        self.send(
+            Step::Download,
+            url,
+            written,
+            Accept::OctetStream,
+            false,
+            Body::Image,
+            0,
+        );
         Ok(())
     }
 
     fn download_head(&mut self, head: &ResponseHead) -> Result<(), Failure> {
-        let Some(dl) = self.download.as_mut() else { return Ok(()) };
-        let from = if head.status == 206 { head.range_start.unwrap_or(u32::MAX) } else { 0 };
+        let Some(dl) = self.download.as_mut() else {
+            return Ok(());
+        };
+        let from = if head.status == 206 {
+            head.range_start.unwrap_or(u32::MAX)
+        } else {
+            0
+        };
         if from != dl.written {
             if from != 0 || head.status != 200 {
-                return Err(fail(ErrorCode::HttpStatus, format_args!("server sent bytes from {from}, asked for {}", dl.written)));
+                return Err(fail(
+                    ErrorCode::HttpStatus,
+                    format_args!("server sent bytes from {from}, asked for {}", dl.written),
+                ));
             }
             // The server ignored our Range: take the whole image from the start.
             dl.written = 0;
@@ -864,7 +1081,10 @@ impl<F: NorFlash> Updater<F> {
             if len != expected {
                 return Err(fail(
                     ErrorCode::SizeMismatch,
-                    format_args!("asset is {len} bytes from offset {}, release says {expected}", dl.written),
+                    format_args!(
+                        "asset is {len} bytes from offset {}, release says {expected}",
+                        dl.written
+                    ),
                 ));
             }
         }
@@ -872,23 +1092,37 @@ impl<F: NorFlash> Updater<F> {
     }
 
     fn image_bytes(&mut self, mut chunk: &[u8]) -> Result<(), Failure> {
-        let Some(dl) = self.download.as_mut() else { return Ok(()) };
+        let Some(dl) = self.download.as_mut() else {
+            return Ok(());
+        };
         let position = dl.written + dl.filled as u32;
         if u64::from(position) + chunk.len() as u64 > u64::from(dl.target.size) {
-            return Err(fail(ErrorCode::SizeMismatch, format_args!("asset is longer than the {} bytes the release says", dl.target.size)));
+            return Err(fail(
+                ErrorCode::SizeMismatch,
+                format_args!(
+                    "asset is longer than the {} bytes the release says",
+                    dl.target.size
+                ),
+            ));
         }
         if let Some(early) = dl.early.as_mut() {
-            let want = (HEADER_LEN + SEGMENT_HEADER_LEN + APP_DESC_LEN).saturating_sub(early.consumed() as usize);
+            let want = (HEADER_LEN + SEGMENT_HEADER_LEN + APP_DESC_LEN)
+                .saturating_sub(early.consumed() as usize);
             let take = want.min(chunk.len());
-            early.update(&chunk[..take]).map_err(|e| fail(ErrorCode::BadImage, format_args!("{e}")))?;
-            if let (Some(header), Some(desc)) = (early.header().copied(), early.app_desc().cloned()) {
+            early
+                .update(&chunk[..take])
+                .map_err(|e| fail(ErrorCode::BadImage, format_args!("{e}")))?;
+            if let (Some(header), Some(desc)) = (early.header().copied(), early.app_desc().cloned())
+            {
                 dl.early = None;
                 self.check_identity(header.chip_id, &desc.version)?;
             }
         }
         self.session.bytes = self.session.bytes.saturating_add(chunk.len() as u32);
         while !chunk.is_empty() {
-            let Some(dl) = self.download.as_mut() else { return Ok(()) };
+            let Some(dl) = self.download.as_mut() else {
+                return Ok(());
+            };
             let take = (SECTOR as usize - dl.filled).min(chunk.len());
             dl.buf[dl.filled..dl.filled + take].copy_from_slice(&chunk[..take]);
             dl.filled += take;
@@ -904,14 +1138,20 @@ impl<F: NorFlash> Updater<F> {
     fn check_identity(&self, chip_id: u16, version: &str) -> Result<(), Failure> {
         if let Some(running_chip) = self.running.chip_id {
             if chip_id != running_chip {
-                return Err(fail(ErrorCode::WrongChip, format_args!("image is for chip id {chip_id}, this board is {running_chip}")));
+                return Err(fail(
+                    ErrorCode::WrongChip,
+                    format_args!("image is for chip id {chip_id}, this board is {running_chip}"),
+                ));
             }
         }
         if let Some(release) = self.release.as_ref() {
             if Version::parse(version).ok() != Some(release.version) {
                 return Err(fail(
                     ErrorCode::VersionMismatch,
-                    format_args!("image says version `{version}`, release tag is {}", release.tag),
+                    format_args!(
+                        "image says version `{version}`, release tag is {}",
+                        release.tag
+                    ),
                 ));
             }
         }
@@ -920,8 +1160,12 @@ impl<F: NorFlash> Updater<F> {
 
     /// Erase the next slot sector, program it, then mark it durable.
     fn commit_sector(&mut self) -> Result<(), Failure> {
-        let Some(dl) = self.download.as_mut() else { return Ok(()) };
-        let Some(layout) = self.layout.as_ref() else { return Ok(()) };
+        let Some(dl) = self.download.as_mut() else {
+            return Ok(());
+        };
+        let Some(layout) = self.layout.as_ref() else {
+            return Ok(());
+        };
         let index = dl.written / SECTOR;
         let at = dl.slot.offset + dl.written;
         // Programming needs 4-byte multiples; the tail of a short last sector stays FF.
@@ -942,11 +1186,16 @@ impl<F: NorFlash> Updater<F> {
 
     /// The body ended: finish the last sector and verify, or report a short body.
     fn image_end(&mut self) -> Result<Result<(), Failure>, Failure> {
-        let Some(dl) = self.download.as_ref() else { return Ok(Ok(())) };
+        let Some(dl) = self.download.as_ref() else {
+            return Ok(Ok(()));
+        };
         if dl.written + dl.filled as u32 != dl.target.size {
             let got = dl.written + dl.filled as u32;
             // A cut connection: what is durable stays, the rest is fetched again.
-            return Err(fail(ErrorCode::Network, format_args!("download ended at byte {got} of {}", dl.target.size)));
+            return Err(fail(
+                ErrorCode::Network,
+                format_args!("download ended at byte {got} of {}", dl.target.size),
+            ));
         }
         if dl.filled > 0 {
             if let Err(e) = self.commit_sector() {
@@ -958,17 +1207,25 @@ impl<F: NorFlash> Updater<F> {
 
     /// Verify the slot's contents, then commit: trial record, then otadata.
     fn finish_image(&mut self) -> Result<(), Failure> {
-        let (Some(dl), Some(layout)) = (self.download.as_ref(), self.layout.clone()) else { return Ok(()) };
+        let (Some(dl), Some(layout)) = (self.download.as_ref(), self.layout.clone()) else {
+            return Ok(());
+        };
         let target = dl.target.clone();
         let slot = dl.slot;
         match self.verify_slot(slot, &target) {
             Ok(version) => {
-                self.event(Event::Verified { version: trace::short(&version) });
+                self.event(Event::Verified {
+                    version: trace::short(&version),
+                });
                 TrialRecord::new(layout.state).begin(&mut self.flash, target.slot, &version)?;
                 let otadata = layout.read_otadata(&mut self.flash)?;
-                let (sector, entry) = otadata.select(target.slot, layout.slot_count(), ImageState::New);
+                let (sector, entry) =
+                    otadata.select(target.slot, layout.slot_count(), ImageState::New);
                 layout.write_otadata(&mut self.flash, sector, &entry)?;
-                self.event(Event::Switch { slot: target.slot, seq: entry.seq });
+                self.event(Event::Switch {
+                    slot: target.slot,
+                    seq: entry.seq,
+                });
                 self.download = None;
                 self.conclude(Outcome::Installed, ErrorCode::None, None);
                 Ok(())
@@ -993,16 +1250,27 @@ impl<F: NorFlash> Updater<F> {
             let n = (rounded - at).min(chunk.len() as u32) as usize;
             storage::read(&mut self.flash, slot.offset + at, &mut chunk[..n])?;
             let useful = (target.size - at).min(n as u32) as usize;
-            verifier.update(&chunk[..useful]).map_err(|e| image_failure(e))?;
+            verifier
+                .update(&chunk[..useful])
+                .map_err(|e| image_failure(e))?;
             at += n as u32;
         }
         let info = verifier.finish().map_err(image_failure)?;
         if info.length != target.size {
-            return Err(fail(ErrorCode::SizeMismatch, format_args!("image is {} bytes, release says {}", info.length, target.size)));
+            return Err(fail(
+                ErrorCode::SizeMismatch,
+                format_args!(
+                    "image is {} bytes, release says {}",
+                    info.length, target.size
+                ),
+            ));
         }
         if let Some(expected) = target.sha256 {
             if info.file_sha256 != expected {
-                return Err(fail(ErrorCode::HashMismatch, format_args!("SHA-256 differs from the release digest")));
+                return Err(fail(
+                    ErrorCode::HashMismatch,
+                    format_args!("SHA-256 differs from the release digest"),
+                ));
             }
         }
         self.check_identity(info.header.chip_id, &info.app_desc.version)?;
@@ -1019,7 +1287,10 @@ impl<F: NorFlash> Updater<F> {
     fn flash_error(&mut self, e: FlashError) {
         // Flash is unreliable now: no log record, just the pattern and the application.
         let detail = trace::detail(format_args!("{e}"));
-        self.event(Event::Error { code: ErrorCode::Flash, detail });
+        self.event(Event::Error {
+            code: ErrorCode::Flash,
+            detail,
+        });
         self.abort_request();
         self.log = None;
         self.publish = PublishState::Finished;
@@ -1036,9 +1307,16 @@ impl<F: NorFlash> Updater<F> {
         }
         self.wake_at = None;
         if let Some(detail) = detail {
-            self.event(Event::Error { code: error, detail });
+            self.event(Event::Error {
+                code: error,
+                detail,
+            });
         }
-        let result = if result == Outcome::UpToDate && self.session.confirmed { Outcome::Updated } else { result };
+        let result = if result == Outcome::UpToDate && self.session.confirmed {
+            Outcome::Updated
+        } else {
+            result
+        };
         let pattern = pattern_for(result, error);
         let running = self.running.version_text.clone();
         let release_tag = self.release.as_ref().map(|r| trace::short(&r.tag));
@@ -1046,7 +1324,9 @@ impl<F: NorFlash> Updater<F> {
             Outcome::Updated => (self.running.previous_version.clone(), running),
             Outcome::RolledBack => (running, self.running.previous_version.clone()),
             Outcome::UpToDate => (running.clone(), running),
-            Outcome::Installed | Outcome::Failed => (running.clone(), release_tag.unwrap_or(running)),
+            Outcome::Installed | Outcome::Failed => {
+                (running.clone(), release_tag.unwrap_or(running))
+            }
         };
         let event = Event::Outcome {
             result,
@@ -1060,7 +1340,11 @@ impl<F: NorFlash> Updater<F> {
         };
         self.event(event.clone());
         self.outcome_ok = error == ErrorCode::None;
-        let after = if matches!(result, Outcome::Installed | Outcome::RolledBack) { After::Reboot } else { After::App };
+        let after = if matches!(result, Outcome::Installed | Outcome::RolledBack) {
+            After::Reboot
+        } else {
+            After::App
+        };
         self.phase = Phase::Finishing(after);
         if let Err(e) = self.store_record(&event) {
             self.flash_error(e);
@@ -1075,10 +1359,18 @@ impl<F: NorFlash> Updater<F> {
     }
 
     fn store_record(&mut self, event: &Event) -> Result<(), FlashError> {
-        let Some(log) = self.log.as_mut() else { return Ok(()) };
+        let Some(log) = self.log.as_mut() else {
+            return Ok(());
+        };
         let mut payload = String::<MAX_PAYLOAD>::new();
-        let board = self.config.as_ref().map_or("", |c| c.mqtt_client_id.as_str());
-        let extra = [("seq", Value::Num(u64::from(log.next_seq()))), ("board", Value::Text(board))];
+        let board = self
+            .config
+            .as_ref()
+            .map_or("", |c| c.mqtt_client_id.as_str());
+        let extra = [
+            ("seq", Value::Num(u64::from(log.next_seq()))),
+            ("board", Value::Text(board)),
+        ];
         // Outcome records are far below MAX_PAYLOAD; a cut-off record would still parse up to the cut.
         let _ = event.write_json(&extra, &mut payload);
         log.append(&mut self.flash, payload.as_bytes())?;
@@ -1109,7 +1401,11 @@ impl<F: NorFlash> Updater<F> {
         let _ = payload.extend_from_slice(&buf[..len]);
         self.publish = PublishState::InFlight(record);
         self.publish_deadline = Some(self.now.plus_ms(PUBLISH_TIMEOUT_MS));
-        self.push_action(Action::Publish { seq: record.seq, topic, payload });
+        self.push_action(Action::Publish {
+            seq: record.seq,
+            topic,
+            payload,
+        });
     }
 
     fn keep_log(&mut self) {
@@ -1128,7 +1424,9 @@ impl<F: NorFlash> Updater<F> {
     }
 
     fn maybe_finish(&mut self) {
-        let Phase::Finishing(after) = self.phase else { return };
+        let Phase::Finishing(after) = self.phase else {
+            return;
+        };
         if !self.led.finished() || self.publish != PublishState::Finished {
             return;
         }
@@ -1195,7 +1493,10 @@ fn image_failure(e: ImageError) -> Failure {
 }
 
 /// Reads the app descriptor and chip id of the image at the start of `slot`.
-fn read_app_desc<F: NorFlash>(flash: &mut F, slot: Region) -> Result<(Option<AppDesc>, Option<u16>), FlashError> {
+fn read_app_desc<F: NorFlash>(
+    flash: &mut F,
+    slot: Region,
+) -> Result<(Option<AppDesc>, Option<u16>), FlashError> {
     let mut head = [0u8; HEADER_LEN + SEGMENT_HEADER_LEN];
     storage::read(flash, slot.offset, &mut head)?;
     if head[0] != app_image::IMAGE_MAGIC {
@@ -1203,6 +1504,10 @@ fn read_app_desc<F: NorFlash>(flash: &mut F, slot: Region) -> Result<(Option<App
     }
     let chip = u16::from_le_bytes([head[12], head[13]]);
     let mut desc = [0u8; APP_DESC_LEN];
-    storage::read(flash, slot.offset + (HEADER_LEN + SEGMENT_HEADER_LEN) as u32, &mut desc)?;
+    storage::read(
+        flash,
+        slot.offset + (HEADER_LEN + SEGMENT_HEADER_LEN) as u32,
+        &mut desc,
+    )?;
     Ok((AppDesc::from_bytes(&desc), Some(chip)))
 }

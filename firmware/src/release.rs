@@ -104,14 +104,20 @@ impl fmt::Display for ReleaseError {
             ReleaseError::Syntax(e) => write!(f, "release JSON: {e}"),
             ReleaseError::NotARelease => f.write_str("response is not a release"),
             ReleaseError::Missing(field) => write!(f, "release has no `{field}`"),
-            ReleaseError::WrongType(field) => write!(f, "release field `{field}` has the wrong type"),
+            ReleaseError::WrongType(field) => {
+                write!(f, "release field `{field}` has the wrong type")
+            }
             ReleaseError::TooLong(field) => write!(f, "release field `{field}` is too long"),
             ReleaseError::BadSize => f.write_str("asset size is not a size"),
             ReleaseError::BadDigest => f.write_str("asset digest is not sha256:<64 hex digits>"),
-            ReleaseError::BadTag { tag, error } => write!(f, "tag `{tag}` is not a version: {error}"),
+            ReleaseError::BadTag { tag, error } => {
+                write!(f, "tag `{tag}` is not a version: {error}")
+            }
             ReleaseError::NotEligible => f.write_str("release is a draft or a prerelease"),
             ReleaseError::NoEligibleRelease => f.write_str("no release fits the update policy"),
-            ReleaseError::AssetMissing { tag } => write!(f, "release {tag} has no asset of the configured name"),
+            ReleaseError::AssetMissing { tag } => {
+                write!(f, "release {tag} has no asset of the configured name")
+            }
         }
     }
 }
@@ -179,13 +185,17 @@ impl ReleaseParser {
     /// Feeds the next piece of the response body.
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), ReleaseError> {
         let state = &mut self.state;
-        self.tokenizer.push(chunk, &mut |path: &Path<'_>, token: Token<'_>| state.accept(path, token))
+        self.tokenizer
+            .push(chunk, &mut |path: &Path<'_>, token: Token<'_>| {
+                state.accept(path, token)
+            })
     }
 
     /// Ends the body and returns the release to install.
     pub fn finish(mut self) -> Result<SelectedRelease, ReleaseError> {
         let state = &mut self.state;
-        self.tokenizer.finish(&mut |path: &Path<'_>, token: Token<'_>| state.accept(path, token))?;
+        self.tokenizer
+            .finish(&mut |path: &Path<'_>, token: Token<'_>| state.accept(path, token))?;
         match (self.state.base, self.state.best, self.state.first_error) {
             (Some(1), _, Some(error)) => Err(error),
             (Some(1), Some(best), None) => Ok(best),
@@ -221,14 +231,20 @@ fn parse_digest(token: Token<'_>) -> Result<Option<[u8; 32]>, ReleaseError> {
         Token::Str(t) if !t.truncated => t.value,
         _ => return Err(ReleaseError::BadDigest),
     };
-    let hex = text.strip_prefix("sha256:").ok_or(ReleaseError::BadDigest)?;
+    let hex = text
+        .strip_prefix("sha256:")
+        .ok_or(ReleaseError::BadDigest)?;
     if hex.len() != 64 {
         return Err(ReleaseError::BadDigest);
     }
     let mut out = [0u8; 32];
     for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16).ok_or(ReleaseError::BadDigest)?;
-        let lo = (pair[1] as char).to_digit(16).ok_or(ReleaseError::BadDigest)?;
+        let hi = (pair[0] as char)
+            .to_digit(16)
+            .ok_or(ReleaseError::BadDigest)?;
+        let lo = (pair[1] as char)
+            .to_digit(16)
+            .ok_or(ReleaseError::BadDigest)?;
         out[i] = (hi * 16 + lo) as u8;
     }
     Ok(Some(out))
@@ -282,7 +298,12 @@ impl ParseState {
         }
     }
 
-    fn release_field(&mut self, path: &Path<'_>, base: usize, token: Token<'_>) -> Result<(), ReleaseError> {
+    fn release_field(
+        &mut self,
+        path: &Path<'_>,
+        base: usize,
+        token: Token<'_>,
+    ) -> Result<(), ReleaseError> {
         let key = match path.segment(base - 1) {
             Some(Segment::Key(k)) => k,
             _ => return Err(ReleaseError::NotARelease),
@@ -293,7 +314,10 @@ impl ParseState {
                     let tag = match token {
                         Token::Str(t) if t.truncated || t.value.len() > MAX_TAG_LEN => {
                             let mut cut = String::new();
-                            let end = (0..=MAX_TAG_LEN).rev().find(|&i| t.value.is_char_boundary(i)).unwrap_or(0);
+                            let end = (0..=MAX_TAG_LEN)
+                                .rev()
+                                .find(|&i| t.value.is_char_boundary(i))
+                                .unwrap_or(0);
                             let _ = cut.push_str(&t.value[..end]);
                             self.release.tag_error = Some(VersionError::TooLong);
                             cut
@@ -347,7 +371,8 @@ impl ParseState {
                 self.asset.size = Some(n.parse::<u32>().map_err(|_| ReleaseError::BadSize)?);
             }
             "browser_download_url" => {
-                self.asset.download_url = Some(keep::<MAX_URL_LEN>("assets[].browser_download_url", token)?)
+                self.asset.download_url =
+                    Some(keep::<MAX_URL_LEN>("assets[].browser_download_url", token)?)
             }
             "url" => self.asset.api_url = Some(keep::<MAX_URL_LEN>("assets[].url", token)?),
             "digest" => self.asset.sha256 = parse_digest(token)?,
@@ -362,9 +387,16 @@ impl ParseState {
             return Ok(());
         }
         let size = asset.size.ok_or(ReleaseError::Missing("assets[].size"))?;
-        let download_url = asset.download_url.ok_or(ReleaseError::Missing("assets[].browser_download_url"))?;
+        let download_url = asset
+            .download_url
+            .ok_or(ReleaseError::Missing("assets[].browser_download_url"))?;
         let api_url = asset.api_url.unwrap_or_default();
-        self.release.asset = Some(AssetInfo { size, download_url, api_url, sha256: asset.sha256 });
+        self.release.asset = Some(AssetInfo {
+            size,
+            download_url,
+            api_url,
+            sha256: asset.sha256,
+        });
         Ok(())
     }
 
@@ -374,7 +406,11 @@ impl ParseState {
         let outcome = self.judge(release);
         match outcome {
             Ok(candidate) => {
-                if self.best.as_ref().is_none_or(|best| candidate.version > best.version) {
+                if self
+                    .best
+                    .as_ref()
+                    .is_none_or(|best| candidate.version > best.version)
+                {
                     self.best = Some(candidate);
                 }
             }
@@ -394,12 +430,22 @@ impl ParseState {
         if let Some(error) = release.tag_error {
             return Err(ReleaseError::BadTag { tag, error });
         }
-        let version = Version::parse(&tag).map_err(|error| ReleaseError::BadTag { tag: tag.clone(), error })?;
+        let version = Version::parse(&tag).map_err(|error| ReleaseError::BadTag {
+            tag: tag.clone(),
+            error,
+        })?;
         if release.draft || (release.prerelease && !self.allow_prereleases) {
             return Err(ReleaseError::NotEligible);
         }
-        let asset = release.asset.ok_or_else(|| ReleaseError::AssetMissing { tag: tag.clone() })?;
-        Ok(SelectedRelease { tag, version, prerelease: release.prerelease, asset })
+        let asset = release
+            .asset
+            .ok_or_else(|| ReleaseError::AssetMissing { tag: tag.clone() })?;
+        Ok(SelectedRelease {
+            tag,
+            version,
+            prerelease: release.prerelease,
+            asset,
+        })
     }
 }
 
@@ -429,9 +475,14 @@ mod tests {
         )
     }
 
-    const DIGEST: &str = "\"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"";
+    const DIGEST: &str =
+        "\"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"";
 
-    fn parse_in_chunks(doc: &str, chunk: usize, prereleases: bool) -> Result<SelectedRelease, ReleaseError> {
+    fn parse_in_chunks(
+        doc: &str,
+        chunk: usize,
+        prereleases: bool,
+    ) -> Result<SelectedRelease, ReleaseError> {
         let mut p = ReleaseParser::new("fw.bin", prereleases);
         for piece in doc.as_bytes().chunks(chunk) {
             p.push(piece)?;
@@ -441,13 +492,27 @@ mod tests {
 
     #[test]
     fn the_configured_asset_of_the_latest_release_is_selected() {
-        let doc = release("1.1", false, &[asset("other.bin", "5", "null"), asset("fw.bin", "123456", DIGEST)], "notes");
+        let doc = release(
+            "1.1",
+            false,
+            &[
+                asset("other.bin", "5", "null"),
+                asset("fw.bin", "123456", DIGEST),
+            ],
+            "notes",
+        );
         let r = parse_in_chunks(&doc, 7, false).unwrap();
         assert_eq!(r.tag, "1.1");
         assert_eq!(r.version, Version::new(1, 1, None));
         assert_eq!(r.asset.size, 123456);
-        assert_eq!(r.asset.download_url, "https://github.com/acme/t/releases/download/1.1/fw.bin");
-        assert_eq!(r.asset.api_url, "https://api.github.com/repos/acme/t/releases/assets/9");
+        assert_eq!(
+            r.asset.download_url,
+            "https://github.com/acme/t/releases/download/1.1/fw.bin"
+        );
+        assert_eq!(
+            r.asset.api_url,
+            "https://api.github.com/repos/acme/t/releases/assets/9"
+        );
         assert_eq!(r.asset.sha256.unwrap()[..4], [0x00, 0x11, 0x22, 0x33]);
     }
 
@@ -458,32 +523,95 @@ mod tests {
         assert!(doc.len() >= 64 * 1024, "{}", doc.len());
         let r = parse_in_chunks(&doc, 1460, false).unwrap();
         assert_eq!(r.tag, "2.10");
-        assert!(core::mem::size_of::<ReleaseParser>() < 4096, "{}", core::mem::size_of::<ReleaseParser>());
+        assert!(
+            core::mem::size_of::<ReleaseParser>() < 4096,
+            "{}",
+            core::mem::size_of::<ReleaseParser>()
+        );
     }
 
     #[test]
     fn hostile_values_are_typed_errors() {
         let bad = |doc: StdString| parse_in_chunks(&doc, 64, false).unwrap_err();
-        assert_eq!(bad(release("1.1", false, &[asset("fw.bin", "99999999999", DIGEST)], "")), ReleaseError::BadSize);
-        assert_eq!(bad(release("1.1", false, &[asset("fw.bin", "-1", DIGEST)], "")), ReleaseError::BadSize);
-        assert_eq!(bad(release("1.1", false, &[asset("fw.bin", "\"12\"", DIGEST)], "")), ReleaseError::WrongType("assets[].size"));
-        assert_eq!(bad(release("1.1", false, &[asset("fw.bin", "1", "\"md5:abc\"")], "")), ReleaseError::BadDigest);
-        assert_eq!(bad(release("1.1", false, &[asset("x.bin", "1", DIGEST)], "")), ReleaseError::AssetMissing { tag: "1.1".try_into().unwrap() });
-        assert!(matches!(bad(release("latest", false, &[], "")), ReleaseError::BadTag { error: VersionError::NotANumber, .. }));
+        assert_eq!(
+            bad(release(
+                "1.1",
+                false,
+                &[asset("fw.bin", "99999999999", DIGEST)],
+                ""
+            )),
+            ReleaseError::BadSize
+        );
+        assert_eq!(
+            bad(release("1.1", false, &[asset("fw.bin", "-1", DIGEST)], "")),
+            ReleaseError::BadSize
+        );
+        assert_eq!(
+            bad(release(
+                "1.1",
+                false,
+                &[asset("fw.bin", "\"12\"", DIGEST)],
+                ""
+            )),
+            ReleaseError::WrongType("assets[].size")
+        );
+        assert_eq!(
+            bad(release(
+                "1.1",
+                false,
+                &[asset("fw.bin", "1", "\"md5:abc\"")],
+                ""
+            )),
+            ReleaseError::BadDigest
+        );
+        assert_eq!(
+            bad(release("1.1", false, &[asset("x.bin", "1", DIGEST)], "")),
+            ReleaseError::AssetMissing {
+                tag: "1.1".try_into().unwrap()
+            }
+        );
+        assert!(matches!(
+            bad(release("latest", false, &[], "")),
+            ReleaseError::BadTag {
+                error: VersionError::NotANumber,
+                ..
+            }
+        ));
         let long = "9".repeat(5000);
-        assert!(matches!(bad(release(&long, false, &[], "")), ReleaseError::BadTag { error: VersionError::TooLong, .. }));
-        assert_eq!(bad(r#"{"name":"x"}"#.into()), ReleaseError::Missing("tag_name"));
+        assert!(matches!(
+            bad(release(&long, false, &[], "")),
+            ReleaseError::BadTag {
+                error: VersionError::TooLong,
+                ..
+            }
+        ));
+        assert_eq!(
+            bad(r#"{"name":"x"}"#.into()),
+            ReleaseError::Missing("tag_name")
+        );
         assert_eq!(bad(r#""just a string""#.into()), ReleaseError::NotARelease);
-        assert_eq!(bad(r#"{"tag_name": 11}"#.into()), ReleaseError::WrongType("tag_name"));
-        assert!(matches!(bad(release("1.1", false, &[], "")[..100].into()), ReleaseError::Syntax(_)));
+        assert_eq!(
+            bad(r#"{"tag_name": 11}"#.into()),
+            ReleaseError::WrongType("tag_name")
+        );
+        assert!(matches!(
+            bad(release("1.1", false, &[], "")[..100].into()),
+            ReleaseError::Syntax(_)
+        ));
         let long_url = asset("fw.bin", "1", DIGEST).replace("releases/download", &"a/".repeat(200));
-        assert_eq!(bad(release("1.1", false, &[long_url], "")), ReleaseError::TooLong("assets[].browser_download_url"));
+        assert_eq!(
+            bad(release("1.1", false, &[long_url], "")),
+            ReleaseError::TooLong("assets[].browser_download_url")
+        );
     }
 
     #[test]
     fn a_prerelease_is_refused_unless_allowed() {
         let doc = release("1.2", true, &[asset("fw.bin", "10", DIGEST)], "");
-        assert_eq!(parse_in_chunks(&doc, 50, false).unwrap_err(), ReleaseError::NotEligible);
+        assert_eq!(
+            parse_in_chunks(&doc, 50, false).unwrap_err(),
+            ReleaseError::NotEligible
+        );
         assert!(parse_in_chunks(&doc, 50, true).unwrap().prerelease);
     }
 
@@ -498,6 +626,9 @@ mod tests {
         );
         assert_eq!(parse_in_chunks(&list, 33, false).unwrap().tag, "1.9");
         assert_eq!(parse_in_chunks(&list, 33, true).unwrap().tag, "1.10");
-        assert_eq!(parse_in_chunks("[]", 33, true).unwrap_err(), ReleaseError::NoEligibleRelease);
+        assert_eq!(
+            parse_in_chunks("[]", 33, true).unwrap_err(),
+            ReleaseError::NoEligibleRelease
+        );
     }
 }

@@ -307,7 +307,11 @@ impl Event {
     pub fn fields(&self, f: &mut dyn FnMut(&'static str, Value<'_>) -> fmt::Result) -> fmt::Result {
         use Value::*;
         match self {
-            Event::Boot { slot, version, state } => {
+            Event::Boot {
+                slot,
+                version,
+                state,
+            } => {
                 f("slot", Num(u64::from(*slot)))?;
                 f("version", Text(version))?;
                 f("state", Text(state))
@@ -335,7 +339,9 @@ impl Event {
                 f("total", Num(u64::from(*total)))
             }
             Event::Resume { from } => f("from", Num(u64::from(*from))),
-            Event::Verified { version } | Event::Confirmed { version } => f("version", Text(version)),
+            Event::Verified { version } | Event::Confirmed { version } => {
+                f("version", Text(version))
+            }
             Event::Switch { slot, seq } => {
                 f("slot", Num(u64::from(*slot)))?;
                 f("seq", Num(u64::from(*seq)))
@@ -344,7 +350,11 @@ impl Event {
                 f("boot", Num(u64::from(*boot)))?;
                 f("of", Num(u64::from(*of)))
             }
-            Event::Retry { attempt, delay_ms, reason } => {
+            Event::Retry {
+                attempt,
+                delay_ms,
+                reason,
+            } => {
                 f("attempt", Num(u64::from(*attempt)))?;
                 f("delay_ms", Num(u64::from(*delay_ms)))?;
                 f("reason", Text(reason.name()))
@@ -353,7 +363,16 @@ impl Event {
                 f("code", Text(code.name()))?;
                 f("detail", Text(detail))
             }
-            Event::Outcome { result, from, to, bytes, resumed_from, retries, error, pattern } => {
+            Event::Outcome {
+                result,
+                from,
+                to,
+                bytes,
+                resumed_from,
+                retries,
+                error,
+                pattern,
+            } => {
                 f("result", Text(result.name()))?;
                 f("from", Text(from))?;
                 f("to", Text(to))?;
@@ -377,7 +396,11 @@ impl Event {
             match value {
                 Value::Num(n) => write!(out, "{n}"),
                 Value::Bool(b) => write!(out, "{b}"),
-                Value::Text(t) if !t.is_empty() && !t.contains([' ', '"', '\\', '=']) && !t.chars().any(char::is_control) => {
+                Value::Text(t)
+                    if !t.is_empty()
+                        && !t.contains([' ', '"', '\\', '='])
+                        && !t.chars().any(char::is_control) =>
+                {
                     out.write_str(t)
                 }
                 Value::Text(t) => {
@@ -472,7 +495,11 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn text<const N: usize>(&self, key: &'static str) -> Result<String<N>, ParseError> {
-        let (_, v) = self.pairs.iter().find(|(k, _)| *k == key).ok_or(ParseError::MissingField(key))?;
+        let (_, v) = self
+            .pairs
+            .iter()
+            .find(|(k, _)| *k == key)
+            .ok_or(ParseError::MissingField(key))?;
         let mut s = String::new();
         s.push_str(v).map_err(|_| ParseError::BadValue(key))?;
         Ok(s)
@@ -501,7 +528,9 @@ fn parse_fields(rest: &str) -> Result<(u64, Event), ParseError> {
     let (time, rest) = rest.split_once(' ').unwrap_or((rest, ""));
     let ms: u64 = time.parse().map_err(|_| ParseError::BadTime)?;
     let (name, mut rest) = rest.split_once(' ').unwrap_or((rest, ""));
-    let mut fields = Fields { pairs: heapless::Vec::new() };
+    let mut fields = Fields {
+        pairs: heapless::Vec::new(),
+    };
     while !rest.is_empty() {
         let (key, after) = rest.split_once('=').ok_or(ParseError::Malformed)?;
         let mut value = String::<96>::new();
@@ -530,12 +559,19 @@ fn parse_fields(rest: &str) -> Result<(u64, Event), ParseError> {
             value.push_str(v).map_err(|_| ParseError::Malformed)?;
             remaining = r.trim_start();
         }
-        fields.pairs.push((key, value)).map_err(|_| ParseError::Malformed)?;
+        fields
+            .pairs
+            .push((key, value))
+            .map_err(|_| ParseError::Malformed)?;
         rest = remaining;
     }
     let f = &fields;
     let event = match name {
-        "boot" => Event::Boot { slot: f.num("slot")?, version: f.text("version")?, state: f.text("state")? },
+        "boot" => Event::Boot {
+            slot: f.num("slot")?,
+            version: f.text("version")?,
+            state: f.text("state")?,
+        },
         "led" => Event::Led {
             led: f.code("led", |s| match s {
                 "yellow" => Some(Led::Yellow),
@@ -545,21 +581,49 @@ fn parse_fields(rest: &str) -> Result<(u64, Event), ParseError> {
             on: f.flag("on")?,
         },
         "network" => Event::Network { up: f.flag("up")? },
-        "request" => Event::Request { id: f.num("id")?, purpose: f.code("purpose", Purpose::from_name)?, from: f.num("from")? },
-        "response" => Event::Response { id: f.num("id")?, status: f.num("status")? },
-        "release" => Event::Release { tag: f.text("tag")?, size: f.num("size")? },
-        "progress" => Event::Progress { written: f.num("written")?, total: f.num("total")? },
-        "resume" => Event::Resume { from: f.num("from")? },
-        "verified" => Event::Verified { version: f.text("version")? },
-        "switch" => Event::Switch { slot: f.num("slot")?, seq: f.num("seq")? },
-        "trial" => Event::Trial { boot: f.num("boot")?, of: f.num("of")? },
-        "confirmed" => Event::Confirmed { version: f.text("version")? },
+        "request" => Event::Request {
+            id: f.num("id")?,
+            purpose: f.code("purpose", Purpose::from_name)?,
+            from: f.num("from")?,
+        },
+        "response" => Event::Response {
+            id: f.num("id")?,
+            status: f.num("status")?,
+        },
+        "release" => Event::Release {
+            tag: f.text("tag")?,
+            size: f.num("size")?,
+        },
+        "progress" => Event::Progress {
+            written: f.num("written")?,
+            total: f.num("total")?,
+        },
+        "resume" => Event::Resume {
+            from: f.num("from")?,
+        },
+        "verified" => Event::Verified {
+            version: f.text("version")?,
+        },
+        "switch" => Event::Switch {
+            slot: f.num("slot")?,
+            seq: f.num("seq")?,
+        },
+        "trial" => Event::Trial {
+            boot: f.num("boot")?,
+            of: f.num("of")?,
+        },
+        "confirmed" => Event::Confirmed {
+            version: f.text("version")?,
+        },
         "retry" => Event::Retry {
             attempt: f.num("attempt")?,
             delay_ms: f.num("delay_ms")?,
             reason: f.code("reason", ErrorCode::from_name)?,
         },
-        "error" => Event::Error { code: f.code("code", ErrorCode::from_name)?, detail: f.text("detail")? },
+        "error" => Event::Error {
+            code: f.code("code", ErrorCode::from_name)?,
+            detail: f.text("detail")?,
+        },
         "outcome" => Event::Outcome {
             result: f.code("result", Outcome::from_name)?,
             from: f.text("from")?,
@@ -571,7 +635,9 @@ fn parse_fields(rest: &str) -> Result<(u64, Event), ParseError> {
             pattern: f.text("pattern")?,
         },
         "published" => Event::Published { seq: f.num("seq")? },
-        "log_kept" => Event::LogKept { pending: f.num("pending")? },
+        "log_kept" => Event::LogKept {
+            pending: f.num("pending")?,
+        },
         "reboot" => Event::Reboot,
         "app" => Event::App,
         _ => return Err(ParseError::UnknownEvent),
@@ -651,8 +717,14 @@ mod tests {
             line(&outcome(), 5120),
             "OTA 5120 outcome result=updated from=1.0 to=1.1 bytes=1048576 resumed_from=4096 retries=2 error=none pattern=.."
         );
-        let e = Event::Error { code: ErrorCode::BadTag, detail: detail(format_args!("tag `v1 \"x\"` is not a version")) };
-        assert_eq!(line(&e, 7), r#"OTA 7 error code=bad_tag detail="tag `v1 \"x\"` is not a version""#);
+        let e = Event::Error {
+            code: ErrorCode::BadTag,
+            detail: detail(format_args!("tag `v1 \"x\"` is not a version")),
+        };
+        assert_eq!(
+            line(&e, 7),
+            r#"OTA 7 error code=bad_tag detail="tag `v1 \"x\"` is not a version""#
+        );
     }
 
     #[test]
@@ -666,10 +738,22 @@ mod tests {
     #[test]
     fn other_console_output_is_not_a_trace_line() {
         assert!(Event::parse_line("ESP-ROM:esp32c3-api1-20210207").is_none());
-        assert_eq!(Event::parse_line("OTA x boot").unwrap(), Err(ParseError::BadTime));
-        assert_eq!(Event::parse_line("OTA 1 warp").unwrap(), Err(ParseError::UnknownEvent));
-        assert_eq!(Event::parse_line("OTA 1 resume").unwrap(), Err(ParseError::MissingField("from")));
-        assert_eq!(Event::parse_line("OTA 1 resume from=x").unwrap(), Err(ParseError::BadValue("from")));
+        assert_eq!(
+            Event::parse_line("OTA x boot").unwrap(),
+            Err(ParseError::BadTime)
+        );
+        assert_eq!(
+            Event::parse_line("OTA 1 warp").unwrap(),
+            Err(ParseError::UnknownEvent)
+        );
+        assert_eq!(
+            Event::parse_line("OTA 1 resume").unwrap(),
+            Err(ParseError::MissingField("from"))
+        );
+        assert_eq!(
+            Event::parse_line("OTA 1 resume from=x").unwrap(),
+            Err(ParseError::BadValue("from"))
+        );
     }
 
     fn any_text() -> impl Strategy<Value = StdString> {
@@ -678,19 +762,49 @@ mod tests {
 
     fn any_event() -> impl Strategy<Value = Event> {
         prop_oneof![
-            (any::<u8>(), any_text(), any_text()).prop_map(|(slot, v, s)| Event::Boot { slot, version: short(&v), state: short(&s) }),
-            any::<bool>().prop_map(|on| Event::Led { led: Led::Green, on }),
+            (any::<u8>(), any_text(), any_text()).prop_map(|(slot, v, s)| Event::Boot {
+                slot,
+                version: short(&v),
+                state: short(&s)
+            }),
+            any::<bool>().prop_map(|on| Event::Led {
+                led: Led::Green,
+                on
+            }),
             any::<bool>().prop_map(|up| Event::Network { up }),
-            (any::<u32>(), any::<u32>()).prop_map(|(id, from)| Event::Request { id, purpose: Purpose::Download, from }),
+            (any::<u32>(), any::<u32>()).prop_map(|(id, from)| Event::Request {
+                id,
+                purpose: Purpose::Download,
+                from
+            }),
             (any::<u32>(), any::<u16>()).prop_map(|(id, status)| Event::Response { id, status }),
-            (any_text(), any::<u32>()).prop_map(|(t, size)| Event::Release { tag: short(&t), size }),
-            (any::<u32>(), any::<u32>()).prop_map(|(written, total)| Event::Progress { written, total }),
+            (any_text(), any::<u32>()).prop_map(|(t, size)| Event::Release {
+                tag: short(&t),
+                size
+            }),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(written, total)| Event::Progress { written, total }),
             (any::<u8>(), any::<u32>()).prop_map(|(slot, seq)| Event::Switch { slot, seq }),
-            (any::<u32>(), any::<u32>()).prop_map(|(attempt, delay_ms)| Event::Retry { attempt, delay_ms, reason: ErrorCode::Network }),
-            "[ -~\n]{0,90}".prop_map(|d| Event::Error { code: ErrorCode::HashMismatch, detail: detail(format_args!("{d}")) }),
-            (any_text(), any::<u32>(), any::<u32>()).prop_map(|(t, bytes, retries)| Event::Outcome {
-                result: Outcome::Failed, from: short(&t), to: short(""), bytes, resumed_from: 0, retries,
-                error: ErrorCode::TooLarge, pattern: short("-"),
+            (any::<u32>(), any::<u32>()).prop_map(|(attempt, delay_ms)| Event::Retry {
+                attempt,
+                delay_ms,
+                reason: ErrorCode::Network
+            }),
+            "[ -~\n]{0,90}".prop_map(|d| Event::Error {
+                code: ErrorCode::HashMismatch,
+                detail: detail(format_args!("{d}"))
+            }),
+            (any_text(), any::<u32>(), any::<u32>()).prop_map(|(t, bytes, retries)| {
+                Event::Outcome {
+                    result: Outcome::Failed,
+                    from: short(&t),
+                    to: short(""),
+                    bytes,
+                    resumed_from: 0,
+                    retries,
+                    error: ErrorCode::TooLarge,
+                    pattern: short("-"),
+                }
             }),
             any::<u32>().prop_map(|seq| Event::Published { seq }),
             Just(Event::Reboot),

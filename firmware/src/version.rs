@@ -58,8 +58,14 @@ impl Version {
     /// A version from its components; `len` is 2 or 3.
     pub const fn new(major: u32, minor: u32, patch: Option<u32>) -> Version {
         match patch {
-            Some(p) => Version { parts: [major, minor, p], len: 3 },
-            None => Version { parts: [major, minor, 0], len: 2 },
+            Some(p) => Version {
+                parts: [major, minor, p],
+                len: 3,
+            },
+            None => Version {
+                parts: [major, minor, 0],
+                len: 2,
+            },
         }
     }
 
@@ -84,7 +90,10 @@ impl Version {
         if len < 2 {
             return Err(VersionError::TooFewParts);
         }
-        Ok(Version { parts, len: len as u8 })
+        Ok(Version {
+            parts,
+            len: len as u8,
+        })
     }
 
     /// The components, two or three of them.

@@ -24,7 +24,11 @@ fn espflash_partition_table_for_our_csv_is_the_default_table_byte_for_byte() {
 fn espflash_single_factory_table_round_trips() {
     let raw = fixture("partitions/single-factory.bin");
     let table = PartitionTable::parse(&raw).unwrap();
-    assert!(table.find(partition::TYPE_APP, partition::SUBTYPE_FACTORY).is_some());
+    assert!(
+        table
+            .find(partition::TYPE_APP, partition::SUBTYPE_FACTORY)
+            .is_some()
+    );
     let mut ours = [0u8; TABLE_LEN];
     table.write(&mut ours).unwrap();
     assert_eq!(&ours[..], &raw[..TABLE_LEN]);
@@ -33,7 +37,9 @@ fn espflash_single_factory_table_round_trips() {
 fn otadata(name: &str) -> (Vec<u8>, OtaData) {
     let raw = fixture(&format!("otadata/{name}.bin"));
     let s0: [u8; ENTRY_LEN] = raw[..ENTRY_LEN].try_into().unwrap();
-    let s1: [u8; ENTRY_LEN] = raw[SECTOR_LEN as usize..SECTOR_LEN as usize + ENTRY_LEN].try_into().unwrap();
+    let s1: [u8; ENTRY_LEN] = raw[SECTOR_LEN as usize..SECTOR_LEN as usize + ENTRY_LEN]
+        .try_into()
+        .unwrap();
     (raw, OtaData::from_sectors(&s0, &s1))
 }
 
@@ -83,7 +89,10 @@ fn otadata_the_core_writes_matches_the_fixtures_byte_for_byte() {
     let (raw, _) = otadata("seq2-new");
     assert_eq!(whole(&data), raw);
 
-    data.entries[1] = OtaEntry { state: ImageState::PendingVerify as u32, ..data.entries[1] };
+    data.entries[1] = OtaEntry {
+        state: ImageState::PendingVerify as u32,
+        ..data.entries[1]
+    };
     let (raw, _) = otadata("seq2-pending");
     assert_eq!(whole(&data), raw);
 }
@@ -112,15 +121,27 @@ fn espflash_app_image_verifies_and_carries_its_version() {
     assert_eq!(info.length as usize, image.len());
     // esptool printed this hash as "Validation hash" (fixtures/images/*.image-info.txt).
     let listing = String::from_utf8(fixture("images/hello-esp32c3-1.0.0.image-info.txt")).unwrap();
-    let appended: String = image[image.len() - 32..].iter().map(|b| format!("{b:02x}")).collect();
-    assert!(listing.contains(&appended), "esptool's listing names the appended hash {appended}");
+    let appended: String = image[image.len() - 32..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        listing.contains(&appended),
+        "esptool's listing names the appended hash {appended}"
+    );
 }
 
 #[test]
 fn the_core_rewrites_the_espflash_image_byte_for_byte() {
     let image = fixture("images/hello-esp32c3-1.0.0.bin");
     let (header, segs) = segments(&image);
-    let specs: Vec<SegmentSpec<'_>> = segs.iter().map(|(load, data)| SegmentSpec { load_addr: *load, data }).collect();
+    let specs: Vec<SegmentSpec<'_>> = segs
+        .iter()
+        .map(|(load, data)| SegmentSpec {
+            load_addr: *load,
+            data,
+        })
+        .collect();
     let mut out = vec![0; app_image::image_len(&specs)];
     let n = app_image::write_image(&mut out, &header, &specs).unwrap();
     assert_eq!(n, image.len());

@@ -1,7 +1,9 @@
 //! Drives the state machine through whole boots with an in-memory flash and
 //! a scripted GitHub, and checks the LED and log sequences of DESIGN.md §1.
 
-use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
+use embedded_storage::nor_flash::{
+    ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
+};
 use firmware::Instant;
 use firmware::format::app_image::{self, AppDesc, SegmentSpec};
 use firmware::format::partition::{self, TABLE_OFFSET};
@@ -57,7 +59,10 @@ const CONF: &str = r#"{"wifi":{"ssid":"lab","password":"hunter22-secret"},
 fn image(version: &str) -> Vec<u8> {
     let mut data = AppDesc::new(version, "thermo").to_bytes().to_vec();
     data.extend((0..20_000u32).map(|i| (i % 251) as u8));
-    let segs = [SegmentSpec { load_addr: 0x3C00_0020, data: &data }];
+    let segs = [SegmentSpec {
+        load_addr: 0x3C00_0020,
+        data: &data,
+    }];
     let mut out = vec![0; app_image::image_len(&segs)];
     app_image::write_image(&mut out, &app_image::esp32c3_header(0x4038_0080), &segs).unwrap();
     out
@@ -75,7 +80,10 @@ fn board(running: &str) -> Ram {
 }
 
 fn release_json(tag: &str, img: &[u8], digest_of: &[u8]) -> String {
-    let digest: String = Sha256::digest(digest_of).iter().map(|b| format!("{b:02x}")).collect();
+    let digest: String = Sha256::digest(digest_of)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!(
         r#"{{"tag_name":"{tag}","draft":false,"prerelease":false,"body":"{}","assets":[{{"name":"fw.bin","size":{},
         "digest":"sha256:{digest}","url":"http://gh.test/repos/acme/thermo/releases/assets/1",
@@ -115,14 +123,22 @@ fn boot(flash: Ram, release: &str, asset: &[u8], broker_up: bool) -> (Ram, BootR
         match action {
             Action::JoinNetwork => core.handle_network(now, true),
             Action::Http(req) => {
-                let body: &[u8] = if req.url.contains("/releases/latest") { release.as_bytes() } else { asset };
+                let body: &[u8] = if req.url.contains("/releases/latest") {
+                    release.as_bytes()
+                } else {
+                    asset
+                };
                 if req.url.contains("/releases/download/") {
                     let mut head = ResponseHead::new(302);
                     head.header("location", "http://cdn.test/blob/1");
                     core.handle_response_head(now, req.id, &head);
                     continue;
                 }
-                assert!(!req.authorize || req.url.starts_with("http://gh.test"), "token sent to {}", req.url);
+                assert!(
+                    !req.authorize || req.url.starts_with("http://gh.test"),
+                    "token sent to {}",
+                    req.url
+                );
                 let mut head = ResponseHead::new(200);
                 head.header("content-length", &body.len().to_string());
                 core.handle_response_head(now, req.id, &head);
@@ -141,13 +157,27 @@ fn boot(flash: Ram, release: &str, asset: &[u8], broker_up: bool) -> (Ram, BootR
                 while let Some((_, e)) = core.poll_event() {
                     events.push(e);
                 }
-                return (core.into_flash(), BootResult { events, published, rebooted: true });
+                return (
+                    core.into_flash(),
+                    BootResult {
+                        events,
+                        published,
+                        rebooted: true,
+                    },
+                );
             }
             Action::RunApplication => {
                 while let Some((_, e)) = core.poll_event() {
                     events.push(e);
                 }
-                return (core.into_flash(), BootResult { events, published, rebooted: false });
+                return (
+                    core.into_flash(),
+                    BootResult {
+                        events,
+                        published,
+                        rebooted: false,
+                    },
+                );
             }
             Action::Led { .. } | Action::AbortHttp { .. } => {}
         }
@@ -159,8 +189,14 @@ fn leds(events: &[Event]) -> String {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::Led { led: Led::Yellow, on } => Some(if *on { "Y" } else { "y" }),
-            Event::Led { led: Led::Green, on: true } => Some("G"),
+            Event::Led {
+                led: Led::Yellow,
+                on,
+            } => Some(if *on { "Y" } else { "y" }),
+            Event::Led {
+                led: Led::Green,
+                on: true,
+            } => Some("G"),
             _ => None,
         })
         .collect()
@@ -170,7 +206,9 @@ fn outcome(events: &[Event]) -> String {
     events
         .iter()
         .find_map(|e| match e {
-            Event::Outcome { result, error, .. } => Some(format!("{}/{}", result.name(), error.name())),
+            Event::Outcome { result, error, .. } => {
+                Some(format!("{}/{}", result.name(), error.name()))
+            }
             _ => None,
         })
         .expect("an outcome")
@@ -184,24 +222,55 @@ fn an_update_installs_reboots_confirms_and_blinks_twice() {
     let (flash, first) = boot(board("1.0"), &release, &new, true);
     assert!(first.rebooted);
     assert_eq!(outcome(&first.events), "installed/none");
-    assert_eq!(leds(&first.events), "Y", "yellow on, no green before the reboot");
-    assert!(first.events.iter().any(|e| matches!(e, Event::Switch { slot: 1, .. })));
+    assert_eq!(
+        leds(&first.events),
+        "Y",
+        "yellow on, no green before the reboot"
+    );
+    assert!(
+        first
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Switch { slot: 1, .. }))
+    );
 
     let (flash, second) = boot(flash, &release, &new, true);
     assert!(!second.rebooted);
     assert_eq!(outcome(&second.events), "updated/none");
-    assert_eq!(leds(&second.events), "YGGy", "yellow on, green twice, yellow off");
+    assert_eq!(
+        leds(&second.events),
+        "YGGy",
+        "yellow on, green twice, yellow off"
+    );
     assert!(matches!(second.events.last(), Some(Event::App)));
-    assert!(second.events.iter().any(|e| matches!(e, Event::Boot { slot: 1, .. })));
+    assert!(
+        second
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Boot { slot: 1, .. }))
+    );
 
     let (_, third) = boot(flash, &release, &new, true);
     assert_eq!(outcome(&third.events), "up_to_date/none");
     assert_eq!(leds(&third.events), "YGy", "nothing new: green once");
 
-    let all: Vec<&String> = first.published.iter().chain(&second.published).chain(&third.published).collect();
+    let all: Vec<&String> = first
+        .published
+        .iter()
+        .chain(&second.published)
+        .chain(&third.published)
+        .collect();
     assert_eq!(all.len(), 3, "{all:?}");
-    assert!(all[0].contains(r#""result":"installed","from":"1.0","to":"1.1""#), "{}", all[0]);
-    assert!(all[1].contains(r#""result":"updated","from":"1.0","to":"1.1""#), "{}", all[1]);
+    assert!(
+        all[0].contains(r#""result":"installed","from":"1.0","to":"1.1""#),
+        "{}",
+        all[0]
+    );
+    assert!(
+        all[1].contains(r#""result":"updated","from":"1.0","to":"1.1""#),
+        "{}",
+        all[1]
+    );
     for payload in all {
         for secret in ["hunter22", "ghp_secret", "mqtt-secret"] {
             assert!(!payload.contains(secret), "{payload}");
@@ -216,9 +285,19 @@ fn a_hash_mismatch_keeps_the_running_firmware_and_says_so() {
     let (flash, result) = boot(board("1.0"), &release, &new, true);
     assert!(!result.rebooted);
     assert_eq!(outcome(&result.events), "failed/hash_mismatch");
-    assert_eq!(leds(&result.events), "YGG", "two long blinks, yellow stays on");
+    assert_eq!(
+        leds(&result.events),
+        "YGG",
+        "two long blinks, yellow stays on"
+    );
     let (_, again) = boot(flash, &release, &new, true);
-    assert!(again.events.iter().any(|e| matches!(e, Event::Boot { slot: 0, .. })), "still on the old slot");
+    assert!(
+        again
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Boot { slot: 0, .. })),
+        "still on the old slot"
+    );
 }
 
 #[test]
@@ -226,7 +305,11 @@ fn a_log_the_broker_did_not_take_is_delivered_at_the_next_boot() {
     let new = image("1.0");
     let release = release_json("1.0", &new, &new);
     let (flash, down) = boot(board("1.0"), &release, &new, false);
-    assert!(down.events.iter().any(|e| matches!(e, Event::LogKept { pending: 1 })));
+    assert!(
+        down.events
+            .iter()
+            .any(|e| matches!(e, Event::LogKept { pending: 1 }))
+    );
     let (_, up) = boot(flash, &release, &new, true);
     assert_eq!(up.published.len(), 2, "{:?}", up.published);
     assert!(up.published[0].contains(r#""seq":1"#) && up.published[1].contains(r#""seq":2"#));
@@ -238,4 +321,17 @@ fn a_downgrade_is_refused_by_default() {
     let release = release_json("0.9", &old, &old);
     let (_, result) = boot(board("1.0"), &release, &old, true);
     assert_eq!(outcome(&result.events), "failed/downgrade");
+}
+
+#[test]
+fn the_core_runs_in_fixed_memory() {
+    let updater = std::mem::size_of::<Updater<Ram>>() - std::mem::size_of::<Ram>();
+    let release = std::mem::size_of::<firmware::release::ReleaseParser>();
+    let config = std::mem::size_of::<firmware::config::ConfigParser>();
+    println!("Updater: {updater} bytes (release parser {release}, config parser {config})");
+    // Nothing in the core grows with the image or the JSON: these are the whole of it.
+    assert!(
+        release < 4096 && config < 4096 && updater < 32 * 1024,
+        "{updater} {release} {config}"
+    );
 }

@@ -374,7 +374,10 @@ impl VirtualBoard {
         }
         if end == BootEnd::PowerCut {
             let what = match self.flash.last_cut() {
-                Some(c) if Some(c) != self.cuts_seen => format!("{:?} at 0x{:x} (flash operation {})", c.kind, c.offset, c.op),
+                Some(c) if Some(c) != self.cuts_seen => format!(
+                    "{:?} at 0x{:x} (flash operation {})",
+                    c.kind, c.offset, c.op
+                ),
                 _ => "between flash operations".to_string(),
             };
             self.cuts_seen = self.flash.last_cut();
@@ -402,17 +405,29 @@ fn drain(
         let name = event.name();
         let n = counts.entry(name).or_insert(0);
         *n += 1;
-        if let Some(i) = triggers.at_events.iter().position(|(e, k)| e == name && *k == *n) {
+        if let Some(i) = triggers
+            .at_events
+            .iter()
+            .position(|(e, k)| e == name && *k == *n)
+        {
             triggers.at_events.remove(i);
             cut = true;
         }
-        if triggers.op_after_event.as_ref().is_some_and(|(e, k, _)| e == name && *k == *n) {
+        if triggers
+            .op_after_event
+            .as_ref()
+            .is_some_and(|(e, k, _)| e == name && *k == *n)
+        {
             if let Some((_, _, ops)) = triggers.op_after_event.take() {
                 let at = core.flash_mut().ops() + ops;
                 core.flash_mut().arm_cut(at);
             }
         }
-        trace.push(TraceLine { boot, ms: t.0, event });
+        trace.push(TraceLine {
+            boot,
+            ms: t.0,
+            event,
+        });
     }
     cut
 }

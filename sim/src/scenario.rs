@@ -504,16 +504,24 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
                 }
                 if let Some(label) = at_partition {
                     let table = firmware::format::partition::default_table();
-                    let p = table.by_label(label).ok_or_else(|| ScenarioError::UnknownFault {
-                        name: s.name.clone(),
-                        fault: format!("partition `{label}`"),
-                    })?;
-                    board.flash.arm_cut_in(p.offset, p.end(), occurrence.unwrap_or(1));
+                    let p = table
+                        .by_label(label)
+                        .ok_or_else(|| ScenarioError::UnknownFault {
+                            name: s.name.clone(),
+                            fault: format!("partition `{label}`"),
+                        })?;
+                    board
+                        .flash
+                        .arm_cut_in(p.offset, p.end(), occurrence.unwrap_or(1));
                 }
                 triggers.at_download_byte = at_download_byte.or(triggers.at_download_byte);
                 match (at_event, then_op) {
-                    (Some(e), Some(k)) => triggers.op_after_event = Some((e.clone(), occurrence.unwrap_or(1), *k)),
-                    (Some(e), None) => triggers.at_events.push((e.clone(), occurrence.unwrap_or(1))),
+                    (Some(e), Some(k)) => {
+                        triggers.op_after_event = Some((e.clone(), occurrence.unwrap_or(1), *k))
+                    }
+                    (Some(e), None) => triggers
+                        .at_events
+                        .push((e.clone(), occurrence.unwrap_or(1))),
                     _ => {}
                 }
                 triggers.at_time_ms = at_time_ms.or(triggers.at_time_ms);
@@ -664,7 +672,10 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
         .map(|(_, what)| what.split_whitespace().next().unwrap_or("").to_lowercase())
         .collect();
     if !e.cuts.is_empty() && cut_kinds != e.cuts {
-        failures.push(format!("power cuts hit {cut_kinds:?}, expected {:?}", e.cuts));
+        failures.push(format!(
+            "power cuts hit {cut_kinds:?}, expected {:?}",
+            e.cuts
+        ));
     }
     for code in &e.errors {
         let seen = board.trace.iter().any(|l| matches!(&l.event, Event::Error { code: c, .. } | Event::Retry { reason: c, .. } if c.name() == code));

@@ -133,7 +133,14 @@ async fn run_one(shared: &Shared, id: u64, seed: u64, cuts: &[CutAt]) -> RunResu
     flash.reseed(seed);
     // Each board its own client id, so its log has its own topic.
     let client_id = format!("sweep-{id}");
-    let conf = conf_json(&shared.world.api_base(), shared.world.board_broker(), &client_id, &shared.prefix, false, false);
+    let conf = conf_json(
+        &shared.world.api_base(),
+        shared.world.board_broker(),
+        &client_id,
+        &shared.prefix,
+        false,
+        false,
+    );
     flash.load(CONFIG_OFFSET, &[0xFF; 0x1000]);
     flash.load(CONFIG_OFFSET, conf.as_bytes());
     let mut board = VirtualBoard::new(flash, &client_id, seed);
@@ -149,9 +156,9 @@ async fn run_one(shared: &Shared, id: u64, seed: u64, cuts: &[CutAt]) -> RunResu
             board.flash.arm_cut(base + n);
         }
         Some(CutAt::Byte(n)) => triggers.at_download_byte = Some(board.downloaded + n),
-        Some(CutAt::Event(e, n)) => {
-            triggers.at_events.push(((*e).to_string(), board.event_count(e) + n))
-        }
+        Some(CutAt::Event(e, n)) => triggers
+            .at_events
+            .push(((*e).to_string(), board.event_count(e) + n)),
         None => {}
     };
     arm(&mut board, &mut triggers, pending.next());

@@ -12,13 +12,25 @@ async fn every_scenario_passes_and_its_trace_matches_the_snapshot() {
     assert!(scenarios.len() >= 17, "only {} scenarios", scenarios.len());
     let mut failed = Vec::new();
     for s in &scenarios {
-        let report = scenario::run(s, &BrokerChoice::Embedded).await.expect("scenario runs");
+        let report = scenario::run(s, &BrokerChoice::Embedded)
+            .await
+            .expect("scenario runs");
         if !report.passed() {
-            failed.push(format!("{} (seed {}): {:?}\n{}", report.name, report.seed, report.failures, report.console()));
+            failed.push(format!(
+                "{} (seed {}): {:?}\n{}",
+                report.name,
+                report.seed,
+                report.failures,
+                report.console()
+            ));
         }
         insta::assert_snapshot!(s.name.clone(), report.console());
     }
-    assert!(failed.is_empty(), "failed scenarios:\n{}", failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "failed scenarios:\n{}",
+        failed.join("\n")
+    );
 }
 
 #[test]

@@ -57,7 +57,12 @@ async fn main(spawner: Spawner) -> ! {
 
     board::driver::run(
         spawner,
-        board::driver::Hardware { flash, wifi: peripherals.WIFI, trng, seed },
+        board::driver::Hardware {
+            flash,
+            wifi: peripherals.WIFI,
+            trng,
+            seed,
+        },
     )
     .await
 }

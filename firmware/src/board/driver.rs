@@ -57,7 +57,11 @@ pub struct Hardware {
 /// asked for them.
 enum Queued {
     Http(HttpRequest),
-    Publish { seq: u32, topic: Topic, payload: Payload },
+    Publish {
+        seq: u32,
+        topic: Topic,
+        payload: Payload,
+    },
     Reboot,
 }
 
@@ -122,10 +126,14 @@ pub async fn run(spawner: Spawner, hw: Hardware) -> ! {
 
         if let Some(job) = board.queue.pop_front() {
             match job {
-                Queued::Http(req) => run_http(&mut core, &mut board, tls.as_ref(), bufs, &req).await,
-                Queued::Publish { seq, topic, payload } => {
-                    run_publish(&mut core, &mut board, bufs, seq, &topic, &payload).await
+                Queued::Http(req) => {
+                    run_http(&mut core, &mut board, tls.as_ref(), bufs, &req).await
                 }
+                Queued::Publish {
+                    seq,
+                    topic,
+                    payload,
+                } => run_publish(&mut core, &mut board, bufs, seq, &topic, &payload).await,
                 Queued::Reboot => {
                     // Let the last trace lines leave the UART/USB FIFO.
                     Timer::after_millis(50).await;
@@ -169,7 +177,9 @@ fn drain(core: &mut Core, board: &mut Board) {
             let _ = event.write_line(at.0, &mut esp_println::Printer);
             println!();
         }
-        let Some(action) = core.poll_action() else { return };
+        let Some(action) = core.poll_action() else {
+            return;
+        };
         match action {
             Action::Led { led, on } => board.leds.set(led, on),
             Action::JoinNetwork => join(core, board),
@@ -196,7 +206,18 @@ fn drain(core: &mut Core, board: &mut Board) {
                     board.aborted = Some(id);
                 }
             }
-            Action::Publish { seq, topic, payload } => push(board, Queued::Publish { seq, topic, payload }),
+            Action::Publish {
+                seq,
+                topic,
+                payload,
+            } => push(
+                board,
+                Queued::Publish {
+                    seq,
+                    topic,
+                    payload,
+                },
+            ),
             Action::Reboot => push(board, Queued::Reboot),
         }
     }
@@ -214,7 +235,9 @@ fn push(board: &mut Board, job: Queued) {
 /// `JoinNetwork`: bring up WiFi and DHCP once; later requests are no-ops
 /// because the station reassociates by itself.
 fn join(core: &mut Core, board: &mut Board) {
-    let (Some(wifi), Some(config)) = (board.wifi.take(), core.config()) else { return };
+    let (Some(wifi), Some(config)) = (board.wifi.take(), core.config()) else {
+        return;
+    };
     let (ssid, password) = wifi_credentials(config);
     match net::start(board.spawner, wifi, ssid, password, board.seed) {
         Ok(stack) => board.stack = Some(stack),
@@ -223,7 +246,13 @@ fn join(core: &mut Core, board: &mut Board) {
 }
 
 /// `Http`: one exchange; body chunks go straight into the core.
-async fn run_http(core: &mut Core, board: &mut Board, tls: Option<&TlsContext>, bufs: &mut Buffers, req: &HttpRequest) {
+async fn run_http(
+    core: &mut Core,
+    board: &mut Board,
+    tls: Option<&TlsContext>,
+    bufs: &mut Buffers,
+    req: &HttpRequest,
+) {
     let id = req.id;
     let (Some(stack), Some(tls)) = (board.stack, tls) else {
         core.handle_transport_error(now(), id, TransportError::Connect.name());
@@ -233,7 +262,11 @@ async fn run_http(core: &mut Core, board: &mut Board, tls: Option<&TlsContext>, 
     if let Some(t) = core.config().and_then(github_token) {
         let _ = token_buf.push_str(t);
     }
-    let cx = http::Context { stack, tls, token: (!token_buf.is_empty()).then_some(token_buf.as_str()) };
+    let cx = http::Context {
+        stack,
+        tls,
+        token: (!token_buf.is_empty()).then_some(token_buf.as_str()),
+    };
     board.aborted = None;
     let deadline = core.poll_timeout();
     let mut on_event = |event: Event<'_>| -> Flow {
@@ -245,7 +278,11 @@ async fn run_http(core: &mut Core, board: &mut Board, tls: Option<&TlsContext>, 
         }
         drain(core, board);
         let reboot = board.queue.iter().any(|q| matches!(q, Queued::Reboot));
-        if board.aborted == Some(id) || reboot { Flow::Abort } else { Flow::Continue(core.poll_timeout()) }
+        if board.aborted == Some(id) || reboot {
+            Flow::Abort
+        } else {
+            Flow::Continue(core.poll_timeout())
+        }
     };
     let result = http::get(&cx, bufs, req, deadline, &mut on_event).await;
     if let Err(e) = result {
@@ -257,7 +294,14 @@ async fn run_http(core: &mut Core, board: &mut Board, tls: Option<&TlsContext>, 
 }
 
 /// `Publish`: one QoS 1 publish; the core's timers keep running meanwhile.
-async fn run_publish(core: &mut Core, board: &mut Board, bufs: &mut Buffers, seq: u32, topic: &str, payload: &[u8]) {
+async fn run_publish(
+    core: &mut Core,
+    board: &mut Board,
+    bufs: &mut Buffers,
+    seq: u32,
+    topic: &str,
+    payload: &[u8],
+) {
     let (Some(stack), Some(broker)) = (board.stack, core.config().map(broker)) else {
         core.handle_publish_result(now(), seq, false);
         return;
@@ -267,10 +311,16 @@ async fn run_publish(core: &mut Core, board: &mut Board, bufs: &mut Buffers, seq
         core.handle_timeout(now());
         drain(core, board);
         let reboot = board.queue.iter().any(|q| matches!(q, Queued::Reboot));
-        if reboot { Flow::Abort } else { Flow::Continue(core.poll_timeout()) }
+        if reboot {
+            Flow::Abort
+        } else {
+            Flow::Continue(core.poll_timeout())
+        }
     };
     let publish = mqtt::publish(stack, bufs, &broker, topic, payload);
-    let delivered = http::serviced(publish, &mut deadline, &mut on_event).await.unwrap_or(false);
+    let delivered = http::serviced(publish, &mut deadline, &mut on_event)
+        .await
+        .unwrap_or(false);
     core.handle_publish_result(now(), seq, delivered);
 }
 

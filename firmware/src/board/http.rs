@@ -16,10 +16,10 @@
 use core::ffi::CStr;
 use core::pin::pin;
 
+use embassy_futures::select::{Either, select};
 use embassy_net::Stack;
 use embassy_net::dns::DnsQueryType;
 use embassy_net::tcp::TcpSocket;
-use embassy_futures::select::{Either, select};
 use embassy_time::{Duration, Instant as EmbassyInstant, Timer, with_timeout};
 use embedded_io_async::{ErrorKind, ErrorType, Read, Write};
 use firmware::Instant;
@@ -85,7 +85,12 @@ pub struct Buffers {
 impl Buffers {
     /// All zeroes (placed in `.bss` by the caller's `StaticCell`).
     pub const fn new() -> Self {
-        Self { tcp_rx: [0; 8192], tcp_tx: [0; 2048], head: [0; 4096], chunk: [0; 2048] }
+        Self {
+            tcp_rx: [0; 8192],
+            tcp_tx: [0; 2048],
+            head: [0; 4096],
+            chunk: [0; 2048],
+        }
     }
 }
 
@@ -132,12 +137,22 @@ pub async fn get(
     mut deadline: Option<Instant>,
     on_event: &mut dyn FnMut(Event<'_>) -> Flow,
 ) -> Result<(), TransportError> {
-    let Buffers { tcp_rx, tcp_tx, head, chunk } = bufs;
+    let Buffers {
+        tcp_rx,
+        tcp_tx,
+        head,
+        chunk,
+    } = bufs;
     // A URL that does not parse can only come from a bad redirect or config;
     // the core hears about it as an unreachable host.
     let url = Url::parse(req.url.as_str()).map_err(|_| TransportError::Dns)?;
 
-    let Some(addrs) = serviced(cx.stack.dns_query(url.host(), DnsQueryType::A), &mut deadline, on_event).await
+    let Some(addrs) = serviced(
+        cx.stack.dns_query(url.host(), DnsQueryType::A),
+        &mut deadline,
+        on_event,
+    )
+    .await
     else {
         return Ok(());
     };
@@ -146,7 +161,10 @@ pub async fn get(
 
     let mut socket = TcpSocket::new(cx.stack, tcp_rx, tcp_tx);
     socket.set_timeout(Some(STALL));
-    let connect = with_timeout(CONNECT_TIMEOUT, socket.connect((addr, url.port_or_default())));
+    let connect = with_timeout(
+        CONNECT_TIMEOUT,
+        socket.connect((addr, url.port_or_default())),
+    );
     match serviced(connect, &mut deadline, on_event).await {
         None => return Ok(()),
         Some(Ok(Ok(()))) => {}
@@ -156,7 +174,9 @@ pub async fn get(
 
     let mut server_name: Vec<u8, 256> = Vec::new();
     let mut conn = if url.scheme() == UrlScheme::HTTPS {
-        server_name.extend_from_slice(url.host().as_bytes()).map_err(|_| TransportError::Dns)?;
+        server_name
+            .extend_from_slice(url.host().as_bytes())
+            .map_err(|_| TransportError::Dns)?;
         server_name.push(0).map_err(|_| TransportError::Dns)?;
         let name = CStr::from_bytes_with_nul(&server_name).map_err(|_| TransportError::Dns)?;
         let handshake = with_timeout(HANDSHAKE_TIMEOUT, cx.tls.connect(&mut socket, name));
@@ -192,7 +212,9 @@ pub async fn serviced<F: Future>(
 ) -> Option<F::Output> {
     let mut fut = pin!(fut);
     loop {
-        let Some(at) = *deadline else { return Some(fut.await) };
+        let Some(at) = *deadline else {
+            return Some(fut.await);
+        };
         match select(fut.as_mut(), Timer::at(to_embassy(at))).await {
             Either::First(out) => return Some(out),
             Either::Second(()) => match on_event(Event::Deadline) {
@@ -218,7 +240,10 @@ async fn exchange<C: Read + Write>(
     let mut range: String<24> = String::new();
     let mut auth: String<160> = String::new();
     let mut headers: Vec<(&str, &str), 8> = Vec::new();
-    let _ = headers.push(("User-Agent", concat!("esp32-ota/", env!("CARGO_PKG_VERSION"))));
+    let _ = headers.push((
+        "User-Agent",
+        concat!("esp32-ota/", env!("CARGO_PKG_VERSION")),
+    ));
     let _ = headers.push(("Accept", req.accept.header_value()));
     let _ = headers.push(("Connection", "close"));
     if let Some(from) = req.range_from {
@@ -229,10 +254,19 @@ async fn exchange<C: Read + Write>(
         let _ = core::fmt::write(&mut auth, format_args!("Bearer {}", token));
         let _ = headers.push(("Authorization", auth.as_str()));
     }
-    let request = Request::get(url.path()).host(url.host()).headers(&headers).build();
+    let request = Request::get(url.path())
+        .host(url.host())
+        .headers(&headers)
+        .build();
 
     let mut http = HttpConnection::Plain(conn);
-    let response = match serviced(with_timeout(STALL, http.send(request, head_buf)), &mut deadline, on_event).await {
+    let response = match serviced(
+        with_timeout(STALL, http.send(request, head_buf)),
+        &mut deadline,
+        on_event,
+    )
+    .await
+    {
         None => return Ok(()),
         Some(Ok(Ok(r))) => r,
         Some(Ok(Err(e))) => return Err(map_reqwless(e)),
@@ -253,12 +287,22 @@ async fn exchange<C: Read + Write>(
 
     let mut body = response.body().reader();
     loop {
-        let n = match serviced(with_timeout(STALL, body.read(chunk)), &mut deadline, on_event).await {
+        let n = match serviced(
+            with_timeout(STALL, body.read(chunk)),
+            &mut deadline,
+            on_event,
+        )
+        .await
+        {
             None => return Ok(()),
             Some(Ok(r)) => r.map_err(map_reqwless)?,
             Some(Err(_)) => return Err(TransportError::Timeout),
         };
-        let flow = if n == 0 { on_event(Event::End) } else { on_event(Event::Body(&chunk[..n])) };
+        let flow = if n == 0 {
+            on_event(Event::End)
+        } else {
+            on_event(Event::Body(&chunk[..n]))
+        };
         match flow {
             Flow::Abort => return Ok(()),
             Flow::Continue(_) if n == 0 => return Ok(()),

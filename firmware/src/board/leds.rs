@@ -44,12 +44,20 @@ impl Leds {
     pub fn new(yellow: Option<u8>, green: Option<u8>, app: Option<u8>) -> Self {
         let green = green.filter(|g| Some(*g) != yellow);
         let app = app.filter(|a| Some(*a) != yellow && Some(*a) != green);
-        Self { yellow: output(yellow), green: output(green), app: output(app) }
+        Self {
+            yellow: output(yellow),
+            green: output(green),
+            app: output(app),
+        }
     }
 
     /// No LEDs at all (before the configuration is read).
     pub const fn none() -> Self {
-        Self { yellow: None, green: None, app: None }
+        Self {
+            yellow: None,
+            green: None,
+            app: None,
+        }
     }
 
     /// Executes `Action::Led`.

@@ -11,13 +11,15 @@ use embassy_net::dns::DnsQueryType;
 use embassy_net::tcp::TcpSocket;
 use embassy_time::{Duration, with_timeout};
 use firmware::machine::PUBLISH_TIMEOUT_MS;
+use heapless::String;
 use rust_mqtt::Bytes;
 use rust_mqtt::buffer::AllocBuffer;
 use rust_mqtt::client::Client;
 use rust_mqtt::client::event::Event;
-use rust_mqtt::client::options::{ConnectOptions, DisconnectOptions, PublicationOptions, TopicReference};
+use rust_mqtt::client::options::{
+    ConnectOptions, DisconnectOptions, PublicationOptions, TopicReference,
+};
 use rust_mqtt::types::{MqttBinary, MqttString, TopicName};
-use heapless::String;
 
 use super::http::Buffers;
 
@@ -41,8 +43,21 @@ pub struct Broker {
 }
 
 /// Publishes `payload` on `topic`; `true` once the broker acknowledged it.
-pub async fn publish(stack: Stack<'static>, bufs: &mut Buffers, broker: &Broker, topic: &str, payload: &[u8]) -> bool {
-    matches!(with_timeout(EXCHANGE_TIMEOUT, exchange(stack, bufs, broker, topic, payload)).await, Ok(Ok(())))
+pub async fn publish(
+    stack: Stack<'static>,
+    bufs: &mut Buffers,
+    broker: &Broker,
+    topic: &str,
+    payload: &[u8],
+) -> bool {
+    matches!(
+        with_timeout(
+            EXCHANGE_TIMEOUT,
+            exchange(stack, bufs, broker, topic, payload)
+        )
+        .await,
+        Ok(Ok(()))
+    )
 }
 
 #[derive(Debug)]
@@ -55,10 +70,16 @@ async fn exchange(
     topic: &str,
     payload: &[u8],
 ) -> Result<(), Failed> {
-    let addrs = stack.dns_query(broker.host.as_str(), DnsQueryType::A).await.map_err(|_| Failed)?;
+    let addrs = stack
+        .dns_query(broker.host.as_str(), DnsQueryType::A)
+        .await
+        .map_err(|_| Failed)?;
     let addr = *addrs.first().ok_or(Failed)?;
     let mut socket = TcpSocket::new(stack, &mut bufs.tcp_rx, &mut bufs.tcp_tx);
-    socket.connect((addr, broker.port)).await.map_err(|_| Failed)?;
+    socket
+        .connect((addr, broker.port))
+        .await
+        .map_err(|_| Failed)?;
 
     let mut buffer = AllocBuffer;
     let mut client = Client::<'_, '_, _, _, 1, 1, 1, 0, 0, 0, 0>::new(&mut buffer);
@@ -70,11 +91,17 @@ async fn exchange(
         options = options.password(MqttBinary::try_from(password).map_err(|_| Failed)?);
     }
     let client_id = MqttString::try_from(broker.client_id.as_str()).map_err(|_| Failed)?;
-    client.connect(&mut socket, &options, Some(client_id)).await.map_err(|_| Failed)?;
+    client
+        .connect(&mut socket, &options, Some(client_id))
+        .await
+        .map_err(|_| Failed)?;
 
     let name = TopicName::new(MqttString::try_from(topic).map_err(|_| Failed)?).ok_or(Failed)?;
     let publication = PublicationOptions::new(TopicReference::Name(name)).at_least_once();
-    client.publish(&publication, Bytes::from(payload)).await.map_err(|_| Failed)?;
+    client
+        .publish(&publication, Bytes::from(payload))
+        .await
+        .map_err(|_| Failed)?;
     let acked = loop {
         match client.poll().await {
             // A PUBACK with an error reason (e.g. "not authorized") is not a delivery.

@@ -13,7 +13,9 @@ use embassy_time::{Duration, Timer};
 use esp_hal::peripherals::WIFI;
 use esp_println::println;
 use esp_radio::wifi::sta::StationConfig;
-use esp_radio::wifi::{AuthenticationMethodConfig, Config, ControllerConfig, Interface, WifiController};
+use esp_radio::wifi::{
+    AuthenticationMethodConfig, Config, ControllerConfig, Interface, WifiController,
+};
 use static_cell::StaticCell;
 
 /// Why the station could not be set up (bad SSID/password length, radio init).
@@ -38,7 +40,9 @@ pub fn start(
     let auth = if password.is_empty() {
         AuthenticationMethodConfig::Open
     } else {
-        AuthenticationMethodConfig::Wpa2Personal(password.try_into().map_err(|_| NetError::Password)?)
+        AuthenticationMethodConfig::Wpa2Personal(
+            password.try_into().map_err(|_| NetError::Password)?,
+        )
     };
     let station = StationConfig::default()
         .with_ssid(ssid.try_into().map_err(|_| NetError::Ssid)?)

@@ -45,7 +45,8 @@ impl TlsContext {
     pub fn new(rng: Trng) -> Result<Self, TlsSetupError> {
         static RNG: StaticCell<Trng> = StaticCell::new();
         let tls = Tls::new(RNG.init(rng)).map_err(|_| TlsSetupError::AlreadyCreated)?;
-        let pem = CStr::from_bytes_with_nul(ROOTS_PEM.as_bytes()).map_err(|_| TlsSetupError::Roots)?;
+        let pem =
+            CStr::from_bytes_with_nul(ROOTS_PEM.as_bytes()).map_err(|_| TlsSetupError::Roots)?;
         let roots = Certificate::new(X509::PEM(pem)).map_err(|_| TlsSetupError::Roots)?;
         Ok(Self { tls, roots })
     }
@@ -63,7 +64,8 @@ impl TlsContext {
         let mut config = ClientSessionConfig::new();
         config.ca_chain = Some(self.roots.clone());
         config.server_name = Some(server_name);
-        let mut session = Session::new(self.tls.reference(), stream, &SessionConfig::Client(config))?;
+        let mut session =
+            Session::new(self.tls.reference(), stream, &SessionConfig::Client(config))?;
         session.connect().await?;
         Ok(session)
     }

@@ -237,10 +237,15 @@ impl fmt::Display for ImageError {
         match self {
             ImageError::BadMagic => f.write_str("not an ESP app image (magic is not 0xE9)"),
             ImageError::BadSegmentCount(n) => write!(f, "image has {n} segments (1 to 16 allowed)"),
-            ImageError::SegmentTooLong { index } => write!(f, "image segment {index} is longer than the image"),
+            ImageError::SegmentTooLong { index } => {
+                write!(f, "image segment {index} is longer than the image")
+            }
             ImageError::NoAppDesc => f.write_str("image has no esp_app_desc_t"),
             ImageError::ChecksumMismatch { computed, stored } => {
-                write!(f, "image checksum 0x{stored:02x} does not match computed 0x{computed:02x}")
+                write!(
+                    f,
+                    "image checksum 0x{stored:02x} does not match computed 0x{computed:02x}"
+                )
             }
             ImageError::NoAppendedHash => f.write_str("image has no appended SHA-256"),
             ImageError::HashMismatch => f.write_str("image's appended SHA-256 does not match"),
@@ -410,7 +415,9 @@ impl ImageVerifier {
                     let end = u64::from(self.consumed) + used as u64 + u64::from(length);
                     // Checksum block and hash must still fit after the segment.
                     if end + 1 + 32 > u64::from(self.limit) {
-                        return Err(ImageError::SegmentTooLong { index: self.segment_index });
+                        return Err(ImageError::SegmentTooLong {
+                            index: self.segment_index,
+                        });
                     }
                     if self.segment_index == 0 && (length as usize) < APP_DESC_LEN {
                         return Err(ImageError::NoAppDesc);
@@ -431,7 +438,8 @@ impl ImageVerifier {
                     if full {
                         let mut raw = [0u8; APP_DESC_LEN];
                         raw.copy_from_slice(&self.scratch);
-                        self.app_desc = Some(AppDesc::from_bytes(&raw).ok_or(ImageError::NoAppDesc)?);
+                        self.app_desc =
+                            Some(AppDesc::from_bytes(&raw).ok_or(ImageError::NoAppDesc)?);
                     }
                 }
                 self.checksum = data.iter().fold(self.checksum, |acc, b| acc ^ b);
@@ -447,13 +455,20 @@ impl ImageVerifier {
                 let take = usize::from(remaining).min(bytes.len());
                 self.body_hash.update(&bytes[..take]);
                 let remaining = remaining - take as u8;
-                self.stage = if remaining == 0 { Stage::Checksum } else { Stage::Padding { remaining } };
+                self.stage = if remaining == 0 {
+                    Stage::Checksum
+                } else {
+                    Stage::Padding { remaining }
+                };
                 Ok(take)
             }
             Stage::Checksum => {
                 self.body_hash.update(&bytes[..1]);
                 if bytes[0] != self.checksum {
-                    return Err(ImageError::ChecksumMismatch { computed: self.checksum, stored: bytes[0] });
+                    return Err(ImageError::ChecksumMismatch {
+                        computed: self.checksum,
+                        stored: bytes[0],
+                    });
                 }
                 self.expected_appended = self.body_hash.clone().finalize().into();
                 self.filled = 0;
@@ -486,7 +501,13 @@ impl ImageVerifier {
             // After the segments come zero bytes so that the checksum ends a 16-byte block.
             let after = (end + 1) % 16;
             let pad = (16 - after) % 16;
-            if pad == 0 { Stage::Checksum } else { Stage::Padding { remaining: pad as u8 } }
+            if pad == 0 {
+                Stage::Checksum
+            } else {
+                Stage::Padding {
+                    remaining: pad as u8,
+                }
+            }
         };
     }
 
@@ -501,7 +522,12 @@ impl ImageVerifier {
         let (Some(header), Some(app_desc)) = (self.header, self.app_desc) else {
             return Err(ImageError::Truncated);
         };
-        Ok(ImageInfo { header, app_desc, length: self.consumed, file_sha256: self.file_hash.finalize().into() })
+        Ok(ImageInfo {
+            header,
+            app_desc,
+            length: self.consumed,
+            file_sha256: self.file_hash.finalize().into(),
+        })
     }
 }
 
@@ -516,7 +542,11 @@ pub struct SegmentSpec<'a> {
 
 /// Length of the image [`write_image`] produces for these segments.
 pub fn image_len(segments: &[SegmentSpec<'_>]) -> usize {
-    let body = HEADER_LEN + segments.iter().map(|s| SEGMENT_HEADER_LEN + s.data.len()).sum::<usize>();
+    let body = HEADER_LEN
+        + segments
+            .iter()
+            .map(|s| SEGMENT_HEADER_LEN + s.data.len())
+            .sum::<usize>();
     let padded = (body + 1).div_ceil(16) * 16; // the checksum ends a 16-byte block
     padded + 32
 }
@@ -524,7 +554,11 @@ pub fn image_len(segments: &[SegmentSpec<'_>]) -> usize {
 /// Writes an image (header, segments, padding, checksum, appended SHA-256)
 /// into `out`, returning its length. `header.segment_count` and
 /// `header.hash_appended` are set from the arguments.
-pub fn write_image(out: &mut [u8], header: &ImageHeader, segments: &[SegmentSpec<'_>]) -> Result<usize, ImageError> {
+pub fn write_image(
+    out: &mut [u8],
+    header: &ImageHeader,
+    segments: &[SegmentSpec<'_>],
+) -> Result<usize, ImageError> {
     let len = image_len(segments);
     if segments.is_empty() || segments.len() > usize::from(MAX_SEGMENTS) {
         return Err(ImageError::BadSegmentCount(segments.len().min(255) as u8));
@@ -589,7 +623,16 @@ mod tests {
         let mut drom = AppDesc::new(version, "sample").to_bytes().to_vec();
         drom.extend((0..payload).map(|i| (i * 7) as u8));
         let code = [0x13u8, 0, 0, 0].repeat(9);
-        let segs = [SegmentSpec { load_addr: 0x3C00_0020, data: &drom }, SegmentSpec { load_addr: 0x4038_0000, data: &code }];
+        let segs = [
+            SegmentSpec {
+                load_addr: 0x3C00_0020,
+                data: &drom,
+            },
+            SegmentSpec {
+                load_addr: 0x4038_0000,
+                data: &code,
+            },
+        ];
         let mut out = vec![0; image_len(&segs)];
         let n = write_image(&mut out, &esp32c3_header(0x4038_0080), &segs).unwrap();
         assert_eq!(n, out.len());
@@ -626,13 +669,19 @@ mod tests {
     #[test]
     fn structural_errors_are_named() {
         let image = sample("1.0", 40);
-        assert_eq!(inspect(&image[..image.len() - 1]), Err(ImageError::Truncated));
+        assert_eq!(
+            inspect(&image[..image.len() - 1]),
+            Err(ImageError::Truncated)
+        );
         let mut longer = image.clone();
         longer.push(0);
         assert_eq!(inspect(&longer), Err(ImageError::TrailingData));
         assert_eq!(inspect(&[0u8; 64]), Err(ImageError::BadMagic));
         let mut v = ImageVerifier::new(200);
-        assert_eq!(v.update(&image), Err(ImageError::SegmentTooLong { index: 0 }));
+        assert_eq!(
+            v.update(&image),
+            Err(ImageError::SegmentTooLong { index: 0 })
+        );
         let mut no_hash = image.clone();
         no_hash[23] = 0;
         assert_eq!(inspect(&no_hash), Err(ImageError::NoAppendedHash));

@@ -69,7 +69,10 @@ impl ImageState {
 
 /// `esp_rom_crc32_le(UINT32_MAX, …)`: the reflected CRC-32 polynomial with the
 /// register starting at 0 (the ROM inverts the seed) and the result inverted.
-const OTA_CRC: Crc<u32> = Crc::<u32>::new(&crc::Algorithm { init: 0, ..CRC_32_ISO_HDLC });
+const OTA_CRC: Crc<u32> = Crc::<u32>::new(&crc::Algorithm {
+    init: 0,
+    ..CRC_32_ISO_HDLC
+});
 
 /// The CRC ESP-IDF stores for a sequence number.
 pub fn seq_crc(seq: u32) -> u32 {
@@ -92,7 +95,12 @@ pub struct OtaEntry {
 impl OtaEntry {
     /// An entry as ESP-IDF writes it: label `FF`, CRC computed.
     pub fn new(seq: u32, state: ImageState) -> OtaEntry {
-        OtaEntry { seq, label: [0xFF; 20], state: state as u32, crc: seq_crc(seq) }
+        OtaEntry {
+            seq,
+            label: [0xFF; 20],
+            state: state as u32,
+            crc: seq_crc(seq),
+        }
     }
 
     /// Decodes 32 raw bytes.
@@ -100,7 +108,12 @@ impl OtaEntry {
         let word = |at: usize| u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
         let mut label = [0u8; 20];
         label.copy_from_slice(&raw[4..24]);
-        OtaEntry { seq: word(0), label, state: word(24), crc: word(28) }
+        OtaEntry {
+            seq: word(0),
+            label,
+            state: word(24),
+            crc: word(28),
+        }
     }
 
     /// Encodes to 32 raw bytes.
@@ -125,7 +138,11 @@ impl OtaEntry {
 
     /// Valid and not marked `Invalid`/`Aborted`: the bootloader may choose it.
     pub fn is_bootable(&self) -> bool {
-        self.is_valid() && !matches!(self.image_state(), ImageState::Invalid | ImageState::Aborted)
+        self.is_valid()
+            && !matches!(
+                self.image_state(),
+                ImageState::Invalid | ImageState::Aborted
+            )
     }
 
     /// The OTA slot this entry selects.
@@ -145,7 +162,9 @@ pub struct OtaData {
 impl OtaData {
     /// Decodes the first 32 bytes of each sector.
     pub fn from_sectors(sector0: &[u8; ENTRY_LEN], sector1: &[u8; ENTRY_LEN]) -> OtaData {
-        OtaData { entries: [OtaEntry::from_bytes(sector0), OtaEntry::from_bytes(sector1)] }
+        OtaData {
+            entries: [OtaEntry::from_bytes(sector0), OtaEntry::from_bytes(sector1)],
+        }
     }
 
     /// `bootloader_common_get_active_otadata`: the valid entry with the larger sequence number.
@@ -161,7 +180,11 @@ impl OtaData {
 
     fn pick(&self, ok: fn(&OtaEntry) -> bool) -> Option<usize> {
         match (ok(&self.entries[0]), ok(&self.entries[1])) {
-            (true, true) => Some(if self.entries[1].seq > self.entries[0].seq { 1 } else { 0 }),
+            (true, true) => Some(if self.entries[1].seq > self.entries[0].seq {
+                1
+            } else {
+                0
+            }),
             (true, false) => Some(0),
             (false, true) => Some(1),
             (false, false) => None,
@@ -217,13 +240,20 @@ mod tests {
     fn blank_otadata_has_no_choice_and_first_selection_goes_to_sector_0() {
         let blank = OtaData::from_sectors(&[0xFF; 32], &[0xFF; 32]);
         assert_eq!(blank.boot_slot(2), None);
-        assert_eq!(blank.select(1, 2, ImageState::New), (0, OtaEntry::new(2, ImageState::New)));
-        assert_eq!(blank.select(0, 2, ImageState::New), (0, OtaEntry::new(1, ImageState::New)));
+        assert_eq!(
+            blank.select(1, 2, ImageState::New),
+            (0, OtaEntry::new(2, ImageState::New))
+        );
+        assert_eq!(
+            blank.select(0, 2, ImageState::New),
+            (0, OtaEntry::new(1, ImageState::New))
+        );
     }
 
     #[test]
     fn switching_alternates_sectors_and_increments_the_sequence() {
-        let mut d = OtaData::from_sectors(&OtaEntry::new(1, ImageState::Valid).to_bytes(), &[0xFF; 32]);
+        let mut d =
+            OtaData::from_sectors(&OtaEntry::new(1, ImageState::Valid).to_bytes(), &[0xFF; 32]);
         assert_eq!(d.boot_slot(2), Some(0));
         let (sector, entry) = d.select(1, 2, ImageState::New);
         assert_eq!((sector, entry.seq), (1, 2));

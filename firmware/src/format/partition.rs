@@ -69,7 +69,8 @@ pub struct Partition {
 impl Partition {
     /// The OTA slot number of an app partition `ota_n`.
     pub fn ota_slot(&self) -> Option<u8> {
-        (self.kind == TYPE_APP && (0x10..0x20).contains(&self.subtype)).then(|| self.subtype - SUBTYPE_OTA_0)
+        (self.kind == TYPE_APP && (0x10..0x20).contains(&self.subtype))
+            .then(|| self.subtype - SUBTYPE_OTA_0)
     }
 
     /// One past the last byte.
@@ -108,11 +109,17 @@ impl fmt::Display for PartitionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PartitionError::NoTable => f.write_str("no partition table at 0x8000"),
-            PartitionError::BadMagic { index } => write!(f, "partition entry {index} has a bad magic"),
+            PartitionError::BadMagic { index } => {
+                write!(f, "partition entry {index} has a bad magic")
+            }
             PartitionError::Md5Mismatch => f.write_str("partition table MD5 does not match"),
             PartitionError::TooMany => f.write_str("too many partitions"),
-            PartitionError::BadLabel { index } => write!(f, "partition entry {index} has a bad label"),
-            PartitionError::BadLayout { index } => write!(f, "partition entry {index} overlaps or is misaligned"),
+            PartitionError::BadLabel { index } => {
+                write!(f, "partition entry {index} has a bad label")
+            }
+            PartitionError::BadLayout { index } => {
+                write!(f, "partition entry {index} overlaps or is misaligned")
+            }
         }
     }
 }
@@ -128,12 +135,17 @@ pub struct PartitionTable {
 impl PartitionTable {
     /// An empty table that will be written with an MD5 entry.
     pub fn new() -> Self {
-        PartitionTable { entries: Vec::new(), has_md5: true }
+        PartitionTable {
+            entries: Vec::new(),
+            has_md5: true,
+        }
     }
 
     /// Adds a partition.
     pub fn push(&mut self, partition: Partition) -> Result<(), PartitionError> {
-        self.entries.push(partition).map_err(|_| PartitionError::TooMany)
+        self.entries
+            .push(partition)
+            .map_err(|_| PartitionError::TooMany)
     }
 
     /// All partitions in table order.
@@ -143,7 +155,9 @@ impl PartitionTable {
 
     /// The first partition of this type and subtype.
     pub fn find(&self, kind: u8, subtype: u8) -> Option<&Partition> {
-        self.entries.iter().find(|p| p.kind == kind && p.subtype == subtype)
+        self.entries
+            .iter()
+            .find(|p| p.kind == kind && p.subtype == subtype)
     }
 
     /// The partition with this label.
@@ -158,14 +172,18 @@ impl PartitionTable {
 
     /// Parses the table area (`TABLE_LEN` bytes read at [`TABLE_OFFSET`]).
     pub fn parse(bytes: &[u8]) -> Result<Self, PartitionError> {
-        let mut table = PartitionTable { entries: Vec::new(), has_md5: false };
+        let mut table = PartitionTable {
+            entries: Vec::new(),
+            has_md5: false,
+        };
         let mut md5 = Md5::new();
         for (index, raw) in bytes.chunks_exact(ENTRY_LEN).enumerate() {
             match [raw[0], raw[1]] {
                 MAGIC => {
                     let label_bytes = &raw[12..28];
                     let end = label_bytes.iter().position(|&b| b == 0).unwrap_or(16);
-                    let text = core::str::from_utf8(&label_bytes[..end]).map_err(|_| PartitionError::BadLabel { index })?;
+                    let text = core::str::from_utf8(&label_bytes[..end])
+                        .map_err(|_| PartitionError::BadLabel { index })?;
                     let mut label = String::new();
                     // At most 16 bytes: fits.
                     let _ = label.push_str(text);
@@ -177,7 +195,10 @@ impl PartitionTable {
                         label,
                         flags: u32::from_le_bytes([raw[28], raw[29], raw[30], raw[31]]),
                     };
-                    table.entries.push(entry).map_err(|_| PartitionError::TooMany)?;
+                    table
+                        .entries
+                        .push(entry)
+                        .map_err(|_| PartitionError::TooMany)?;
                     md5.update(raw);
                 }
                 MD5_MAGIC => {
@@ -205,7 +226,9 @@ impl PartitionTable {
             if p.offset % 0x1000 != 0 || p.size == 0 || p.offset.checked_add(p.size).is_none() {
                 return Err(PartitionError::BadLayout { index });
             }
-            let overlaps = self.entries[..index].iter().any(|q| p.offset < q.end() && q.offset < p.end());
+            let overlaps = self.entries[..index]
+                .iter()
+                .any(|q| p.offset < q.end() && q.offset < p.end());
             if overlaps {
                 return Err(PartitionError::BadLayout { index });
             }
@@ -248,7 +271,14 @@ impl PartitionTable {
 pub fn partition(label: &str, kind: u8, subtype: u8, offset: u32, size: u32) -> Partition {
     let mut l = String::new();
     let _ = l.push_str(&label[..label.len().min(16)]);
-    Partition { kind, subtype, offset, size, label: l, flags: 0 }
+    Partition {
+        kind,
+        subtype,
+        offset,
+        size,
+        label: l,
+        flags: 0,
+    }
 }
 
 /// The layout of `firmware/partitions.csv`: two 1.875 MiB OTA slots on a 4 MB flash.
@@ -261,8 +291,20 @@ pub fn default_table() -> PartitionTable {
         partition("ota_0", TYPE_APP, SUBTYPE_OTA_0, 0x10000, 0x1e0000),
         partition("ota_1", TYPE_APP, SUBTYPE_OTA_0 + 1, 0x1f0000, 0x1e0000),
         partition(LABEL_CONFIG, TYPE_DATA, SUBTYPE_UNDEFINED, 0x3d0000, 0x4000),
-        partition(LABEL_OTASTATE, TYPE_DATA, SUBTYPE_UNDEFINED, 0x3d4000, 0x4000),
-        partition(LABEL_OTALOG, TYPE_DATA, SUBTYPE_UNDEFINED, 0x3d8000, 0x10000),
+        partition(
+            LABEL_OTASTATE,
+            TYPE_DATA,
+            SUBTYPE_UNDEFINED,
+            0x3d4000,
+            0x4000,
+        ),
+        partition(
+            LABEL_OTALOG,
+            TYPE_DATA,
+            SUBTYPE_UNDEFINED,
+            0x3d8000,
+            0x10000,
+        ),
     ];
     for p in parts {
         // Eight entries: far below MAX_PARTITIONS.
@@ -292,25 +334,42 @@ mod tests {
         default_table().write(&mut raw).unwrap();
         let mut flipped = raw;
         flipped[5] ^= 1;
-        assert_eq!(PartitionTable::parse(&flipped), Err(PartitionError::Md5Mismatch));
-        assert_eq!(PartitionTable::parse(&[0xFF; TABLE_LEN]), Err(PartitionError::NoTable));
+        assert_eq!(
+            PartitionTable::parse(&flipped),
+            Err(PartitionError::Md5Mismatch)
+        );
+        assert_eq!(
+            PartitionTable::parse(&[0xFF; TABLE_LEN]),
+            Err(PartitionError::NoTable)
+        );
         let mut junk = raw;
         junk[32] = 0x12;
-        assert_eq!(PartitionTable::parse(&junk), Err(PartitionError::BadMagic { index: 1 }));
+        assert_eq!(
+            PartitionTable::parse(&junk),
+            Err(PartitionError::BadMagic { index: 1 })
+        );
     }
 
     #[test]
     fn overlapping_partitions_are_refused() {
         let mut t = PartitionTable::new();
-        t.push(partition("a", TYPE_DATA, 1, 0x9000, 0x2000)).unwrap();
-        t.push(partition("b", TYPE_DATA, 2, 0xa000, 0x1000)).unwrap();
-        assert_eq!(t.write(&mut [0; TABLE_LEN]), Err(PartitionError::BadLayout { index: 1 }));
+        t.push(partition("a", TYPE_DATA, 1, 0x9000, 0x2000))
+            .unwrap();
+        t.push(partition("b", TYPE_DATA, 2, 0xa000, 0x1000))
+            .unwrap();
+        assert_eq!(
+            t.write(&mut [0; TABLE_LEN]),
+            Err(PartitionError::BadLayout { index: 1 })
+        );
     }
 
     #[test]
     fn ota_slots_come_in_slot_order() {
         let t = default_table();
-        let slots: std::vec::Vec<_> = t.ota_slots().map(|p| (p.label.as_str(), p.ota_slot())).collect();
+        let slots: std::vec::Vec<_> = t
+            .ota_slots()
+            .map(|p| (p.label.as_str(), p.ota_slot()))
+            .collect();
         assert_eq!(slots, [("ota_0", Some(0)), ("ota_1", Some(1))]);
     }
 }

@@ -74,7 +74,10 @@ impl LogStore {
                 return Ok(at);
             }
             let len = u16::from_le_bytes([h[2], h[3]]);
-            if h[0..2] != *b"LG" || usize::from(len) > MAX_PAYLOAD || at + HEADER + padded(len) > SECTOR {
+            if h[0..2] != *b"LG"
+                || usize::from(len) > MAX_PAYLOAD
+                || at + HEADER + padded(len) > SECTOR
+            {
                 return Ok(SECTOR);
             }
             let seq = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
@@ -92,7 +95,12 @@ impl LogStore {
             }
             if digest.finalize() == stored_crc {
                 let delivered = h[12..16] != [0xFF; 4];
-                visit(Record { seq, at: base + at, len, delivered });
+                visit(Record {
+                    seq,
+                    at: base + at,
+                    len,
+                    delivered,
+                });
             }
             at += HEADER + padded(len);
         }
@@ -101,12 +109,19 @@ impl LogStore {
 
     /// Scans the ring to find where the next record goes.
     pub fn open<F: NorFlash>(flash: &mut F, region: Region) -> Result<LogStore, FlashError> {
-        let mut store = LogStore { region, head: 0, head_free: 0, next_seq: 1 };
+        let mut store = LogStore {
+            region,
+            head: 0,
+            head_free: 0,
+            next_seq: 1,
+        };
         let mut best: Option<(u32, u32)> = None; // (seq, sector)
         let mut free_of_best = 0;
         for index in 0..store.sectors() {
             let mut max_here: Option<u32> = None;
-            let free = store.walk(flash, index, &mut |r| max_here = Some(max_here.map_or(r.seq, |m| m.max(r.seq))))?;
+            let free = store.walk(flash, index, &mut |r| {
+                max_here = Some(max_here.map_or(r.seq, |m| m.max(r.seq)))
+            })?;
             if let Some(seq) = max_here {
                 if best.is_none_or(|(b, _)| seq > b) {
                     best = Some((seq, index));
@@ -131,7 +146,11 @@ impl LogStore {
 
     /// Appends a record; returns its sequence number and how many undelivered
     /// records had to be dropped to make room.
-    pub fn append<F: NorFlash>(&mut self, flash: &mut F, payload: &[u8]) -> Result<(u32, u32), FlashError> {
+    pub fn append<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        payload: &[u8],
+    ) -> Result<(u32, u32), FlashError> {
         let len = payload.len().min(MAX_PAYLOAD) as u16;
         let total = HEADER + padded(len);
         let mut dropped = 0;
@@ -152,14 +171,22 @@ impl LogStore {
         digest.update(&payload[..usize::from(len)]);
         buf[8..12].copy_from_slice(&digest.finalize().to_le_bytes());
         buf[16..16 + usize::from(len)].copy_from_slice(&payload[..usize::from(len)]);
-        write(flash, self.sector_at(self.head) + self.head_free, &buf[..total as usize])?;
+        write(
+            flash,
+            self.sector_at(self.head) + self.head_free,
+            &buf[..total as usize],
+        )?;
         self.head_free += total;
         self.next_seq = seq.wrapping_add(1);
         Ok((seq, dropped))
     }
 
     /// The undelivered record with the smallest sequence number above `after`.
-    pub fn next_undelivered<F: NorFlash>(&self, flash: &mut F, after: u32) -> Result<Option<Record>, FlashError> {
+    pub fn next_undelivered<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        after: u32,
+    ) -> Result<Option<Record>, FlashError> {
         let mut found: Option<Record> = None;
         for index in 0..self.sectors() {
             self.walk(flash, index, &mut |r| {
@@ -181,14 +208,23 @@ impl LogStore {
     }
 
     /// Reads a record's payload into `buf`, returning its length.
-    pub fn payload<F: NorFlash>(&self, flash: &mut F, record: &Record, buf: &mut [u8; MAX_PAYLOAD]) -> Result<usize, FlashError> {
+    pub fn payload<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        record: &Record,
+        buf: &mut [u8; MAX_PAYLOAD],
+    ) -> Result<usize, FlashError> {
         let n = padded(record.len) as usize;
         read(flash, record.at + HEADER, &mut buf[..n])?;
         Ok(usize::from(record.len))
     }
 
     /// Marks a record acknowledged.
-    pub fn mark_delivered<F: NorFlash>(&self, flash: &mut F, record: &Record) -> Result<(), FlashError> {
+    pub fn mark_delivered<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        record: &Record,
+    ) -> Result<(), FlashError> {
         write(flash, record.at + 12, &[0; 4])
     }
 }
@@ -198,7 +234,10 @@ mod tests {
     use super::*;
     use crate::storage::testing::RamFlash;
 
-    const REGION: Region = Region { offset: 0x1000, size: 0x3000 };
+    const REGION: Region = Region {
+        offset: 0x1000,
+        size: 0x3000,
+    };
 
     #[test]
     fn records_survive_a_reopen_and_are_delivered_in_order() {
@@ -225,7 +264,14 @@ mod tests {
         log.append(&mut f, b"kept").unwrap();
         let at = log.head_free + REGION.offset;
         // A record whose payload was only half programmed.
-        f.write(at, &[b'L', b'G', 8, 0, 9, 0, 0, 0, 1, 2, 3, 4, 0xFF, 0xFF, 0xFF, 0xFF, b'h', b'a', 0xFF, 0xFF]).unwrap();
+        f.write(
+            at,
+            &[
+                b'L', b'G', 8, 0, 9, 0, 0, 0, 1, 2, 3, 4, 0xFF, 0xFF, 0xFF, 0xFF, b'h', b'a', 0xFF,
+                0xFF,
+            ],
+        )
+        .unwrap();
         let mut log = LogStore::open(&mut f, REGION).unwrap();
         assert_eq!(log.undelivered(&mut f).unwrap(), 1);
         let (seq, _) = log.append(&mut f, b"after").unwrap();

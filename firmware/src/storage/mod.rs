@@ -61,23 +61,39 @@ impl fmt::Display for FlashError {
             FlashOp::Erase => "erase",
             FlashOp::Write => "write",
         };
-        write!(f, "flash {op} at 0x{:x} failed ({:?})", self.offset, self.kind)
+        write!(
+            f,
+            "flash {op} at 0x{:x} failed ({:?})",
+            self.offset, self.kind
+        )
     }
 }
 
 /// Reads `buf.len()` bytes at `offset`.
 pub fn read<F: ReadNorFlash>(flash: &mut F, offset: u32, buf: &mut [u8]) -> Result<(), FlashError> {
-    flash.read(offset, buf).map_err(|e| FlashError { op: FlashOp::Read, offset, kind: e.kind() })
+    flash.read(offset, buf).map_err(|e| FlashError {
+        op: FlashOp::Read,
+        offset,
+        kind: e.kind(),
+    })
 }
 
 /// Erases `[from, to)`, whole sectors.
 pub fn erase<F: NorFlash>(flash: &mut F, from: u32, to: u32) -> Result<(), FlashError> {
-    flash.erase(from, to).map_err(|e| FlashError { op: FlashOp::Erase, offset: from, kind: e.kind() })
+    flash.erase(from, to).map_err(|e| FlashError {
+        op: FlashOp::Erase,
+        offset: from,
+        kind: e.kind(),
+    })
 }
 
 /// Programs `bytes` at `offset` (clears bits only).
 pub fn write<F: NorFlash>(flash: &mut F, offset: u32, bytes: &[u8]) -> Result<(), FlashError> {
-    flash.write(offset, bytes).map_err(|e| FlashError { op: FlashOp::Write, offset, kind: e.kind() })
+    flash.write(offset, bytes).map_err(|e| FlashError {
+        op: FlashOp::Write,
+        offset,
+        kind: e.kind(),
+    })
 }
 
 /// A region of flash.
@@ -91,7 +107,10 @@ pub struct Region {
 
 impl Region {
     fn of(p: &partition::Partition) -> Region {
-        Region { offset: p.offset, size: p.size }
+        Region {
+            offset: p.offset,
+            size: p.size,
+        }
     }
 
     /// One past the last byte.
@@ -160,11 +179,18 @@ impl Layout {
             return Err(LayoutError::Missing("second OTA app (ota_1)"));
         }
         let data = |label: &'static str| {
-            table.by_label(label).filter(|p| p.kind == TYPE_DATA).map(Region::of).ok_or(LayoutError::Missing(label))
+            table
+                .by_label(label)
+                .filter(|p| p.kind == TYPE_DATA)
+                .map(Region::of)
+                .ok_or(LayoutError::Missing(label))
         };
         let layout = Layout {
             slots,
-            otadata: table.find(TYPE_DATA, SUBTYPE_OTADATA).map(Region::of).ok_or(LayoutError::Missing("otadata"))?,
+            otadata: table
+                .find(TYPE_DATA, SUBTYPE_OTADATA)
+                .map(Region::of)
+                .ok_or(LayoutError::Missing("otadata"))?,
             config: data(LABEL_CONFIG)?,
             state: data(LABEL_OTASTATE)?,
             log: data(LABEL_OTALOG)?,
@@ -188,7 +214,10 @@ impl Layout {
 
     /// The slot whose region starts at `offset`.
     pub fn slot_at(&self, offset: u32) -> Option<u8> {
-        self.slots.iter().position(|s| s.offset == offset).map(|i| i as u8)
+        self.slots
+            .iter()
+            .position(|s| s.offset == offset)
+            .map(|i| i as u8)
     }
 
     /// Reads both otadata entries.
@@ -220,7 +249,9 @@ pub(crate) const RECORD_CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_I
 pub(crate) mod testing {
     //! A RAM NOR flash for unit tests: refuses misaligned access and checks
     //! that programming only clears bits.
-    use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
+    use embedded_storage::nor_flash::{
+        ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
+    };
     use std::vec::Vec;
 
     #[derive(Debug)]
@@ -238,7 +269,10 @@ pub(crate) mod testing {
 
     impl RamFlash {
         pub fn new(size: usize) -> Self {
-            RamFlash { bytes: std::vec![0xFF; size], ops: 0 }
+            RamFlash {
+                bytes: std::vec![0xFF; size],
+                ops: 0,
+            }
         }
     }
 
@@ -253,7 +287,10 @@ pub(crate) mod testing {
             if o % 4 != 0 || bytes.len() % 4 != 0 {
                 return Err(RamError(NorFlashErrorKind::NotAligned));
             }
-            let src = self.bytes.get(o..o + bytes.len()).ok_or(RamError(NorFlashErrorKind::OutOfBounds))?;
+            let src = self
+                .bytes
+                .get(o..o + bytes.len())
+                .ok_or(RamError(NorFlashErrorKind::OutOfBounds))?;
             bytes.copy_from_slice(src);
             Ok(())
         }
@@ -270,7 +307,10 @@ pub(crate) mod testing {
                 return Err(RamError(NorFlashErrorKind::NotAligned));
             }
             self.ops += 1;
-            self.bytes.get_mut(from as usize..to as usize).ok_or(RamError(NorFlashErrorKind::OutOfBounds))?.fill(0xFF);
+            self.bytes
+                .get_mut(from as usize..to as usize)
+                .ok_or(RamError(NorFlashErrorKind::OutOfBounds))?
+                .fill(0xFF);
             Ok(())
         }
         fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), RamError> {
@@ -279,7 +319,10 @@ pub(crate) mod testing {
                 return Err(RamError(NorFlashErrorKind::NotAligned));
             }
             self.ops += 1;
-            let dst = self.bytes.get_mut(o..o + bytes.len()).ok_or(RamError(NorFlashErrorKind::OutOfBounds))?;
+            let dst = self
+                .bytes
+                .get_mut(o..o + bytes.len())
+                .ok_or(RamError(NorFlashErrorKind::OutOfBounds))?;
             for (d, s) in dst.iter_mut().zip(bytes) {
                 *d &= *s;
             }

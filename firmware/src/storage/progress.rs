@@ -90,11 +90,20 @@ pub struct Progress {
 impl Progress {
     /// The record at the start of `otastate`.
     pub fn new(state: Region) -> Progress {
-        Progress { region: Region { offset: state.offset, size: SECTOR } }
+        Progress {
+            region: Region {
+                offset: state.offset,
+                size: SECTOR,
+            },
+        }
     }
 
     /// How many leading sectors of `target` are durable, if the record is for `target`.
-    pub fn durable_sectors<F: NorFlash>(&self, flash: &mut F, target: &Target) -> Result<Option<u32>, FlashError> {
+    pub fn durable_sectors<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        target: &Target,
+    ) -> Result<Option<u32>, FlashError> {
         let mut h = [0u8; HEADER_LEN];
         read(flash, self.region.offset, &mut h)?;
         if Target::from_header(&h).as_ref() != Some(target) {
@@ -135,37 +144,55 @@ mod tests {
     use crate::storage::testing::RamFlash;
 
     fn target() -> Target {
-        Target { slot: 1, size: 3 * SECTOR + 10, sha256: Some([7; 32]), tag: "1.1".try_into().unwrap() }
+        Target {
+            slot: 1,
+            size: 3 * SECTOR + 10,
+            sha256: Some([7; 32]),
+            tag: "1.1".try_into().unwrap(),
+        }
     }
 
     #[test]
     fn durable_sectors_count_the_marked_prefix() {
         let mut f = RamFlash::new(0x4000);
-        let p = Progress::new(Region { offset: 0x2000, size: 0x2000 });
+        let p = Progress::new(Region {
+            offset: 0x2000,
+            size: 0x2000,
+        });
         assert_eq!(p.durable_sectors(&mut f, &target()).unwrap(), None);
         p.start(&mut f, &target()).unwrap();
         assert_eq!(p.durable_sectors(&mut f, &target()).unwrap(), Some(0));
         p.mark(&mut f, 0).unwrap();
         p.mark(&mut f, 1).unwrap();
         assert_eq!(p.durable_sectors(&mut f, &target()).unwrap(), Some(2));
-        let other = Target { tag: "1.2".try_into().unwrap(), ..target() };
+        let other = Target {
+            tag: "1.2".try_into().unwrap(),
+            ..target()
+        };
         assert_eq!(p.durable_sectors(&mut f, &other).unwrap(), None);
     }
 
     #[test]
     fn a_torn_mark_is_not_durable() {
         let mut f = RamFlash::new(0x4000);
-        let p = Progress::new(Region { offset: 0x2000, size: 0x2000 });
+        let p = Progress::new(Region {
+            offset: 0x2000,
+            size: 0x2000,
+        });
         p.start(&mut f, &target()).unwrap();
         p.mark(&mut f, 0).unwrap();
-        f.write(0x2000 + WORDS_AT + 4, &[0x00, 0x00, 0xFF, 0xFF]).unwrap();
+        f.write(0x2000 + WORDS_AT + 4, &[0x00, 0x00, 0xFF, 0xFF])
+            .unwrap();
         assert_eq!(p.durable_sectors(&mut f, &target()).unwrap(), Some(1));
     }
 
     #[test]
     fn a_torn_header_is_no_record() {
         let mut f = RamFlash::new(0x4000);
-        let p = Progress::new(Region { offset: 0x2000, size: 0x2000 });
+        let p = Progress::new(Region {
+            offset: 0x2000,
+            size: 0x2000,
+        });
         p.start(&mut f, &target()).unwrap();
         f.write(0x2000 + 8, &[0, 0, 0, 0]).unwrap();
         assert_eq!(p.durable_sectors(&mut f, &target()).unwrap(), None);

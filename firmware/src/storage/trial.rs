@@ -47,7 +47,12 @@ pub struct TrialRecord {
 impl TrialRecord {
     /// The record in `otastate`'s second sector.
     pub fn new(state: Region) -> TrialRecord {
-        TrialRecord { region: Region { offset: state.offset + SECTOR, size: SECTOR } }
+        TrialRecord {
+            region: Region {
+                offset: state.offset + SECTOR,
+                size: SECTOR,
+            },
+        }
     }
 
     /// Reads the record, if there is a valid one.
@@ -68,12 +73,21 @@ impl TrialRecord {
                 boots += 1;
             }
         }
-        Ok(Some(Trial { slot: h[4], version, boots }))
+        Ok(Some(Trial {
+            slot: h[4],
+            version,
+            boots,
+        }))
     }
 
     /// Starts a record for a freshly installed image, unless one for the same
     /// version and slot exists (its count is kept).
-    pub fn begin<F: NorFlash>(&self, flash: &mut F, slot: u8, version: &str) -> Result<(), FlashError> {
+    pub fn begin<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        slot: u8,
+        version: &str,
+    ) -> Result<(), FlashError> {
         if let Some(t) = self.load(flash)? {
             if t.slot == slot && t.version == version {
                 return Ok(());
@@ -92,11 +106,19 @@ impl TrialRecord {
     }
 
     /// Uses up one boot: word `boots` of the record.
-    pub fn count_boot<F: NorFlash>(&self, flash: &mut F, boots_so_far: u32) -> Result<(), FlashError> {
+    pub fn count_boot<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        boots_so_far: u32,
+    ) -> Result<(), FlashError> {
         if boots_so_far >= MAX_TRIALS {
             return Ok(());
         }
-        write(flash, self.region.offset + WORDS_AT + boots_so_far * 4, &[0; 4])
+        write(
+            flash,
+            self.region.offset + WORDS_AT + boots_so_far * 4,
+            &[0; 4],
+        )
     }
 
     /// Uses up every boot: the image failed for good.
@@ -116,7 +138,10 @@ mod tests {
     #[test]
     fn boots_are_counted_and_kept_across_reinstalls_of_the_same_version() {
         let mut f = RamFlash::new(0x4000);
-        let t = TrialRecord::new(Region { offset: 0x2000, size: 0x2000 });
+        let t = TrialRecord::new(Region {
+            offset: 0x2000,
+            size: 0x2000,
+        });
         assert_eq!(t.load(&mut f).unwrap(), None);
         t.begin(&mut f, 1, "1.1").unwrap();
         t.count_boot(&mut f, 0).unwrap();

@@ -1,0 +1,90 @@
+# Tasks of the ESP32 OTA updater. `just --list` shows them.
+
+fw_target_dir := env_var_or_default("CARGO_TARGET_DIR", "target")
+fw_elf := fw_target_dir / "riscv32imc-unknown-none-elf/release/firmware"
+fw_bin := fw_target_dir / "firmware-esp32c3.bin"
+fw_elf_esp32 := fw_target_dir / "xtensa-esp32-none-elf/release/firmware"
+fw_bin_esp32 := fw_target_dir / "firmware-esp32.bin"
+
+default:
+    @just --list
+
+# The simulator's full run: every scenario, an exhaustive power-cut sweep and 50 random multi-cut runs.
+sim:
+    cargo run -p sim -- all
+
+# The power-cut sweep of a 1 MiB update (prints crash points per second).
+sweep size="1MiB":
+    cargo run -p sim -- sweep --image-size {{size}}
+
+# Every test of the workspace (host only: the board binary needs a chip feature).
+test:
+    cargo test --workspace
+
+# The core really is no_std: build it for the ESP32-C3 target.
+core-no-std:
+    cargo build -p firmware --lib --target riscv32imc-unknown-none-elf
+
+# Formatting and lints, as CI checks them.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# An image written by the core must pass esptool's own checks (pip install esptool).
+esptool-check:
+    cargo run -q -p sim -- image --version 1.2.3 --size 64KiB -o target/sim-image.bin
+    esptool --chip esp32c3 image-info target/sim-image.bin
+
+# Build the ESP32-C3 release image and print its size against one OTA slot.
+firmware:
+    cargo build -p firmware --release --target riscv32imc-unknown-none-elf --features esp32c3
+    espflash save-image -S --chip esp32c3 --partition-table firmware/partitions.csv {{fw_elf}} {{fw_bin}}
+    @just _fw-size {{fw_bin}}
+
+# Build the classic ESP32 (Xtensa) image: needs Espressif's toolchain (`espup install`, then `. ~/export-esp.sh`).
+firmware-esp32:
+    cargo +esp build -p firmware --release --target xtensa-esp32-none-elf --features esp32 \
+        -Zbuild-std=core,alloc \
+        --config 'target.xtensa-esp32-none-elf.rustflags=["-C","link-arg=-nostartfiles","-C","link-arg=-Wl,-Tlinkall.x"]'
+    espflash save-image -S --chip esp32 --partition-table firmware/partitions.csv {{fw_elf_esp32}} {{fw_bin_esp32}}
+    @just _fw-size {{fw_bin_esp32}}
+
+# Image size, slot size (ota_0 in firmware/partitions.csv) and what is left.
+_fw-size image:
+    #!/usr/bin/env sh
+    set -eu
+    img=$(stat -c %s "{{image}}")
+    slot=$(awk -F, '$1 ~ /^ota_0/ {gsub(/ /, "", $5); print $5}' firmware/partitions.csv)
+    slot=$((slot))
+    echo "image {{image}}: ${img} bytes; slot ota_0: ${slot} bytes; free: $((slot - img)) bytes ($(( (slot - img) * 100 / slot ))% of the slot)"
+    test "$img" -le "$slot" || { echo "image does not fit the OTA slot" >&2; exit 1; }
+
+# Flash a board: conf.json into the config partition, then bootloader, partition table and
+# firmware (ota_0); otadata, otastate and otalog are erased. Then the serial console.
+flash PORT: firmware
+    #!/usr/bin/env sh
+    set -eu
+    cfg_off=$(awk -F, '$1 ~ /^config/ {gsub(/ /, "", $4); print $4}' firmware/partitions.csv)
+    cfg_size=$(awk -F, '$1 ~ /^config/ {gsub(/ /, "", $5); print $5}' firmware/partitions.csv)
+    cfg_size=$((cfg_size))
+    len=$(stat -c %s conf.json)
+    test "$len" -le 4096 || { echo "conf.json is $len bytes; the core reads at most 4096" >&2; exit 1; }
+    # conf.json followed by erased flash (FF): the core reads up to the first FF.
+    { cat conf.json; head -c $((cfg_size - len)) /dev/zero | tr '\000' '\377'; } > {{fw_target_dir}}/conf-partition.bin
+    espflash write-bin -S --chip esp32c3 --port {{PORT}} "$cfg_off" {{fw_target_dir}}/conf-partition.bin
+    espflash flash -S --chip esp32c3 --port {{PORT}} --partition-table firmware/partitions.csv \
+        --erase-parts otadata,otastate,otalog {{fw_elf}}
+    espflash monitor -S --chip esp32c3 --port {{PORT}}
+
+# Serial console only (115200 baud).
+console PORT:
+    espflash monitor -S --chip esp32c3 --port {{PORT}}
+
+# Mock GitHub + broker on an address a real board can reach (e.g. the host's LAN address).
+serve addr="127.0.0.1:0":
+    cargo run -p sim -- serve --addr {{addr}}
+
+# Hardware in the loop: not built yet (see README, "What is missing").
+hil:
+    @echo "The HIL harness is not implemented yet; see README.md, 'What is missing'." >&2
+    @exit 1
