@@ -331,10 +331,10 @@ impl<const N: usize> Tokenizer<N> {
                 b',' if !self.levels.is_empty() => {
                     // `levels` is non-empty: checked in the guard.
                     let is_object = self.levels.last().is_some_and(|l| l.is_object);
-                    if let Some(level) = self.levels.last_mut() {
-                        if !is_object {
-                            level.index = level.index.saturating_add(1);
-                        }
+                    if let Some(level) = self.levels.last_mut()
+                        && !is_object
+                    {
+                        level.index = level.index.saturating_add(1);
                     }
                     self.expect = if is_object {
                         Expect::Key

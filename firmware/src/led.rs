@@ -123,7 +123,7 @@ impl Player {
             return None;
         }
         let blink = self.step / 2;
-        let on = self.step % 2 == 0;
+        let on = self.step.is_multiple_of(2);
         let long = pattern.0[blink];
         self.step += 1;
         self.next = if on {

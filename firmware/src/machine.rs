@@ -71,6 +71,8 @@ pub type Payload = Vec<u8, MAX_PAYLOAD>;
 pub type Topic = String<160>;
 
 /// What the driver must do.
+// `Publish` carries its payload inline: the core has no heap, and actions are drained at once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Switch an LED.
@@ -169,6 +171,8 @@ struct InFlightRequest {
     body: Body,
 }
 
+// The release parser lives inline: no heap, and there is one request at a time.
+#[allow(clippy::large_enum_variant)]
 enum Body {
     /// The release check: the JSON goes to the parser.
     Release(ReleaseParser),
@@ -398,7 +402,7 @@ impl<F: NorFlash> Updater<F> {
     /// The body of request `id` is complete.
     pub fn handle_response_end(&mut self, now: Instant, id: u32) {
         self.now = now;
-        if !self.request.as_ref().is_some_and(|r| r.id == id) {
+        if self.request.as_ref().is_none_or(|r| r.id != id) {
             return;
         }
         let Some(req) = self.request.take() else {
@@ -433,7 +437,7 @@ impl<F: NorFlash> Updater<F> {
     /// Request `id` failed below HTTP (DNS, connect, TLS, reset, timeout).
     pub fn handle_transport_error(&mut self, now: Instant, id: u32, what: &str) {
         self.now = now;
-        if !self.request.as_ref().is_some_and(|r| r.id == id) {
+        if self.request.as_ref().is_none_or(|r| r.id != id) {
             return;
         }
         self.request = None;
@@ -455,11 +459,11 @@ impl<F: NorFlash> Updater<F> {
         }
         self.publish_deadline = None;
         if delivered {
-            if let (Some(log), Some(_)) = (self.log.as_ref(), self.layout.as_ref()) {
-                if let Err(e) = log.mark_delivered(&mut self.flash, &record) {
-                    self.flash_error(e);
-                    return;
-                }
+            if let (Some(log), Some(_)) = (self.log.as_ref(), self.layout.as_ref())
+                && let Err(e) = log.mark_delivered(&mut self.flash, &record)
+            {
+                self.flash_error(e);
+                return;
             }
             self.event(Event::Published { seq });
             self.last_published = seq;
@@ -734,7 +738,7 @@ impl<F: NorFlash> Updater<F> {
         })?;
         let body = Body::Release(ReleaseParser::new(&config.asset, config.allow_prereleases));
         let authorize = config.token.is_some();
-        self.send(Step::Check, url, 0, Accept::Json, authorize, body, 0);
+        self.send(Step::Check, url, 0, authorize, body, 0);
         Ok(())
     }
 
@@ -743,11 +747,14 @@ impl<F: NorFlash> Updater<F> {
         step: Step,
         url: Url,
         range_from: u32,
-        accept: Accept,
         authorize: bool,
         body: Body,
         redirects: u8,
     ) {
+        let accept = match step {
+            Step::Check => Accept::Json,
+            Step::Download => Accept::OctetStream,
+        };
         let id = self.next_request_id;
         self.next_request_id += 1;
         let purpose = match step {
@@ -876,17 +883,11 @@ impl<F: NorFlash> Updater<F> {
                 format_args!("more than {MAX_REDIRECTS} redirects"),
             ));
         }
-        let accept = if step == Step::Check {
-            Accept::Json
-        } else {
-            Accept::OctetStream
-        };
         // The token is for the API host only; the asset host must not see it.
         self.send(
             step,
             location,
             req.range_from,
-            accept,
             false,
             req.body,
             req.redirects + 1,
@@ -1040,15 +1041,7 @@ impl<F: NorFlash> Updater<F> {
             // Everything is on flash already (a cut after the last sector).
             return self.finish_image();
         }
-        self.send(
-            Step::Download,
-            url,
-            written,
-            Accept::OctetStream,
-            false,
-            Body::Image,
-            0,
-        );
+        self.send(Step::Download, url, written, false, Body::Image, 0);
         Ok(())
     }
 
@@ -1077,16 +1070,16 @@ impl<F: NorFlash> Updater<F> {
             }
         }
         let expected = dl.target.size - dl.written;
-        if let Some(len) = head.content_length {
-            if len != expected {
-                return Err(fail(
-                    ErrorCode::SizeMismatch,
-                    format_args!(
-                        "asset is {len} bytes from offset {}, release says {expected}",
-                        dl.written
-                    ),
-                ));
-            }
+        if let Some(len) = head.content_length
+            && len != expected
+        {
+            return Err(fail(
+                ErrorCode::SizeMismatch,
+                format_args!(
+                    "asset is {len} bytes from offset {}, release says {expected}",
+                    dl.written
+                ),
+            ));
         }
         Ok(())
     }
@@ -1136,24 +1129,24 @@ impl<F: NorFlash> Updater<F> {
 
     /// The release's image must be for this chip and carry the tag's version.
     fn check_identity(&self, chip_id: u16, version: &str) -> Result<(), Failure> {
-        if let Some(running_chip) = self.running.chip_id {
-            if chip_id != running_chip {
-                return Err(fail(
-                    ErrorCode::WrongChip,
-                    format_args!("image is for chip id {chip_id}, this board is {running_chip}"),
-                ));
-            }
+        if let Some(running_chip) = self.running.chip_id
+            && chip_id != running_chip
+        {
+            return Err(fail(
+                ErrorCode::WrongChip,
+                format_args!("image is for chip id {chip_id}, this board is {running_chip}"),
+            ));
         }
-        if let Some(release) = self.release.as_ref() {
-            if Version::parse(version).ok() != Some(release.version) {
-                return Err(fail(
-                    ErrorCode::VersionMismatch,
-                    format_args!(
-                        "image says version `{version}`, release tag is {}",
-                        release.tag
-                    ),
-                ));
-            }
+        if let Some(release) = self.release.as_ref()
+            && Version::parse(version).ok() != Some(release.version)
+        {
+            return Err(fail(
+                ErrorCode::VersionMismatch,
+                format_args!(
+                    "image says version `{version}`, release tag is {}",
+                    release.tag
+                ),
+            ));
         }
         Ok(())
     }
@@ -1197,10 +1190,10 @@ impl<F: NorFlash> Updater<F> {
                 format_args!("download ended at byte {got} of {}", dl.target.size),
             ));
         }
-        if dl.filled > 0 {
-            if let Err(e) = self.commit_sector() {
-                return Ok(Err(e));
-            }
+        if dl.filled > 0
+            && let Err(e) = self.commit_sector()
+        {
+            return Ok(Err(e));
         }
         Ok(self.finish_image())
     }
@@ -1250,9 +1243,7 @@ impl<F: NorFlash> Updater<F> {
             let n = (rounded - at).min(chunk.len() as u32) as usize;
             storage::read(&mut self.flash, slot.offset + at, &mut chunk[..n])?;
             let useful = (target.size - at).min(n as u32) as usize;
-            verifier
-                .update(&chunk[..useful])
-                .map_err(|e| image_failure(e))?;
+            verifier.update(&chunk[..useful]).map_err(image_failure)?;
             at += n as u32;
         }
         let info = verifier.finish().map_err(image_failure)?;
@@ -1265,13 +1256,13 @@ impl<F: NorFlash> Updater<F> {
                 ),
             ));
         }
-        if let Some(expected) = target.sha256 {
-            if info.file_sha256 != expected {
-                return Err(fail(
-                    ErrorCode::HashMismatch,
-                    format_args!("SHA-256 differs from the release digest"),
-                ));
-            }
+        if let Some(expected) = target.sha256
+            && info.file_sha256 != expected
+        {
+            return Err(fail(
+                ErrorCode::HashMismatch,
+                format_args!("SHA-256 differs from the release digest"),
+            ));
         }
         self.check_identity(info.header.chip_id, &info.app_desc.version)?;
         Ok(info.app_desc.version)

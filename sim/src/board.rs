@@ -320,7 +320,7 @@ impl VirtualBoard {
                                 break;
                             }
                             if core.flash_mut().is_dead()
-                                || !flight.as_ref().is_some_and(|f| f.id() == id)
+                                || flight.as_ref().is_none_or(|f| f.id() != id)
                             {
                                 break;
                             }
@@ -417,11 +417,10 @@ fn drain(
             .op_after_event
             .as_ref()
             .is_some_and(|(e, k, _)| e == name && *k == *n)
+            && let Some((_, _, ops)) = triggers.op_after_event.take()
         {
-            if let Some((_, _, ops)) = triggers.op_after_event.take() {
-                let at = core.flash_mut().ops() + ops;
-                core.flash_mut().arm_cut(at);
-            }
+            let at = core.flash_mut().ops() + ops;
+            core.flash_mut().arm_cut(at);
         }
         trace.push(TraceLine {
             boot,

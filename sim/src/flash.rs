@@ -187,7 +187,7 @@ impl SimFlash {
     }
 
     fn check(&self, offset: u32, len: usize, align: usize) -> Result<(), SimFlashError> {
-        if offset as usize % align != 0 || len % align != 0 {
+        if !(offset as usize).is_multiple_of(align) || !len.is_multiple_of(align) {
             return Err(SimFlashError::NotAligned);
         }
         if offset as usize + len > self.bytes.len() {

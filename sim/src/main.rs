@@ -8,7 +8,7 @@ use sim::scenario::{self, Report, Scenario};
 use sim::sweep::{self, SweepOptions, SweepReport};
 use sim::world::BrokerChoice;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -160,7 +160,7 @@ fn report_json(r: &Report) -> serde_json::Value {
 
 async fn run_scenarios(
     paths: &[PathBuf],
-    dir: &PathBuf,
+    dir: &Path,
     json: bool,
     trace: bool,
     broker: &BrokerChoice,

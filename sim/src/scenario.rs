@@ -720,13 +720,13 @@ pub fn check_invariants(
             Event::Boot { version, .. } if l.boot == boot => Some(version.to_string()),
             _ => None,
         });
-        if let Some(reported) = reported {
-            if reported != choice.version {
-                failures.push(format!(
-                    "invariant: boot {boot} reports version {reported}, booted image is {}",
-                    choice.version
-                ));
-            }
+        if let Some(reported) = reported
+            && reported != choice.version
+        {
+            failures.push(format!(
+                "invariant: boot {boot} reports version {reported}, booted image is {}",
+                choice.version
+            ));
         }
     }
     // Every record the board saw acknowledged reached the broker; sequence numbers have no gaps.
@@ -743,11 +743,11 @@ pub fn check_invariants(
             "invariant: record {missing} was acknowledged but the collector never got it"
         ));
     }
-    if let Some(&max) = received.iter().max() {
-        if let Some(gap) = (1..=max).find(|s| !received.contains(s)) {
-            failures.push(format!(
-                "invariant: activity log lost record {gap} (received up to {max})"
-            ));
-        }
+    if let Some(&max) = received.iter().max()
+        && let Some(gap) = (1..=max).find(|s| !received.contains(s))
+    {
+        failures.push(format!(
+            "invariant: activity log lost record {gap} (received up to {max})"
+        ));
     }
 }

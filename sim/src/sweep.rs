@@ -184,11 +184,11 @@ async fn run_one(shared: &Shared, id: u64, seed: u64, cuts: &[CutAt]) -> RunResu
                     Event::Outcome { result, to, .. } => Some((*result, to.to_string())),
                     _ => None,
                 });
-                if let Some((Outcome::Updated | Outcome::UpToDate, v)) = &confirmed_latest {
-                    if *v == shared.latest {
-                        last_end = end;
-                        break;
-                    }
+                if let Some((Outcome::Updated | Outcome::UpToDate, v)) = &confirmed_latest
+                    && *v == shared.latest
+                {
+                    last_end = end;
+                    break;
                 }
             }
             BootEnd::Reboot => {}

@@ -55,6 +55,8 @@ pub struct Hardware {
 
 /// Actions that need the network, run one at a time in the order the core
 /// asked for them.
+// Inline like the core's own actions: no heap on this path, and the queue holds four.
+#[allow(clippy::large_enum_variant)]
 enum Queued {
     Http(HttpRequest),
     Publish {
@@ -196,10 +198,10 @@ fn drain(core: &mut Core, board: &mut Board) {
             Action::AbortHttp { id } => {
                 let before = board.queue.len();
                 for _ in 0..before {
-                    if let Some(job) = board.queue.pop_front() {
-                        if !matches!(&job, Queued::Http(r) if r.id == id) {
-                            let _ = board.queue.push_back(job);
-                        }
+                    if let Some(job) = board.queue.pop_front()
+                        && !matches!(&job, Queued::Http(r) if r.id == id)
+                    {
+                        let _ = board.queue.push_back(job);
                     }
                 }
                 if board.queue.len() == before {
@@ -285,10 +287,10 @@ async fn run_http(
         }
     };
     let result = http::get(&cx, bufs, req, deadline, &mut on_event).await;
-    if let Err(e) = result {
-        if board.aborted != Some(id) {
-            core.handle_transport_error(now(), id, e.name());
-        }
+    if let Err(e) = result
+        && board.aborted != Some(id)
+    {
+        core.handle_transport_error(now(), id, e.name());
     }
     board.aborted = None;
 }

@@ -284,7 +284,7 @@ pub(crate) mod testing {
         const READ_SIZE: usize = 4;
         fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), RamError> {
             let o = offset as usize;
-            if o % 4 != 0 || bytes.len() % 4 != 0 {
+            if !o.is_multiple_of(4) || !bytes.len().is_multiple_of(4) {
                 return Err(RamError(NorFlashErrorKind::NotAligned));
             }
             let src = self
@@ -303,7 +303,7 @@ pub(crate) mod testing {
         const WRITE_SIZE: usize = 4;
         const ERASE_SIZE: usize = 4096;
         fn erase(&mut self, from: u32, to: u32) -> Result<(), RamError> {
-            if from % 4096 != 0 || to % 4096 != 0 || to < from {
+            if !from.is_multiple_of(4096) || !to.is_multiple_of(4096) || to < from {
                 return Err(RamError(NorFlashErrorKind::NotAligned));
             }
             self.ops += 1;
@@ -315,7 +315,7 @@ pub(crate) mod testing {
         }
         fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), RamError> {
             let o = offset as usize;
-            if o % 4 != 0 || bytes.len() % 4 != 0 {
+            if !o.is_multiple_of(4) || !bytes.len().is_multiple_of(4) {
                 return Err(RamError(NorFlashErrorKind::NotAligned));
             }
             self.ops += 1;

@@ -88,10 +88,11 @@ impl TrialRecord {
         slot: u8,
         version: &str,
     ) -> Result<(), FlashError> {
-        if let Some(t) = self.load(flash)? {
-            if t.slot == slot && t.version == version {
-                return Ok(());
-            }
+        if let Some(t) = self.load(flash)?
+            && t.slot == slot
+            && t.version == version
+        {
+            return Ok(());
         }
         let mut h = [0xFFu8; HEADER_LEN];
         h[0..4].copy_from_slice(&MAGIC);
