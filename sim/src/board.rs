@@ -23,7 +23,7 @@ use std::time::Duration;
 
 /// Real time an I/O step may take before the virtual clock jumps to the core's next deadline
 /// (how a stalled server shows up as a stall without waiting out the real timeout).
-const IO_PATIENCE: Duration = Duration::from_millis(400);
+const IO_PATIENCE: Duration = Duration::from_millis(1000);
 /// A boot that has not reached the application after this much virtual time is stuck.
 const MAX_BOOT_MS: u64 = 48 * 3600 * 1000;
 /// Body bytes handed to the core per call, like one TCP segment.
@@ -473,17 +473,24 @@ async fn next_step(flight: &mut Flight) -> Step {
     }
 }
 
-/// A transport error as one line, with its cause (reqwest's Display hides it).
+/// A transport error as one short line: what failed and the root cause (no URL: it
+/// carries the run's ephemeral port and would make traces differ between runs).
 fn describe(e: &reqwest::Error) -> String {
     use std::error::Error as _;
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+    let what = if e.is_connect() {
+        "connect"
+    } else if e.is_timeout() {
+        "timeout"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else {
+        "request"
+    };
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
     }
-    text
+    format!("{what}: {root}")
 }
 
 /// Publishes with QoS 1 and waits for the broker's PUBACK.

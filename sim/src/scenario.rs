@@ -29,7 +29,7 @@ use crate::broker::Collector;
 use crate::github::{Asset, Exhausted, Fault, RateLimit, Release, Route};
 use crate::image;
 use crate::proxy::ProxyMode;
-use crate::world::{BrokerChoice, World, WorldError, conf_json};
+use crate::world::{BrokerChoice, SimDns, World, WorldError, conf_json};
 use firmware::led::Led;
 use firmware::trace::Event;
 use serde::Deserialize;
@@ -188,6 +188,11 @@ pub enum FaultSpec {
         /// How many connections are reset.
         #[serde(default = "one_u32")]
         times: u32,
+    },
+    /// The next `lookups` DNS lookups of the GitHub host fail.
+    DnsDown {
+        /// How many.
+        lookups: u32,
     },
     /// The broker refuses connections during these boots (1-based).
     BrokerDown {
@@ -488,6 +493,7 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
     }));
     let mut triggers = Triggers::default();
     let mut broker_down = Vec::new();
+    let dns = SimDns::default();
     for f in &s.faults {
         match f {
             FaultSpec::PowerCut {
@@ -566,14 +572,13 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
                 });
             }
             FaultSpec::BrokerDown { boots } => broker_down.extend(boots.iter().copied()),
+            FaultSpec::DnsDown { lookups } => {
+                dns.failures.store(*lookups, std::sync::atomic::Ordering::Relaxed)
+            }
         }
     }
 
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .map_err(|e| WorldError::Unresolvable(e.to_string()))?;
+    let http = world.http_client(&dns)?;
     let wiring = Wiring {
         broker: world.board_broker(),
     };

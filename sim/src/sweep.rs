@@ -254,11 +254,7 @@ pub async fn sweep(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepRe
     let running = image::build("1.0", 32 * 1024, 10);
     let template = image::provision(conf.as_bytes(), &running, opts.seed);
     let collector = Collector::connect(&world.broker, &prefix).await?;
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .map_err(|e| WorldError::Unresolvable(e.to_string()))?;
+    let http = world.http_client(&crate::world::SimDns::default())?;
     let shared = Arc::new(Shared {
         world,
         template,

@@ -92,9 +92,20 @@ impl World {
         })
     }
 
-    /// The board's `api_base`.
+    /// The board's `api_base`: a host name, so that DNS failures can be simulated
+    /// ([`SimDns`] resolves it to the proxy).
     pub fn api_base(&self) -> String {
-        format!("http://{}", self.github_proxy.addr())
+        format!("http://{GITHUB_HOST}:{}", self.github_proxy.addr().port())
+    }
+
+    /// The board's HTTP client: no automatic redirects (the core follows them), DNS by [`SimDns`].
+    pub fn http_client(&self, dns: &SimDns) -> Result<reqwest::Client, WorldError> {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(std::sync::Arc::new(dns.clone()))
+            .build()
+            .map_err(|e| WorldError::Unresolvable(e.to_string()))
     }
 
     /// Where the board's MQTT client connects.
@@ -123,4 +134,34 @@ pub fn conf_json(
         broker.ip(),
         broker.port()
     )
+}
+
+/// The host name the simulated GitHub goes by.
+pub const GITHUB_HOST: &str = "github.sim";
+
+/// The board's DNS: resolves [`GITHUB_HOST`] to loopback, and fails the next
+/// `failures` lookups when a scenario says DNS is down.
+#[derive(Clone, Default)]
+pub struct SimDns {
+    /// Lookups still to fail.
+    pub failures: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl reqwest::dns::Resolve for SimDns {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        use std::sync::atomic::Ordering;
+        let fail = self.failures.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            if fail {
+                return Err(format!("DNS lookup of {host} failed (server unreachable)").into());
+            }
+            if host != GITHUB_HOST && host != "localhost" {
+                return Err(format!("DNS: no such host {host}").into());
+            }
+            // reqwest replaces the port with the URL's.
+            let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(SocketAddr::from(([127, 0, 0, 1], 0))));
+            Ok(addrs)
+        })
+    }
 }
