@@ -24,6 +24,13 @@ use crate::json::{JsonError, Path, Token, Tokenizer};
 use core::fmt;
 use heapless::String;
 
+/// GPIO of the yellow LED when `leds.yellow` is not given (also used when conf.json is unreadable).
+pub const DEFAULT_LED_YELLOW: u8 = 4;
+/// GPIO of the green LED when `leds.green` is not given.
+pub const DEFAULT_LED_GREEN: u8 = 5;
+/// GPIO the example application blinks when `leds.app` is not given.
+pub const DEFAULT_LED_APP: u8 = 8;
+
 /// Largest `conf.json` read (the size of one flash sector).
 pub const MAX_CONFIG_LEN: usize = 4096;
 /// Value buffer of the config tokenizer: the longest string field.
@@ -413,7 +420,15 @@ impl Draft {
             _ if path.is(&["mqtt", "user"]) => self.mqtt_user = Some(text(path, token)?),
             _ if path.is(&["mqtt", "password"]) => self.mqtt_password = Some(text(path, token)?),
             _ if path.is(&["mqtt", "client_id"]) => {
-                self.mqtt_client_id = Some(nonempty_text(path, token)?)
+                let id: String<64> = nonempty_text(path, token)?;
+                // It is a topic level of the log topic.
+                if id.contains(['#', '+', '/']) {
+                    return Err(field_error(
+                        path,
+                        Problem::Invalid("must not contain #, + or /"),
+                    ));
+                }
+                self.mqtt_client_id = Some(id);
             }
             _ if path.is(&["mqtt", "topic_prefix"]) => {
                 let prefix: String<64> = nonempty_text(path, token)?;
@@ -493,9 +508,9 @@ impl Draft {
                 .mqtt_client_id
                 .ok_or_else(|| missing("mqtt.client_id"))?,
             mqtt_topic_prefix: self.mqtt_topic_prefix.unwrap_or(default_prefix),
-            led_yellow: self.led_yellow.unwrap_or(4),
-            led_green: self.led_green.unwrap_or(5),
-            led_app: self.led_app.unwrap_or(8),
+            led_yellow: self.led_yellow.unwrap_or(DEFAULT_LED_YELLOW),
+            led_green: self.led_green.unwrap_or(DEFAULT_LED_GREEN),
+            led_app: self.led_app.unwrap_or(DEFAULT_LED_APP),
             allow_prereleases: self.allow_prereleases.unwrap_or(false),
             allow_downgrade: self.allow_downgrade.unwrap_or(false),
         })
@@ -732,6 +747,8 @@ mod tests {
             (e.field.as_str(), e.problem),
             ("wifi.pasword", Problem::UnknownField)
         );
+        let e = err(&GOOD.replace("board-7", "board/7"));
+        assert_eq!(e.field, "mqtt.client_id");
         let e = err(r#"{"wfi": {}}"#);
         assert_eq!(
             (e.field.as_str(), e.problem),

@@ -9,12 +9,12 @@
 //! | `●`            | up to date: nothing to install                                    |
 //! | `● ●`          | updated: this boot runs (and confirmed) a new release             |
 //! | `● ● ●`        | no usable release: none published, bad tag, bad JSON, no asset    |
-//! | `▬`            | refused: downgrade, image larger than the slot, release rolled back |
+//! | `▬`            | refused: downgrade, image larger than the slot                    |
 //! | `▬ ▬`          | verification failed: size, SHA-256, image checksum, chip, version |
 //! | `▬ ▬ ▬`        | conf.json is missing or wrong                                     |
 //! | `▬ ▬ ▬ ▬`      | flash trouble: partition table, otadata, write error              |
 //! | `● ▬`          | GitHub answered something unexpected (status, redirect loop)      |
-//! | `▬ ●`          | the new image failed its self-check and was rolled back           |
+//! | `▬ ●`          | a trial boot failed (no answer from GitHub in time), or the release offered was rolled back here |
 //!
 //! `●` is 200 ms on, `▬` is 800 ms on; each is followed by 400 ms off.
 

@@ -58,6 +58,8 @@ use heapless::{Deque, String, Vec};
 pub const MAX_REDIRECTS: u8 = 5;
 /// A request that delivers nothing for this long is abandoned and retried.
 pub const STALL_MS: u64 = 30_000;
+/// How long an image on trial may take to confirm itself before it reboots (using a trial).
+pub const TRIAL_DEADLINE_MS: u64 = 10 * 60 * 1000;
 /// How long joining the network may take before the core counts a retry and asks again.
 pub const JOIN_TIMEOUT_MS: u64 = 20_000;
 /// How long the core waits for the broker to acknowledge one log record.
@@ -217,6 +219,10 @@ pub struct Updater<F: NorFlash> {
     next_request_id: u32,
     download: Option<Download>,
     wake_at: Option<Instant>,
+    /// When an image on trial gives up on this boot.
+    trial_deadline: Option<Instant>,
+    /// The routine ends with a reboot whatever the outcome (a failed trial boot).
+    reboot_after_outcome: bool,
     led: Player,
     publish: PublishState,
     publish_deadline: Option<Instant>,
@@ -276,6 +282,8 @@ impl<F: NorFlash> Updater<F> {
             next_request_id: 1,
             download: None,
             wake_at: None,
+            trial_deadline: None,
+            reboot_after_outcome: false,
             led: Player::default(),
             publish: PublishState::Idle,
             publish_deadline: None,
@@ -320,10 +328,15 @@ impl<F: NorFlash> Updater<F> {
 
     /// When `handle_timeout` must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.wake_at, self.led.deadline(), self.publish_deadline]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.wake_at,
+            self.led.deadline(),
+            self.publish_deadline,
+            self.trial_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ----- inputs --------------------------------------------------------
@@ -423,6 +436,14 @@ impl<F: NorFlash> Updater<F> {
                     self.evaluate(release);
                     return;
                 }
+                // Without Content-Length a cut connection looks like a short document.
+                Err(ReleaseError::Syntax(e))
+                    if req.content_length.is_none()
+                        && e.kind == crate::json::JsonErrorKind::UnexpectedEnd =>
+                {
+                    let detail = trace::detail(format_args!("release response ended early: {e}"));
+                    Err(Retry(ErrorCode::Network, Some(detail)))
+                }
                 Err(e) => Ok(Err(release_failure(&e))),
             },
             Body::Image => self.image_end().map_err(|f| Retry(f.0, Some(f.1))),
@@ -484,6 +505,20 @@ impl<F: NorFlash> Updater<F> {
             self.publish_deadline = None;
             self.keep_log();
         }
+        if self.trial_deadline.is_some_and(|d| now >= d) {
+            self.trial_deadline = None;
+            if !self.session.confirmed && !matches!(self.phase, Phase::Finishing(_) | Phase::Done) {
+                // No answer from GitHub in time: this trial boot failed. Reboot to try again
+                // (the trial count decides when to roll back).
+                self.abort_request();
+                let detail = trace::detail(format_args!(
+                    "no answer from GitHub within {} s of a trial boot",
+                    TRIAL_DEADLINE_MS / 1000
+                ));
+                self.reboot_after_outcome = true;
+                self.conclude(Outcome::Failed, ErrorCode::SelfCheck, Some(detail));
+            }
+        }
         if self.wake_at.is_some_and(|d| now >= d) {
             self.wake_at = None;
             match self.phase {
@@ -515,10 +550,10 @@ impl<F: NorFlash> Updater<F> {
             .map_err(|e| fail(ErrorCode::Layout, format_args!("{e}")))?;
         let otadata = layout.read_otadata(&mut self.flash)?;
         let count = layout.slot_count();
-        let slot = running_slot_offset
-            .and_then(|o| layout.slot_at(o))
-            .or_else(|| otadata.boot_slot(count))
-            .unwrap_or(0);
+        let slot = match running_slot_offset.and_then(|o| layout.slot_at(o)) {
+            Some(slot) => slot,
+            None => self.derive_running_slot(&layout, &otadata)?,
+        };
         self.running.slot = slot;
         self.read_running_image(&layout, slot)?;
         let active = otadata
@@ -535,7 +570,8 @@ impl<F: NorFlash> Updater<F> {
         let trial_record = TrialRecord::new(layout.state);
         self.running.trial = trial_record.load(&mut self.flash)?;
         self.layout = Some(layout);
-        self.config = Some(self.read_config()?);
+        // A trial boot is counted before anything that could fail (conf.json included), so an
+        // image that cannot get through its boot still uses up its trials and is rolled back.
         if matches!(state, Some(ImageState::New | ImageState::PendingVerify)) {
             self.running.on_trial = true;
             self.running.previous_version = self.previous_version(&otadata);
@@ -543,9 +579,62 @@ impl<F: NorFlash> Updater<F> {
             if self.phase != Phase::Created {
                 return Ok(()); // rolled back
             }
+            self.trial_deadline = Some(self.now.plus_ms(TRIAL_DEADLINE_MS));
+        }
+        match self.read_config() {
+            Ok(config) => self.config = Some(config),
+            Err(Failure(code, detail)) if self.running.on_trial => {
+                // The self-check fails: this image cannot read the configuration.
+                self.event(Event::Error { code, detail });
+                let boots = self.running.trial.as_ref().map_or(0, |t| t.boots);
+                return self.roll_back(&otadata, boots);
+            }
+            Err(failure) => return Err(failure),
         }
         self.wait_for_network(Step::Check);
         Ok(())
+    }
+
+    /// The slot the bootloader started, found the way it finds it: the slot otadata selects,
+    /// unless that image does not verify, then the first valid one below it, then above it.
+    /// Only a freshly switched image (state new / pending) is verified: a confirmed image has
+    /// booted before.
+    fn derive_running_slot(&mut self, layout: &Layout, otadata: &OtaData) -> Result<u8, Failure> {
+        let count = layout.slot_count();
+        let selected = otadata.boot_slot(count).unwrap_or(0);
+        let fresh = otadata.bootable().is_some_and(|i| {
+            matches!(
+                otadata.entries[i].image_state(),
+                ImageState::New | ImageState::PendingVerify
+            )
+        });
+        if !fresh {
+            return Ok(selected);
+        }
+        let order = core::iter::once(selected)
+            .chain((0..selected).rev())
+            .chain(selected + 1..count);
+        for slot in order {
+            if self.slot_image_is_valid(layout.slots[usize::from(slot)])? {
+                return Ok(slot);
+            }
+        }
+        Ok(selected)
+    }
+
+    /// Reads a slot and checks its image as the bootloader does (structure, checksum, hash).
+    fn slot_image_is_valid(&mut self, slot: Region) -> Result<bool, Failure> {
+        let mut verifier = ImageVerifier::new(slot.size);
+        let mut chunk = [0u8; 256];
+        let mut at = 0;
+        while at < slot.size && !verifier.is_complete() {
+            storage::read(&mut self.flash, slot.offset + at, &mut chunk)?;
+            if verifier.update_partial(&chunk).is_err() {
+                return Ok(false);
+            }
+            at += chunk.len() as u32;
+        }
+        Ok(verifier.finish().is_ok())
     }
 
     fn read_running_image(&mut self, layout: &Layout, slot: u8) -> Result<(), Failure> {
@@ -682,11 +771,15 @@ impl<F: NorFlash> Updater<F> {
             return Ok(());
         };
         let otadata = layout.read_otadata(&mut self.flash)?;
-        if let Some(i) = self.running.active_entry {
-            let mut entry = otadata.entries[i];
-            entry.state = ImageState::Valid as u32;
-            layout.write_otadata(&mut self.flash, i, &entry)?;
+        if self.running.active_entry.is_some() {
+            // A new entry for the running slot in the *other* sector, state valid: a power cut
+            // while writing it leaves the current entry (new) intact, and the image is still on
+            // trial at the next boot instead of losing its slot.
+            let (sector, entry) =
+                otadata.select(self.running.slot, layout.slot_count(), ImageState::Valid);
+            layout.write_otadata(&mut self.flash, sector, &entry)?;
         }
+        self.trial_deadline = None;
         self.session.confirmed = true;
         self.event(Event::Confirmed {
             version: self.running.version_text.clone(),
@@ -903,7 +996,9 @@ impl<F: NorFlash> Updater<F> {
         if let Some(detail) = detail {
             self.event(Event::Error { code, detail });
         }
-        let delay = delay.unwrap_or_else(|| backoff::delay_ms(self.session.attempt, &mut self.rng));
+        // Never less than the backoff: a `retry-after: 0` or a reset already past must not spin.
+        let backoff = backoff::delay_ms(self.session.attempt, &mut self.rng);
+        let delay = delay.map_or(backoff, |wait| wait.max(backoff));
         self.session.attempt += 1;
         self.session.retries += 1;
         self.event(Event::Retry {
@@ -1013,7 +1108,15 @@ impl<F: NorFlash> Updater<F> {
         };
         let progress = Progress::new(layout.state);
         let slot = layout.slots[usize::from(slot_index)];
-        let url = release.asset.download_url.clone();
+        // With a token, the API asset URL (private repositories need it); the token goes to the
+        // API host only and is dropped on the redirect to the asset host.
+        let use_api = self.config.as_ref().is_some_and(|c| c.token.is_some())
+            && !release.asset.api_url.is_empty();
+        let url = if use_api {
+            release.asset.api_url.clone()
+        } else {
+            release.asset.download_url.clone()
+        };
         let target_size = target.size;
         let written = match progress.durable_sectors(&mut self.flash, &target)? {
             Some(sectors) => (sectors * SECTOR).min(target.size),
@@ -1041,7 +1144,7 @@ impl<F: NorFlash> Updater<F> {
             // Everything is on flash already (a cut after the last sector).
             return self.finish_image();
         }
-        self.send(Step::Download, url, written, false, Body::Image, 0);
+        self.send(Step::Download, url, written, use_api, Body::Image, 0);
         Ok(())
     }
 
@@ -1062,6 +1165,7 @@ impl<F: NorFlash> Updater<F> {
                 ));
             }
             // The server ignored our Range: take the whole image from the start.
+            self.session.resumed_from = 0;
             dl.written = 0;
             dl.filled = 0;
             dl.early = Some(ImageVerifier::new(dl.slot.size));
@@ -1288,7 +1392,11 @@ impl<F: NorFlash> Updater<F> {
         self.publish_deadline = None;
         self.outcome_ok = false;
         self.led.start(Pattern::FLASH_ERROR, self.now);
-        self.phase = Phase::Finishing(After::App);
+        // After an install or a rollback the slot choice is already made: reboot into it.
+        self.phase = match self.phase {
+            Phase::Finishing(after) => Phase::Finishing(after),
+            _ => Phase::Finishing(After::App),
+        };
         self.handle_timeout(self.now);
     }
 
@@ -1331,7 +1439,9 @@ impl<F: NorFlash> Updater<F> {
         };
         self.event(event.clone());
         self.outcome_ok = error == ErrorCode::None;
-        let after = if matches!(result, Outcome::Installed | Outcome::RolledBack) {
+        let after = if self.reboot_after_outcome
+            || matches!(result, Outcome::Installed | Outcome::RolledBack)
+        {
             After::Reboot
         } else {
             After::App

@@ -124,6 +124,8 @@ impl fmt::Display for ReleaseError {
 
 #[derive(Clone, Debug, Default)]
 struct AssetDraft {
+    /// The first malformed field: it only matters if this turns out to be our asset.
+    error: Option<ReleaseError>,
     name_matches: Option<bool>,
     size: Option<u32>,
     download_url: Option<Url>,
@@ -364,6 +366,19 @@ impl ParseState {
                 }
                 self.asset.name_matches = Some(matches);
             }
+            _ => {
+                // Other assets may carry fields we would refuse (a long URL, a future digest
+                // algorithm): remember the problem, raise it only for the configured asset.
+                if let Err(e) = self.asset_field(field, token) {
+                    self.asset.error.get_or_insert(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn asset_field(&mut self, field: &str, token: Token<'_>) -> Result<(), ReleaseError> {
+        match field {
             "size" => {
                 let Token::Number(n) = token else {
                     return Err(ReleaseError::WrongType("assets[].size"));
@@ -385,6 +400,9 @@ impl ParseState {
         let asset = core::mem::take(&mut self.asset);
         if asset.name_matches != Some(true) {
             return Ok(());
+        }
+        if let Some(e) = asset.error {
+            return Err(e);
         }
         let size = asset.size.ok_or(ReleaseError::Missing("assets[].size"))?;
         let download_url = asset
@@ -603,6 +621,20 @@ mod tests {
             bad(release("1.1", false, &[long_url], "")),
             ReleaseError::TooLong("assets[].browser_download_url")
         );
+    }
+
+    #[test]
+    fn a_malformed_sibling_asset_does_not_spoil_ours() {
+        let doc = release(
+            "1.1",
+            false,
+            &[
+                asset("other.bin", "-5", "\"sha512:abc\""),
+                asset("fw.bin", "10", DIGEST),
+            ],
+            "",
+        );
+        assert_eq!(parse_in_chunks(&doc, 64, false).unwrap().asset.size, 10);
     }
 
     #[test]

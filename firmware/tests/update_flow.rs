@@ -101,6 +101,16 @@ struct BootResult {
 }
 
 fn boot(flash: Ram, release: &str, asset: &[u8], broker_up: bool) -> (Ram, BootResult) {
+    boot_with(flash, release, asset, broker_up, true)
+}
+
+fn boot_with(
+    flash: Ram,
+    release: &str,
+    asset: &[u8],
+    broker_up: bool,
+    network: bool,
+) -> (Ram, BootResult) {
     let mut core = Updater::new(flash, 1);
     let mut now = Instant(0);
     core.handle_boot(now, None);
@@ -121,7 +131,11 @@ fn boot(flash: Ram, release: &str, asset: &[u8], broker_up: bool) -> (Ram, BootR
             }
         };
         match action {
-            Action::JoinNetwork => core.handle_network(now, true),
+            Action::JoinNetwork => {
+                if network {
+                    core.handle_network(now, true)
+                }
+            }
             Action::Http(req) => {
                 let body: &[u8] = if req.url.contains("/releases/latest") {
                     release.as_bytes()
@@ -334,4 +348,53 @@ fn the_core_runs_in_fixed_memory() {
         release < 4096 && config < 4096 && updater < 32 * 1024,
         "{updater} {release} {config}"
     );
+}
+
+fn otadata_slot(flash: &Ram) -> Option<u8> {
+    use firmware::format::otadata::OtaData;
+    let s0: [u8; 32] = flash.0[0xd000..0xd020].try_into().unwrap();
+    let s1: [u8; 32] = flash.0[0xe000..0xe020].try_into().unwrap();
+    OtaData::from_sectors(&s0, &s1).boot_slot(2)
+}
+
+#[test]
+fn a_new_image_that_cannot_read_conf_json_rolls_back_at_once() {
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let (mut flash, first) = boot(board("1.0"), &release, &new, true);
+    assert!(first.rebooted);
+    assert_eq!(otadata_slot(&flash), Some(1));
+    flash.0[0x3d0000..0x3d0000 + 10].copy_from_slice(b"{\"wifi\": [");
+    let (flash, second) = boot(flash, &release, &new, true);
+    assert!(second.rebooted, "{:?}", second.events);
+    assert_eq!(outcome(&second.events), "rolled_back/self_check");
+    assert_eq!(
+        otadata_slot(&flash),
+        Some(0),
+        "otadata points back at the old image"
+    );
+}
+
+#[test]
+fn a_new_image_without_network_uses_its_trials_then_rolls_back() {
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let (mut flash, _) = boot(board("1.0"), &release, &new, true);
+    for trial in 1..=3 {
+        let (next, result) = boot_with(flash, &release, &new, true, false);
+        flash = next;
+        assert!(result.rebooted, "trial {trial} reboots after the deadline");
+        assert_eq!(
+            outcome(&result.events),
+            "failed/self_check",
+            "trial {trial}"
+        );
+        assert_eq!(otadata_slot(&flash), Some(1));
+    }
+    let (flash, last) = boot_with(flash, &release, &new, true, false);
+    assert_eq!(outcome(&last.events), "rolled_back/self_check");
+    assert_eq!(otadata_slot(&flash), Some(0));
+    // The old image comes back and refuses the release that failed.
+    let (_, old) = boot(flash, &release, &new, true);
+    assert_eq!(outcome(&old.events), "failed/rolled_back_release");
 }

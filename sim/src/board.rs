@@ -116,6 +116,8 @@ pub struct VirtualBoard {
     pub client_id: String,
     /// What each power cut interrupted: (boot, description).
     pub cuts: Vec<(u32, String)>,
+    /// Do not tell the core which slot the bootloader started (the board glue does not either).
+    pub derive_running_slot: bool,
     cuts_seen: Option<crate::flash::Cut>,
     /// The virtual clock in ms since the first boot, for servers that follow it.
     pub clock_handle: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -172,6 +174,7 @@ impl VirtualBoard {
             outages: Vec::new(),
             client_id: client_id.to_string(),
             cuts: Vec::new(),
+            derive_running_slot: false,
             cuts_seen: None,
             clock_handle: Default::default(),
             seed,
@@ -209,7 +212,8 @@ impl VirtualBoard {
         let mut outages = self.outages.clone();
         let clock_out = self.clock_handle.clone();
         let mut core = Updater::new(&mut self.flash, seed);
-        core.handle_boot(Instant(now), Some(offset));
+        // Like the board glue, optionally let the core work out which slot is running.
+        core.handle_boot(Instant(now), (!self.derive_running_slot).then_some(offset));
         let mut flight: Option<Flight> = None;
         let mut join_at: Option<u64> = None;
         let mut mqtt: Option<Mqtt> = None;
@@ -231,7 +235,10 @@ impl VirtualBoard {
                             join_at = Some(up - start);
                         }
                     }
-                    Action::Http(req) => flight = Some(start_request(http, &req)),
+                    Action::Http(req) => {
+                        let token = core.config().and_then(|c| c.token.clone());
+                        flight = Some(start_request(http, &req, token.as_deref()));
+                    }
                     Action::AbortHttp { id } => {
                         if flight.as_ref().is_some_and(|f| f.id() == id) {
                             flight = None;
@@ -441,7 +448,7 @@ fn wifi_up_at(outages: &[Outage], t: u64) -> u64 {
     t
 }
 
-fn start_request(http: &reqwest::Client, req: &HttpRequest) -> Flight {
+fn start_request(http: &reqwest::Client, req: &HttpRequest, token: Option<&str>) -> Flight {
     let mut builder = http
         .get(req.url.as_str())
         .header("accept", req.accept.header_value())
@@ -449,8 +456,8 @@ fn start_request(http: &reqwest::Client, req: &HttpRequest) -> Flight {
     if let Some(from) = req.range_from {
         builder = builder.header("range", format!("bytes={from}-"));
     }
-    if req.authorize {
-        builder = builder.header("authorization", "Bearer sim-token");
+    if let (true, Some(token)) = (req.authorize, token) {
+        builder = builder.header("authorization", format!("Bearer {token}"));
     }
     Flight::Connecting {
         id: req.id,
@@ -476,7 +483,6 @@ async fn next_step(flight: &mut Flight) -> Step {
 /// A transport error as one short line: what failed and the root cause (no URL: it
 /// carries the run's ephemeral port and would make traces differ between runs).
 fn describe(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
     let what = if e.is_connect() {
         "connect"
     } else if e.is_timeout() {

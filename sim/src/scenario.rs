@@ -63,6 +63,10 @@ pub struct Scenario {
     pub expect: Expect,
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn one() -> u64 {
     1
 }
@@ -82,6 +86,10 @@ pub struct BoardSpec {
     /// `update.allow_downgrade`.
     #[serde(default)]
     pub allow_downgrade: bool,
+    /// `github.token` set (default): downloads go through the API asset URL; without it,
+    /// through `browser_download_url`.
+    #[serde(default = "yes")]
+    pub token: bool,
 }
 
 /// A release.
@@ -477,6 +485,7 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
             &prefix,
             s.board.allow_prereleases,
             s.board.allow_downgrade,
+            s.board.token,
         ),
     };
     let running = image::build(&s.board.version, 32 * 1024, s.seed ^ 0xB007);
@@ -572,9 +581,9 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
                 });
             }
             FaultSpec::BrokerDown { boots } => broker_down.extend(boots.iter().copied()),
-            FaultSpec::DnsDown { lookups } => {
-                dns.failures.store(*lookups, std::sync::atomic::Ordering::Relaxed)
-            }
+            FaultSpec::DnsDown { lookups } => dns
+                .failures
+                .store(*lookups, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -620,12 +629,15 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
     world.broker_proxy.set_mode(ProxyMode::Pass);
 
     // The board's own view of what it reported, then the broker's.
-    let published: usize = board
+    let expected: std::collections::BTreeSet<(String, u64)> = board
         .trace
         .iter()
-        .filter(|l| matches!(l.event, Event::Published { .. }))
-        .count();
-    let messages = collector.wait_for(published, Duration::from_secs(3)).await;
+        .filter_map(|l| match l.event {
+            Event::Published { seq } => Some((client_id.clone(), u64::from(seq))),
+            _ => None,
+        })
+        .collect();
+    let messages = wait_for_log(&collector, &expected, Duration::from_secs(5)).await;
     collector.close().await;
     let mut log: Vec<(u64, String, String)> = messages
         .iter()
@@ -648,7 +660,14 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
         .iter()
         .map(|c| c.version.clone())
         .collect();
-    check_invariants(&board.boot_choices, &board.trace, &log, &mut failures);
+    let cut_boots: Vec<u32> = board.cuts.iter().map(|(b, _)| *b).collect();
+    check_invariants(
+        &board.boot_choices,
+        &board.trace,
+        &cut_boots,
+        &log,
+        &mut failures,
+    );
 
     let e = &s.expect;
     let final_version = versions.last().cloned().unwrap_or_default();
@@ -715,9 +734,50 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
 pub fn check_invariants(
     boot_choices: &[crate::bootloader::BootChoice],
     trace: &[TraceLine],
+    cut_boots: &[u32],
     log: &[(u64, String, String)],
     failures: &mut Vec<String>,
 ) {
+    // The core only ever switches to a verified image: the bootloader never has to fall back.
+    for (i, choice) in boot_choices.iter().enumerate() {
+        if choice.selected != choice.slot {
+            failures.push(format!(
+                "invariant: boot {}: otadata selected slot {} but its image is not valid; the bootloader fell back to slot {}",
+                i + 1,
+                choice.selected,
+                choice.slot
+            ));
+        }
+    }
+    // Every boot reports what it booted.
+    for boot in 1..=boot_choices.len() as u32 {
+        if !trace
+            .iter()
+            .any(|l| l.boot == boot && matches!(l.event, Event::Boot { .. }))
+        {
+            failures.push(format!("invariant: boot {boot} has no boot event"));
+        }
+    }
+    // Records of boots that were not cut were stored; once a boot delivered the whole log
+    // (no `log_kept` in the last boot), every one of them must have reached the broker.
+    let last = boot_choices.len() as u32;
+    let last_delivered = trace
+        .iter()
+        .filter(|l| l.boot == last)
+        .any(|l| matches!(l.event, Event::Published { .. }))
+        && !trace
+            .iter()
+            .any(|l| l.boot == last && matches!(l.event, Event::LogKept { .. }));
+    let stored = trace
+        .iter()
+        .filter(|l| !cut_boots.contains(&l.boot) && matches!(l.event, Event::Outcome { .. }))
+        .count();
+    if last_delivered && log.len() < stored {
+        failures.push(format!(
+            "invariant: {stored} boots stored a log record but the broker got {}",
+            log.len()
+        ));
+    }
     // The version the core reports is the version of the image the bootloader started.
     for (i, choice) in boot_choices.iter().enumerate() {
         let boot = i as u32 + 1;
@@ -754,5 +814,33 @@ pub fn check_invariants(
         failures.push(format!(
             "invariant: activity log lost record {gap} (received up to {max})"
         ));
+    }
+}
+
+/// The (board, sequence number) of a log message: the topic's next-to-last level names the board.
+pub fn log_key(m: &crate::broker::MqttMessage) -> Option<(String, u64)> {
+    let board = m.topic.rsplit('/').nth(1)?.to_string();
+    let v: serde_json::Value = serde_json::from_slice(&m.payload).ok()?;
+    Some((board, v["seq"].as_u64()?))
+}
+
+/// Waits until every record a board saw acknowledged has reached the collector (or the time is
+/// up), then returns what arrived. Counting messages would not do: a record published again
+/// after a power cut arrives twice, and one acknowledged just before a cut never shows as
+/// acknowledged on the board.
+pub async fn wait_for_log(
+    collector: &Collector,
+    expected: &std::collections::BTreeSet<(String, u64)>,
+    timeout: Duration,
+) -> Vec<crate::broker::MqttMessage> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let messages = collector.messages();
+        let got: std::collections::BTreeSet<(String, u64)> =
+            messages.iter().filter_map(log_key).collect();
+        if expected.is_subset(&got) || tokio::time::Instant::now() >= deadline {
+            return messages;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -122,6 +122,7 @@ struct RunResult {
     /// What the board saw; the log is checked against the broker once every run is done.
     trace: Vec<crate::board::TraceLine>,
     boot_choices: Vec<crate::bootloader::BootChoice>,
+    cut_boots: Vec<u32>,
     boots: u64,
     redownloaded: u64,
     resumed: bool,
@@ -140,10 +141,13 @@ async fn run_one(shared: &Shared, id: u64, seed: u64, cuts: &[CutAt]) -> RunResu
         &shared.prefix,
         false,
         false,
+        true,
     );
     flash.load(CONFIG_OFFSET, &[0xFF; 0x1000]);
     flash.load(CONFIG_OFFSET, conf.as_bytes());
     let mut board = VirtualBoard::new(flash, &client_id, seed);
+    // The board glue passes no running slot: the sweep checks the core derives the right one.
+    board.derive_running_slot = true;
     let wiring = Wiring {
         broker: shared.world.board_broker(),
     };
@@ -224,6 +228,7 @@ async fn run_one(shared: &Shared, id: u64, seed: u64, cuts: &[CutAt]) -> RunResu
         client_id: board.client_id.clone(),
         trace: std::mem::take(&mut board.trace),
         boot_choices: std::mem::take(&mut board.boot_choices),
+        cut_boots: board.cuts.iter().map(|(b, _)| *b).collect(),
         boots: u64::from(board.boots),
         redownloaded,
         resumed,
@@ -250,6 +255,7 @@ pub async fn sweep(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepRe
         &prefix,
         false,
         false,
+        true,
     );
     let running = image::build("1.0", 32 * 1024, 10);
     let template = image::provision(conf.as_bytes(), &running, opts.seed);
@@ -319,41 +325,47 @@ pub async fn sweep(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepRe
             .acquire_owned()
             .await
             .map_err(|e| WorldError::Unresolvable(e.to_string()))?;
-        tasks.push(tokio::spawn(async move {
-            let result = run_one(&shared, id as u64, seed, &cuts).await;
-            drop(permit);
-            (seed, cuts, result)
-        }));
+        let plan = (seed, cuts.clone());
+        tasks.push((
+            plan,
+            tokio::spawn(async move {
+                let result = run_one(&shared, id as u64, seed, &cuts).await;
+                drop(permit);
+                (seed, cuts, result)
+            }),
+        ));
     }
     let mut results = Vec::new();
-    for task in tasks {
-        if let Ok(done) = task.await {
-            results.push(done);
+    for ((seed, cuts), task) in tasks {
+        match task.await {
+            Ok(done) => results.push(done),
+            // A panic in the core or the driver is the worst violation, not a run to skip.
+            Err(e) => report.violations.push(Violation {
+                seed,
+                cuts: cuts.iter().map(|c| c.to_string()).collect(),
+                what: vec![format!("invariant: the run panicked: {e}")],
+            }),
         }
     }
+    report.runs += report.violations.len() as u64;
     // The activity log as the broker received it, per board (the topic names the board).
-    let acked = results
+    let expected: std::collections::BTreeSet<(String, u64)> = results
         .iter()
-        .flat_map(|(_, _, r)| r.trace.iter())
-        .filter(|l| matches!(l.event, Event::Published { .. }))
-        .count();
-    let messages = collector.wait_for(acked, Duration::from_secs(10)).await;
+        .flat_map(|(_, _, r)| {
+            r.trace.iter().filter_map(|l| match l.event {
+                Event::Published { seq } => Some((r.client_id.clone(), u64::from(seq))),
+                _ => None,
+            })
+        })
+        .collect();
+    let messages =
+        crate::scenario::wait_for_log(&collector, &expected, Duration::from_secs(10)).await;
     collector.close().await;
     let mut by_board: std::collections::HashMap<String, Vec<(u64, String, String)>> =
         Default::default();
     for m in messages {
-        let board = m
-            .topic
-            .split('/')
-            .rev()
-            .nth(1)
-            .unwrap_or_default()
-            .to_string();
-        let payload = String::from_utf8_lossy(&m.payload).into_owned();
-        if let Some(seq) = serde_json::from_str::<serde_json::Value>(&payload)
-            .ok()
-            .and_then(|v| v["seq"].as_u64())
-        {
+        if let Some((board, seq)) = crate::scenario::log_key(&m) {
+            let payload = String::from_utf8_lossy(&m.payload).into_owned();
             by_board
                 .entry(board)
                 .or_default()
@@ -364,7 +376,13 @@ pub async fn sweep(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepRe
         let mut log = by_board.remove(&result.client_id).unwrap_or_default();
         log.sort();
         log.dedup_by_key(|e| e.0);
-        check_invariants(&result.boot_choices, &result.trace, &log, &mut result.what);
+        check_invariants(
+            &result.boot_choices,
+            &result.trace,
+            &result.cut_boots,
+            &log,
+            &mut result.what,
+        );
         report.runs += 1;
         report.boots += result.boots;
         report.redownloaded += result.redownloaded;

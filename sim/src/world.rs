@@ -114,7 +114,7 @@ impl World {
     }
 }
 
-/// The `conf.json` a simulated board gets.
+/// The `conf.json` a simulated board gets (`token`: with a GitHub token).
 pub fn conf_json(
     api_base: &str,
     broker: SocketAddr,
@@ -122,11 +122,18 @@ pub fn conf_json(
     prefix: &str,
     prereleases: bool,
     downgrade: bool,
+    token: bool,
 ) -> String {
+    // The token makes the board download through the API asset URL (private repositories).
+    let token = if token {
+        r#", "token": "sim-token""#
+    } else {
+        ""
+    };
     format!(
         r#"{{
   "wifi": {{ "ssid": "sim-wifi", "password": "sim-wifi-secret" }},
-  "github": {{ "repository": "https://github.com/acme/thermostat", "api_base": "{api_base}", "asset": "firmware.bin" }},
+  "github": {{ "repository": "https://github.com/acme/thermostat", "api_base": "{api_base}", "asset": "firmware.bin"{token} }},
   "mqtt": {{ "host": "{}", "port": {}, "client_id": "{client_id}", "topic_prefix": "{prefix}", "password": "sim-mqtt-secret" }},
   "leds": {{ "yellow": 4, "green": 5, "app": 8 }},
   "update": {{ "allow_prereleases": {prereleases}, "allow_downgrade": {downgrade} }}
@@ -150,7 +157,10 @@ pub struct SimDns {
 impl reqwest::dns::Resolve for SimDns {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         use std::sync::atomic::Ordering;
-        let fail = self.failures.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
+        let fail = self
+            .failures
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
         let host = name.as_str().to_string();
         Box::pin(async move {
             if fail {
@@ -160,7 +170,8 @@ impl reqwest::dns::Resolve for SimDns {
                 return Err(format!("DNS: no such host {host}").into());
             }
             // reqwest replaces the port with the URL's.
-            let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(SocketAddr::from(([127, 0, 0, 1], 0))));
+            let addrs: reqwest::dns::Addrs =
+                Box::new(std::iter::once(SocketAddr::from(([127, 0, 0, 1], 0))));
             Ok(addrs)
         })
     }

@@ -100,7 +100,12 @@ pub async fn run(spawner: Spawner, hw: Hardware) -> ! {
             let (y, g, a) = led_pins(c);
             Leds::new(y, g, a)
         }
-        None => Leds::none(),
+        // conf.json unreadable: the default pins, so the config-error pattern still shows.
+        None => Leds::new(
+            Some(firmware::config::DEFAULT_LED_YELLOW),
+            Some(firmware::config::DEFAULT_LED_GREEN),
+            Some(firmware::config::DEFAULT_LED_APP),
+        ),
     };
     let mut board = Board {
         spawner,

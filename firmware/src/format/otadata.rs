@@ -128,7 +128,8 @@ impl OtaEntry {
 
     /// `bootloader_common_ota_select_valid`: written, and the CRC matches.
     pub fn is_valid(&self) -> bool {
-        self.seq != u32::MAX && self.crc == seq_crc(self.seq)
+        // Sequence numbers start at 1; a 0 with a matching CRC is hostile, not a choice.
+        self.seq != u32::MAX && self.seq != 0 && self.crc == seq_crc(self.seq)
     }
 
     /// The image state.
@@ -204,12 +205,21 @@ impl OtaData {
         match self.active() {
             Some(active) => {
                 let current = self.entries[active].seq;
-                // The next sequence number after `current` that maps to `slot`.
+                // The next sequence number after `current` that maps to `slot`. `current` is
+                // at least 1 (see `is_valid`). Overflow is 4 billion switches away; checked
+                // arithmetic keeps hostile otadata from panicking the core.
                 let base = current - (current - 1) % count; // selects slot 0 in current's round
-                let mut seq = base + u32::from(slot);
-                if seq <= current {
-                    seq += count;
-                }
+                let seq = base
+                    .checked_add(u32::from(slot))
+                    .and_then(|seq| {
+                        if seq <= current {
+                            seq.checked_add(count)
+                        } else {
+                            Some(seq)
+                        }
+                    })
+                    .filter(|&seq| seq != u32::MAX)
+                    .unwrap_or(u32::from(slot) + 1);
                 (1 - active, OtaEntry::new(seq, state))
             }
             None => (0, OtaEntry::new(u32::from(slot) + 1, state)),
@@ -265,6 +275,23 @@ mod tests {
         // Re-selecting the running slot still moves forward.
         let (sector, entry) = d.select(0, 2, ImageState::Valid);
         assert_eq!((sector, entry.seq), (1, 5));
+    }
+
+    #[test]
+    fn hostile_sequence_numbers_do_not_panic() {
+        let zero =
+            OtaData::from_sectors(&OtaEntry::new(0, ImageState::Valid).to_bytes(), &[0xFF; 32]);
+        assert_eq!(
+            zero.active(),
+            None,
+            "sequence 0 is never written by ESP-IDF"
+        );
+        let top = OtaData::from_sectors(
+            &OtaEntry::new(u32::MAX - 1, ImageState::Valid).to_bytes(),
+            &[0xFF; 32],
+        );
+        let (_, entry) = top.select(0, 2, ImageState::New);
+        assert_ne!(entry.seq, u32::MAX);
     }
 
     #[test]
