@@ -51,15 +51,6 @@ impl Leds {
         }
     }
 
-    /// No LEDs at all (before the configuration is read).
-    pub const fn none() -> Self {
-        Self {
-            yellow: None,
-            green: None,
-            app: None,
-        }
-    }
-
     /// Executes `Action::Led`.
     pub fn set(&mut self, led: Led, on: bool) {
         let out = match led {
