@@ -84,7 +84,11 @@ console PORT:
 serve addr="127.0.0.1:0":
     cargo run -p sim -- serve --addr {{addr}}
 
-# Hardware in the loop: not built yet (see README, "What is missing").
+# Summarise a captured serial console (boots, versions, outcomes, LEDs) with the core's trace parser.
+console-summary FILE:
+    cargo run -q -p hil -- console {{FILE}}
+
+# Hardware in the loop with a board on USB: not built yet (see README, "What is missing").
 hil:
-    @echo "The HIL harness is not implemented yet; see README.md, 'What is missing'." >&2
+    @echo "Flashing a board and replaying power-cut scenarios is not built yet; see README.md, 'What is missing'." >&2
     @exit 1

@@ -258,6 +258,7 @@ fn pattern_for(result: Outcome, error: ErrorCode) -> Option<Pattern> {
         (_, Config) => Pattern::CONFIG_ERROR,
         (_, Layout | Flash) => Pattern::FLASH_ERROR,
         (_, HttpStatus | RedirectLoop | RateLimited | Network | None) => Pattern::PROTOCOL_ERROR,
+        (_, LogOverflow) => Pattern::FLASH_ERROR,
     })
 }
 
@@ -1474,7 +1475,17 @@ impl<F: NorFlash> Updater<F> {
         ];
         // Outcome records are far below MAX_PAYLOAD; a cut-off record would still parse up to the cut.
         let _ = event.write_json(&extra, &mut payload);
-        log.append(&mut self.flash, payload.as_bytes())?;
+        let (_, dropped) = log.append(&mut self.flash, payload.as_bytes())?;
+        if dropped > 0 {
+            // The ring was full of undelivered records: the oldest sector had to go.
+            let detail = trace::detail(format_args!(
+                "activity log full: {dropped} undelivered records dropped"
+            ));
+            self.event(Event::Error {
+                code: ErrorCode::LogOverflow,
+                detail,
+            });
+        }
         Ok(())
     }
 

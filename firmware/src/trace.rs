@@ -74,6 +74,8 @@ pub enum ErrorCode {
     VersionMismatch,
     /// The new image could not confirm itself.
     SelfCheck,
+    /// The activity-log ring was full of undelivered records; the oldest were dropped.
+    LogOverflow,
 }
 
 macro_rules! names {
@@ -99,6 +101,7 @@ names!(ErrorCode {
     RolledBackRelease => "rolled_back_release", SizeMismatch => "size_mismatch", HashMismatch => "hash_mismatch",
     BadImage => "bad_image", WrongChip => "wrong_chip", VersionMismatch => "version_mismatch",
     SelfCheck => "self_check",
+    LogOverflow => "log_overflow",
 });
 
 /// How a boot's update routine ended.

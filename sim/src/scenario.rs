@@ -30,7 +30,6 @@ use crate::github::{Asset, Exhausted, Fault, RateLimit, Release, Route};
 use crate::image;
 use crate::proxy::ProxyMode;
 use crate::world::{BrokerChoice, SimDns, World, WorldError, conf_json};
-use firmware::led::Led;
 use firmware::trace::Event;
 use serde::Deserialize;
 use std::path::Path;
@@ -399,36 +398,15 @@ fn github_fault(name: &str, spec: &FaultSpec) -> Option<Fault> {
     })
 }
 
-/// The LED string of one boot: `Y`/`y` yellow on/off, `.`/`-` a short/long green blink.
+/// The LED string of one boot (see [`firmware::led::sequence`]).
 pub fn led_string(trace: &[TraceLine], boot: u32) -> String {
-    let mut out = String::new();
-    let mut green_on_at = None;
-    for line in trace.iter().filter(|l| l.boot == boot) {
-        match line.event {
-            Event::Led {
-                led: Led::Yellow,
-                on,
-            } => out.push(if on { 'Y' } else { 'y' }),
-            Event::Led {
-                led: Led::Green,
-                on: true,
-            } => green_on_at = Some(line.ms),
-            Event::Led {
-                led: Led::Green,
-                on: false,
-            } => {
-                if let Some(t) = green_on_at.take() {
-                    out.push(if line.ms - t >= firmware::led::LONG_MS {
-                        '-'
-                    } else {
-                        '.'
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-    out
+    firmware::led::sequence(
+        trace
+            .iter()
+            .filter(|l| l.boot == boot)
+            .map(|l| (l.ms, &l.event)),
+    )
+    .to_string()
 }
 
 fn outcome_of(trace: &[TraceLine], boot: u32, end: &BootEnd) -> String {

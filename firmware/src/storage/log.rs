@@ -11,9 +11,10 @@
 //! ```
 //!
 //! A record is programmed in one operation; one torn by a power cut fails
-//! its CRC and is skipped, and the rest of that sector is left alone (its
-//! length field cannot be trusted). When the ring is full the oldest sector
-//! is erased; undelivered records lost that way are counted and reported.
+//! its CRC and is skipped (its length is used to step over it when it is
+//! plausible; otherwise the rest of that sector is left alone). When the ring
+//! is full the oldest sector is erased; `append` returns how many undelivered
+//! records that dropped, and the core reports them (`log_overflow`).
 
 use super::{FlashError, RECORD_CRC, Region, SECTOR, erase, read, write};
 use embedded_storage::nor_flash::NorFlash;
