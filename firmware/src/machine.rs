@@ -56,6 +56,8 @@ use heapless::{Deque, String, Vec};
 
 /// Most redirects followed for one request (GitHub needs one).
 pub const MAX_REDIRECTS: u8 = 5;
+/// Largest release response read (the check's JSON); beyond it the response is refused.
+pub const MAX_RELEASE_RESPONSE: u32 = 4 * 1024 * 1024;
 /// A request that delivers nothing for this long is abandoned and retried.
 pub const STALL_MS: u64 = 30_000;
 /// How long an image on trial may take to confirm itself before it reboots (using a trial).
@@ -405,6 +407,12 @@ impl<F: NorFlash> Updater<F> {
         req.received = req.received.saturating_add(chunk.len() as u32);
         self.wake_at = Some(now.plus_ms(STALL_MS));
         let result = match &mut req.body {
+            // A release list of 20 with long notes is a few hundred KiB; more is hostile, and
+            // would keep the board parsing forever.
+            Body::Release(_) if req.received > MAX_RELEASE_RESPONSE => Err(fail(
+                ErrorCode::BadRelease,
+                format_args!("release response larger than {MAX_RELEASE_RESPONSE} bytes"),
+            )),
             Body::Release(parser) => parser.push(chunk).map_err(|e| release_failure(&e)),
             Body::Image => self.image_bytes(chunk),
         };

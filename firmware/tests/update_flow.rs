@@ -398,3 +398,21 @@ fn a_new_image_without_network_uses_its_trials_then_rolls_back() {
     let (_, old) = boot(flash, &release, &new, true);
     assert_eq!(outcome(&old.events), "failed/rolled_back_release");
 }
+
+#[test]
+fn an_endless_release_response_is_refused() {
+    let new = image("1.1");
+    // A JSON string that never ends: the parser alone would read it forever.
+    let endless = format!(
+        "{{\"tag_name\":\"1.1\",\"body\":\"{}",
+        "x".repeat(5 * 1024 * 1024)
+    );
+    let (_, result) = boot(board("1.0"), &endless, &new, true);
+    assert_eq!(outcome(&result.events), "failed/bad_release");
+    assert!(
+        result
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Error { detail, .. } if detail.contains("larger than")))
+    );
+}

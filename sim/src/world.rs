@@ -98,11 +98,15 @@ impl World {
         format!("http://{GITHUB_HOST}:{}", self.github_proxy.addr().port())
     }
 
-    /// The board's HTTP client: no automatic redirects (the core follows them), DNS by [`SimDns`].
+    /// The board's HTTP client: no automatic redirects (the core follows them), no connection
+    /// reuse, DNS by [`SimDns`].
     pub fn http_client(&self, dns: &SimDns) -> Result<reqwest::Client, WorldError> {
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
+            // One connection per request, as the board glue does (`Connection: close`): which
+            // connection a proxy fault hits must not depend on the pool's timing.
+            .pool_max_idle_per_host(0)
             .dns_resolver(std::sync::Arc::new(dns.clone()))
             .build()
             .map_err(|e| WorldError::Unresolvable(e.to_string()))
