@@ -686,35 +686,10 @@ fn api(
     h.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
     // GitHub dates every answer; with `x-ratelimit-reset` it tells a client without a clock how
     // long to wait. From the limiter's clock, so it follows the simulator's virtual time.
-    if let Ok(date) = HeaderValue::from_str(&http_date(now)) {
+    if let Ok(date) = HeaderValue::from_str(&releases::http_date(now)) {
         h.insert(header::DATE, date);
     }
     response
-}
-
-/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) for Unix seconds.
-pub fn http_date(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = secs / 86_400;
-    let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{}, {day:02} {} {year} {h:02}:{m:02}:{s:02} GMT",
-        DAYS[(days % 7) as usize],
-        MONTHS[(month - 1) as usize]
-    )
 }
 
 async fn latest(
