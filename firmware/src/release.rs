@@ -11,8 +11,8 @@
 //! | tag (≤ 32 bytes)              | `tag_name`                                  |
 //! | draft / prerelease flags      | `draft`, `prerelease`                       |
 //! | asset size                    | `assets[i].size` where `name` is ours        |
-//! | download URL (≤ 256 bytes)    | `assets[i].browser_download_url`            |
-//! | API asset URL (≤ 256 bytes)   | `assets[i].url`                             |
+//! | download URL (≤ 2,048 bytes)  | `assets[i].browser_download_url`            |
+//! | API asset URL (≤ 2,048 bytes) | `assets[i].url`                             |
 //! | SHA-256                       | `assets[i].digest` (`"sha256:<64 hex>"`)     |
 //!
 //! Fixed memory: [`RELEASE_VALUE_BUF`] bytes of value buffer plus the
@@ -24,9 +24,15 @@ use core::fmt;
 use heapless::String;
 
 /// The tokenizer's value buffer for release JSON: the longest URL we keep.
-pub const RELEASE_VALUE_BUF: usize = 256;
-/// Longest URL kept.
-pub const MAX_URL_LEN: usize = 256;
+pub const RELEASE_VALUE_BUF: usize = MAX_URL_LEN;
+/// Longest URL kept, anywhere in the core.
+///
+/// Sized for real URLs, not for our mock's: GitHub answers a download with a
+/// 302 to a signed asset-host URL (`release-assets.githubusercontent.com/…?sp=…&sig=…&jwt=…`
+/// or the older `objects.githubusercontent.com/…?X-Amz-…`) of 700 to 1,200 bytes, and
+/// `browser_download_url` itself can pass 256 bytes (a 100-byte repository name and a
+/// 128-byte asset name).
+pub const MAX_URL_LEN: usize = 2048;
 
 /// A URL as the core stores it.
 pub type Url = String<MAX_URL_LEN>;
