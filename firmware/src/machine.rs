@@ -784,9 +784,9 @@ impl<F: NorFlash> Updater<F> {
             // A new entry for the running slot in the *other* sector, state valid: a power cut
             // while writing it leaves the current entry (new) intact, and the image is still on
             // trial at the next boot instead of losing its slot.
-            let (sector, entry) =
-                otadata.select(self.running.slot, layout.slot_count(), ImageState::Valid);
-            layout.write_otadata(&mut self.flash, sector, &entry)?;
+            if let Some((sector, entry)) = otadata.confirm(layout.slot_count()) {
+                layout.write_otadata(&mut self.flash, sector, &entry)?;
+            }
         }
         self.trial_deadline = None;
         self.session.confirmed = true;

@@ -547,8 +547,9 @@ mod tests {
         assert!(doc.len() >= 64 * 1024, "{}", doc.len());
         let r = parse_in_chunks(&doc, 1460, false).unwrap();
         assert_eq!(r.tag, "2.10");
+        // 2 KiB URLs: the asset being read, the best release so far, the value buffer.
         assert!(
-            core::mem::size_of::<ReleaseParser>() < 4096,
+            core::mem::size_of::<ReleaseParser>() < 16 * 1024,
             "{}",
             core::mem::size_of::<ReleaseParser>()
         );
@@ -622,7 +623,7 @@ mod tests {
             bad(release("1.1", false, &[], "")[..100].into()),
             ReleaseError::Syntax(_)
         ));
-        let long_url = asset("fw.bin", "1", DIGEST).replace("releases/download", &"a/".repeat(200));
+        let long_url = asset("fw.bin", "1", DIGEST).replace("releases/download", &"a/".repeat(1100));
         assert_eq!(
             bad(release("1.1", false, &[long_url], "")),
             ReleaseError::TooLong("assets[].browser_download_url")

@@ -168,15 +168,20 @@ impl OtaData {
         }
     }
 
-    /// `bootloader_common_get_active_otadata`: the valid entry with the larger sequence number.
+    /// `bootloader_common_get_active_otadata`: among the entries ESP-IDF calls valid (written,
+    /// CRC matching, and not `Invalid`/`Aborted`: `bootloader_common_ota_select_valid`), the one
+    /// with the larger sequence number; on a tie, sector 0 (`bootloader_common_select_otadata`).
+    ///
+    /// Every rewrite of otadata is based on this entry. An entry with a good CRC but marked
+    /// `Aborted` is *not* a base: rewriting the sector of the last bootable entry because an
+    /// aborted one had a higher number would leave nothing bootable after the next failure.
     pub fn active(&self) -> Option<usize> {
-        self.pick(OtaEntry::is_valid)
+        self.pick(OtaEntry::is_bootable)
     }
 
-    /// The entry a bootloader boots from: like [`active`](Self::active) but skipping
-    /// entries marked `Invalid` or `Aborted`.
+    /// The entry a bootloader boots from (the same entry as [`active`](Self::active)).
     pub fn bootable(&self) -> Option<usize> {
-        self.pick(OtaEntry::is_bootable)
+        self.active()
     }
 
     fn pick(&self, ok: fn(&OtaEntry) -> bool) -> Option<usize> {
@@ -197,33 +202,52 @@ impl OtaData {
         self.bootable().map(|i| self.entries[i].slot(slot_count))
     }
 
-    /// `esp_ota_set_boot_partition`: the sector to rewrite and the entry to put
-    /// there so that `slot` boots next. The sequence number is the smallest one
-    /// above the active entry's that selects `slot`.
+    /// `esp_rewrite_ota_data` (ESP-IDF `esp_ota_set_boot_partition`): the sector to rewrite and
+    /// the entry to put there so that `slot` boots next.
+    ///
+    /// With an active entry of sequence `s`, ESP-IDF takes the smallest
+    /// `(slot + 1) % count + i * count` that is not below `s` and writes it into the sector the
+    /// active entry is *not* in; with none, sequence `slot + 1` goes to sector 0. For another
+    /// slot than the active entry's this is the next number above `s` that selects `slot`.
     pub fn select(&self, slot: u8, slot_count: u8, state: ImageState) -> (usize, OtaEntry) {
         let count = u32::from(slot_count.max(1));
+        let first = u32::from(slot) + 1;
         match self.active() {
             Some(active) => {
                 let current = self.entries[active].seq;
-                // The next sequence number after `current` that maps to `slot`. `current` is
-                // at least 1 (see `is_valid`). Overflow is 4 billion switches away; checked
-                // arithmetic keeps hostile otadata from panicking the core.
-                let base = current - (current - 1) % count; // selects slot 0 in current's round
-                let seq = base
-                    .checked_add(u32::from(slot))
-                    .and_then(|seq| {
-                        if seq <= current {
-                            seq.checked_add(count)
-                        } else {
-                            Some(seq)
-                        }
-                    })
-                    .filter(|&seq| seq != u32::MAX)
-                    .unwrap_or(u32::from(slot) + 1);
+                let base = first % count;
+                // i = ceil((current - base) / count); `current >= 1` for an active entry. Checked
+                // arithmetic keeps hostile otadata from panicking the core: a number past the top
+                // starts the count again (ESP-IDF's loop would not end there).
+                let seq = current
+                    .checked_sub(base)
+                    .map(|above| above.div_ceil(count))
+                    .and_then(|i| i.checked_mul(count))
+                    .and_then(|n| n.checked_add(base))
+                    .filter(|&seq| seq != u32::MAX && seq != 0)
+                    .unwrap_or(first);
                 (1 - active, OtaEntry::new(seq, state))
             }
-            None => (0, OtaEntry::new(u32::from(slot) + 1, state)),
+            None => (0, OtaEntry::new(first, state)),
         }
+    }
+
+    /// The otadata rewrite that confirms the image the active entry boots: an entry for the
+    /// same slot, state `Valid`, with the next sequence number that selects it, written into
+    /// the *other* sector.
+    ///
+    /// ESP-IDF's `esp_ota_mark_app_valid_cancel_rollback` rewrites the active sector in place
+    /// (erase, then program); a power cut between the two leaves the previous entry as the
+    /// only valid one and boots the old image. Writing the other sector instead keeps the
+    /// pending entry until the valid one is complete. `None` without an active entry.
+    pub fn confirm(&self, slot_count: u8) -> Option<(usize, OtaEntry)> {
+        let active = self.active()?;
+        let entry = self.entries[active];
+        let seq = entry
+            .seq
+            .checked_add(u32::from(slot_count.max(1)))
+            .filter(|&seq| seq != u32::MAX)?;
+        Some((1 - active, OtaEntry::new(seq, ImageState::Valid)))
     }
 }
 
@@ -272,9 +296,14 @@ mod tests {
         let (sector, entry) = d.select(0, 2, ImageState::New);
         assert_eq!((sector, entry.seq), (0, 3));
         d.entries[sector] = entry;
-        // Re-selecting the running slot still moves forward.
+        // Re-selecting the slot the active entry boots keeps its number, as ESP-IDF does; a
+        // confirmation moves forward instead.
         let (sector, entry) = d.select(0, 2, ImageState::Valid);
-        assert_eq!((sector, entry.seq), (1, 5));
+        assert_eq!((sector, entry.seq), (1, 3));
+        assert_eq!(
+            d.confirm(2),
+            Some((1, OtaEntry::new(5, ImageState::Valid)))
+        );
     }
 
     #[test]
@@ -304,7 +333,61 @@ mod tests {
             &OtaEntry::new(1, ImageState::Valid).to_bytes(),
             &OtaEntry::new(2, ImageState::Invalid).to_bytes(),
         );
-        assert_eq!(d.active(), Some(1));
+        assert_eq!(d.active(), Some(0), "an invalid entry is never the base");
         assert_eq!(d.boot_slot(2), Some(0));
+    }
+
+    /// The review's sequence: slot 1 valid (seq 4), install into slot 0 (seq 5, new), a
+    /// rollback bootloader aborts it, the old image installs again. ESP-IDF bases the rewrite
+    /// on seq 4, so the seq-4 sector survives; basing it on the aborted seq 5 would overwrite
+    /// the only bootable entry.
+    #[test]
+    fn a_rewrite_never_overwrites_the_last_bootable_entry() {
+        let mut d = OtaData::from_sectors(
+            &[0xFF; 32],
+            &OtaEntry::new(4, ImageState::Valid).to_bytes(),
+        );
+        let (sector, entry) = d.select(0, 2, ImageState::New);
+        assert_eq!((sector, entry.seq), (0, 5));
+        d.entries[sector] = entry;
+        d.entries[0].state = ImageState::Aborted as u32;
+        assert_eq!(d.boot_slot(2), Some(1));
+        let (sector, entry) = d.select(0, 2, ImageState::New);
+        assert_eq!(
+            (sector, entry.seq),
+            (0, 5),
+            "the aborted sector is rewritten, not the bootable one"
+        );
+        d.entries[sector] = entry;
+        d.entries[0].state = ImageState::Aborted as u32;
+        assert_eq!(d.boot_slot(2), Some(1), "slot 1 is still bootable");
+    }
+
+    /// `esp_rewrite_ota_data`'s loop, written out as ESP-IDF writes it, against our closed form.
+    #[test]
+    fn the_sequence_number_is_esp_idfs_for_every_small_case() {
+        for count in 1u8..=4 {
+            for current in 1u32..=40 {
+                for slot in 0..count {
+                    let n = u32::from(count);
+                    let mut i = 0;
+                    while current > (u32::from(slot) + 1) % n + i * n {
+                        i += 1;
+                    }
+                    let expected = (u32::from(slot) + 1) % n + i * n;
+                    for active_sector in 0..2 {
+                        let mut raw = [[0xFFu8; 32]; 2];
+                        raw[active_sector] = OtaEntry::new(current, ImageState::Valid).to_bytes();
+                        let d = OtaData::from_sectors(&raw[0], &raw[1]);
+                        let (sector, entry) = d.select(slot, count, ImageState::New);
+                        assert_eq!(
+                            (sector, entry.seq),
+                            (1 - active_sector, expected),
+                            "count {count} seq {current} slot {slot}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
