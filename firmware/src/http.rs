@@ -113,7 +113,10 @@ impl ResponseHead {
         }
         if self.ratelimit_remaining == Some(0) {
             return Some(match (self.ratelimit_reset, self.date) {
-                (Some(reset), Some(date)) => reset.saturating_sub(date).saturating_add(1) * 1000,
+                (Some(reset), Some(date)) => reset
+                    .saturating_sub(date)
+                    .saturating_add(1)
+                    .saturating_mul(1000),
                 // Without a server clock, wait a minute and ask again.
                 _ => 60_000,
             });
@@ -142,7 +145,8 @@ pub fn parse_http_date(s: &str) -> Option<u64> {
         "Dec" => 12,
         _ => return None,
     };
-    let year: i64 = it.next()?.parse().ok()?;
+    // Four digits, as IMF-fixdate has them: a hostile year cannot overflow the day count.
+    let year: i64 = it.next()?.parse().ok().filter(|y| (1..=9999).contains(y))?;
     let mut hms = it.next()?.split(':').map(|p| p.parse::<u64>().ok());
     let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
     if it.next()? != "GMT" || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
@@ -156,6 +160,7 @@ pub fn parse_http_date(s: &str) -> Option<u64> {
     let doy = (153 * mp + 2) / 5 + day as i64 - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
+    // At most 3,000,000 days after 1970 and one day in seconds: far inside u64.
     u64::try_from(days)
         .ok()
         .map(|d| d * 86_400 + h * 3600 + m * 60 + sec)
@@ -190,6 +195,52 @@ mod tests {
         assert_eq!(h.rate_limit_wait_ms(), Some(7_000));
         assert_eq!(ResponseHead::new(403).rate_limit_wait_ms(), None);
         assert_eq!(ResponseHead::new(500).rate_limit_wait_ms(), None);
+    }
+
+    /// A hostile server must not be able to panic the core (debug builds check overflow).
+    #[test]
+    fn hostile_rate_limit_headers_and_dates_do_not_overflow() {
+        let mut h = ResponseHead::new(403);
+        h.header("x-ratelimit-remaining", "0");
+        h.header("x-ratelimit-reset", "18446744073709551615");
+        h.header("date", "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(h.rate_limit_wait_ms(), Some(u64::MAX));
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 9223372036854775807 08:49:37 GMT"),
+            None
+        );
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov -9223372036854775808 08:49:37 GMT"),
+            None
+        );
+        assert_eq!(
+            parse_http_date("Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(253_402_300_799)
+        );
+        let mut h = ResponseHead::new(429);
+        h.header("retry-after", "4294967295");
+        assert_eq!(h.rate_limit_wait_ms(), Some(4_294_967_295_000));
+    }
+
+    proptest::proptest! {
+        /// Any header value, for any header the core reads, is taken or ignored: never a panic.
+        #[test]
+        fn any_header_value_is_safe(name in proptest::sample::select(std::vec![
+            "content-length", "content-range", "location", "retry-after", "x-ratelimit-remaining",
+            "x-ratelimit-reset", "date", "etag",
+        ]), value in "\\PC{0,64}", status in 0u16..1000) {
+            let mut h = ResponseHead::new(status);
+            h.header(name, &value);
+            h.header("x-ratelimit-remaining", "0");
+            let _ = h.rate_limit_wait_ms();
+        }
+
+        /// Dates with any numbers in them parse or are refused, never overflow.
+        #[test]
+        fn any_date_numbers_are_safe(day in proptest::num::i64::ANY, year in proptest::num::i64::ANY,
+                                     h in proptest::num::u64::ANY, m in proptest::num::u64::ANY) {
+            let _ = parse_http_date(&std::format!("Sun, {day} Nov {year} {h}:{m}:00 GMT"));
+        }
     }
 
     #[test]
