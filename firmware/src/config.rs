@@ -490,6 +490,18 @@ impl Draft {
             .ok_or_else(|| missing("github.repository"))?;
         let mut default_base = String::new();
         let _ = default_base.push_str("https://api.github.com");
+        let api_base = self.api_base.unwrap_or(default_base);
+        // A token crosses the network in clear over http://: refused, except to this machine
+        // itself (the simulator's mock GitHub on loopback).
+        if self.token.is_some()
+            && api_base.starts_with("http://")
+            && !crate::http::is_loopback(&api_base)
+        {
+            return Err(named_error(
+                "github.token",
+                Problem::Invalid("is only sent over https://, and github.api_base is http://"),
+            ));
+        }
         let mut default_prefix = String::new();
         let _ = default_prefix.push_str("ota");
         Ok(Config {
@@ -497,7 +509,7 @@ impl Draft {
             wifi_password: self.wifi_password.unwrap_or_default(),
             owner,
             repo,
-            api_base: self.api_base.unwrap_or(default_base),
+            api_base,
             asset: self.asset.ok_or_else(|| missing("github.asset"))?,
             token: self.token,
             mqtt_host: self.mqtt_host.ok_or_else(|| missing("mqtt.host"))?,
@@ -765,6 +777,30 @@ mod tests {
             " ".repeat(MAX_CONFIG_LEN)
         );
         assert_eq!(err(&big).problem, Problem::FileTooLarge);
+    }
+
+    #[test]
+    fn a_token_is_never_configured_for_plain_http_beyond_loopback() {
+        let conf = |base: &str| {
+            with(
+                "github",
+                "api_base",
+                &std::format!("\"{base}\", \"token\": \"ghp_secret\""),
+            )
+        };
+        let e = err(&conf("http://ghe.example.com/api/v3"));
+        assert_eq!(e.field, "github.token");
+        assert!(std::format!("{e}").contains("https://"), "{e}");
+        for base in [
+            "https://ghe.example.com/api/v3",
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:80",
+        ] {
+            Config::parse(conf(base).as_bytes()).unwrap();
+        }
+        // Without a token, plain http is the user's choice.
+        Config::parse(with("github", "api_base", "\"http://ghe.example.com\"").as_bytes()).unwrap();
     }
 
     #[test]

@@ -125,6 +125,48 @@ impl ResponseHead {
     }
 }
 
+/// `scheme://host[:port]` of an absolute URL, lower-cased comparison left to the caller.
+pub fn origin(url: &str) -> Option<&str> {
+    let scheme_end = url.find("://")?;
+    let rest = &url[scheme_end + 3..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    (authority_len > 0).then(|| &url[..scheme_end + 3 + authority_len])
+}
+
+/// Whether two absolute URLs have the same scheme, host and port (where a token may go).
+pub fn same_origin(a: &str, b: &str) -> bool {
+    match (origin(a), origin(b)) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        _ => false,
+    }
+}
+
+/// Whether the URL's host is this machine: `localhost`, `127.0.0.0/8` or `[::1]`.
+pub fn is_loopback(url: &str) -> bool {
+    let Some(origin) = origin(url) else {
+        return false;
+    };
+    let authority = origin.rsplit("://").next().unwrap_or("");
+    // Credentials before `@` are not the host.
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    let host = if host_port.starts_with('[') {
+        host_port.split(']').next().map_or("", |h| &h[1..])
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host == "::1"
+        || (host.starts_with("127.")
+            && host.split('.').count() == 4
+            && host.split('.').all(|p| p.parse::<u8>().is_ok()))
+}
+
+/// Whether following a redirect from `from` to `to` downgrades https to plain http.
+pub fn is_downgrade(from: &str, to: &str) -> bool {
+    from.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        && !to.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+}
+
 /// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to Unix seconds.
 pub fn parse_http_date(s: &str) -> Option<u64> {
     let mut it = s.split_ascii_whitespace();
@@ -241,6 +283,29 @@ mod tests {
                                      h in proptest::num::u64::ANY, m in proptest::num::u64::ANY) {
             let _ = parse_http_date(&std::format!("Sun, {day} Nov {year} {h}:{m}:00 GMT"));
         }
+    }
+
+    #[test]
+    fn origins_decide_where_a_token_may_go() {
+        assert!(same_origin(
+            "https://api.github.com/repos/a/b/releases/assets/1",
+            "https://API.github.com"
+        ));
+        assert!(!same_origin(
+            "https://api.github.com.evil.example/x",
+            "https://api.github.com"
+        ));
+        assert!(!same_origin("http://api.github.com/x", "https://api.github.com"));
+        assert!(!same_origin("https://api.github.com:444/x", "https://api.github.com"));
+        assert!(!same_origin("not a url", "https://api.github.com"));
+        assert!(is_loopback("http://127.0.0.1:8080/api"));
+        assert!(is_loopback("http://user@localhost"));
+        assert!(is_loopback("http://[::1]:1/"));
+        assert!(!is_loopback("http://127.0.0.1.evil.example/"));
+        assert!(!is_loopback("http://10.0.0.1/"));
+        assert!(is_downgrade("https://a/x", "http://b/y"));
+        assert!(!is_downgrade("https://a/x", "HTTPS://b/y"));
+        assert!(!is_downgrade("http://a/x", "http://b/y"));
     }
 
     #[test]

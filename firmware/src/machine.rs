@@ -167,6 +167,8 @@ struct Session {
 
 struct InFlightRequest {
     id: u32,
+    /// Where it went (a redirect from it must not downgrade https).
+    url: Url,
     redirects: u8,
     range_from: u32,
     status: u16,
@@ -870,6 +872,7 @@ impl<F: NorFlash> Updater<F> {
         });
         self.request = Some(InFlightRequest {
             id,
+            url: url.clone(),
             redirects,
             range_from,
             status: 0,
@@ -979,6 +982,12 @@ impl<F: NorFlash> Updater<F> {
                 format_args!("HTTP {} without Location", head.status),
             ));
         };
+        if crate::http::is_downgrade(&req.url, &location) {
+            return Err(fail(
+                ErrorCode::HttpStatus,
+                format_args!("redirect from https to plain http refused"),
+            ));
+        }
         if req.redirects >= MAX_REDIRECTS {
             return Err(fail(
                 ErrorCode::RedirectLoop,
@@ -1119,8 +1128,11 @@ impl<F: NorFlash> Updater<F> {
         let slot = layout.slots[usize::from(slot_index)];
         // With a token, the API asset URL (private repositories need it); the token goes to the
         // API host only and is dropped on the redirect to the asset host.
-        let use_api = self.config.as_ref().is_some_and(|c| c.token.is_some())
-            && !release.asset.api_url.is_empty();
+        // The token goes to the configured API host only: an `assets[].url` on any other host
+        // (a hostile or misconfigured server) is not given it.
+        let use_api = self.config.as_ref().is_some_and(|c| {
+            c.token.is_some() && crate::http::same_origin(&release.asset.api_url, &c.api_base)
+        });
         let url = if use_api {
             release.asset.api_url.clone()
         } else {

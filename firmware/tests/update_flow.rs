@@ -53,7 +53,7 @@ impl NorFlash for Ram {
 }
 
 const CONF: &str = r#"{"wifi":{"ssid":"lab","password":"hunter22-secret"},
-  "github":{"repository":"acme/thermo","api_base":"http://gh.test","asset":"fw.bin","token":"ghp_secret_token"},
+  "github":{"repository":"acme/thermo","api_base":"https://gh.test","asset":"fw.bin","token":"ghp_secret_token"},
   "mqtt":{"host":"broker","client_id":"board-1","password":"mqtt-secret"}}"#;
 
 fn image(version: &str) -> Vec<u8> {
@@ -86,8 +86,8 @@ fn release_json(tag: &str, img: &[u8], digest_of: &[u8]) -> String {
         .collect();
     format!(
         r#"{{"tag_name":"{tag}","draft":false,"prerelease":false,"body":"{}","assets":[{{"name":"fw.bin","size":{},
-        "digest":"sha256:{digest}","url":"http://gh.test/repos/acme/thermo/releases/assets/1",
-        "browser_download_url":"http://gh.test/acme/thermo/releases/download/{tag}/fw.bin"}}]}}"#,
+        "digest":"sha256:{digest}","url":"https://gh.test/repos/acme/thermo/releases/assets/1",
+        "browser_download_url":"https://gh.test/acme/thermo/releases/download/{tag}/fw.bin"}}]}}"#,
         "notes ".repeat(2000),
         img.len()
     )
@@ -149,7 +149,7 @@ fn boot_with(
                     continue;
                 }
                 assert!(
-                    !req.authorize || req.url.starts_with("http://gh.test"),
+                    !req.authorize || req.url.starts_with("https://gh.test"),
                     "token sent to {}",
                     req.url
                 );
