@@ -7,7 +7,23 @@
 //! HTTP semantics on its own.
 
 use crate::release::Url;
+use heapless::String;
+
+/// An entity tag as the core keeps it (Azure's and S3's are 20 to 40 bytes; a longer one
+/// is not kept, and the resume goes without `If-Range`).
+pub type Validator = String<116>;
 use crate::trace::Purpose;
+
+/// How a request failed below HTTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// The server could not be reached or stopped answering: DNS, connect, reset, timeout.
+    /// The network's doing, not the image's.
+    Network,
+    /// The server was reached but the TLS handshake failed (certificate, protocol): the
+    /// image's roots, clock or TLS stack.
+    Tls,
+}
 
 /// What the response should be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +55,9 @@ pub struct HttpRequest {
     pub url: Url,
     /// `Range: bytes={from}-` when set.
     pub range_from: Option<u32>,
+    /// `If-Range: {validator}` when set (only with `range_from`): a server whose file no
+    /// longer has this ETag answers 200 with all of it.
+    pub if_range: Option<Validator>,
     /// `Accept` header.
     pub accept: Accept,
     /// Send `Authorization: Bearer <token>` (only ever for the API host).
@@ -54,6 +73,10 @@ pub struct ResponseHead {
     pub content_length: Option<u32>,
     /// First byte of `Content-Range: bytes a-b/n`.
     pub range_start: Option<u32>,
+    /// Total length `n` of `Content-Range: bytes a-b/n` (or `bytes */n` on a 416).
+    pub range_total: Option<u32>,
+    /// `ETag`, when it fits a [`Validator`].
+    pub etag: Option<Validator>,
     /// `Location`.
     pub location: Option<Url>,
     /// `Retry-After` in seconds.
@@ -84,10 +107,17 @@ impl ResponseHead {
         if is("content-length") {
             self.content_length = value.parse().ok();
         } else if is("content-range") {
-            self.range_start = value
-                .strip_prefix("bytes ")
+            let range = value.strip_prefix("bytes ");
+            self.range_start = range
                 .and_then(|r| r.split('-').next())
                 .and_then(|s| s.parse().ok());
+            self.range_total = range
+                .and_then(|r| r.rsplit('/').next())
+                .and_then(|s| s.parse().ok());
+        } else if is("etag") {
+            let mut etag = Validator::new();
+            // Weak tags (`W/"…"`) cannot be used in If-Range (RFC 9110 §13.1.5).
+            self.etag = (!value.starts_with("W/") && etag.push_str(value).is_ok()).then_some(etag);
         } else if is("location") {
             let mut url = Url::new();
             self.location_too_long = url.push_str(value).is_err();
@@ -312,6 +342,13 @@ mod tests {
     fn content_range_gives_the_first_byte() {
         let mut h = ResponseHead::new(206);
         h.header("Content-Range", "bytes 4096-8191/8192");
-        assert_eq!(h.range_start, Some(4096));
+        assert_eq!((h.range_start, h.range_total), (Some(4096), Some(8192)));
+        let mut h = ResponseHead::new(416);
+        h.header("content-range", "bytes */8192");
+        assert_eq!((h.range_start, h.range_total), (None, Some(8192)));
+        h.header("ETag", "\"0x8DD0A1B2C3D4E5F\"");
+        assert_eq!(h.etag.as_deref(), Some("\"0x8DD0A1B2C3D4E5F\""));
+        h.header("ETag", "W/\"weak\"");
+        assert_eq!(h.etag, None);
     }
 }

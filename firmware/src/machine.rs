@@ -38,10 +38,11 @@ use crate::Instant;
 use crate::backoff::{self, Rng};
 use crate::config::{Config, ConfigParser, MAX_CONFIG_LEN};
 use crate::format::app_image::{
-    self, APP_DESC_LEN, AppDesc, HEADER_LEN, ImageError, ImageVerifier, SEGMENT_HEADER_LEN,
+    self, APP_DESC_LEN, AppDesc, HEADER_LEN, ImageError, ImageHeader, ImageVerifier,
+    SEGMENT_HEADER_LEN,
 };
 use crate::format::otadata::{ImageState, OtaData};
-use crate::http::{Accept, HttpRequest, ResponseHead};
+use crate::http::{Accept, HttpRequest, ResponseHead, Transport, Validator};
 use crate::led::{Led, Pattern, Player};
 use crate::release::{ReleaseError, ReleaseParser, SelectedRelease, Url};
 use crate::storage::log::{LogStore, MAX_PAYLOAD, Record};
@@ -73,6 +74,20 @@ const PROGRESS_EVERY: u32 = 64 * 1024;
 pub type Payload = Vec<u8, MAX_PAYLOAD>;
 /// An MQTT topic.
 pub type Topic = String<160>;
+
+/// What the platform knows about this boot that the flash cannot tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootInfo {
+    /// Flash offset of the app partition the running code is mapped from: the board glue
+    /// reads it from the MMU, as ESP-IDF's `esp_ota_get_running_partition` does. Never
+    /// derived from otadata: a bootloader may reject the selected image for reasons the
+    /// core does not know and boot another slot, and the next update must not erase the
+    /// slot that is executing.
+    pub running_offset: u32,
+    /// The chip's revision, `major * 100 + minor` (eFuse), compared with an image's
+    /// `min_chip_rev_full`/`max_chip_rev_full` as the bootloader compares it.
+    pub chip_revision: u16,
+}
 
 /// What the driver must do.
 // `Publish` carries its payload inline: the core has no heap, and actions are drained at once.
@@ -145,6 +160,8 @@ struct Running {
     version_text: Short,
     version: Option<Version>,
     chip_id: Option<u16>,
+    /// The chip's revision (`major * 100 + minor`).
+    chip_revision: u16,
     /// The image is on trial (otadata state new / pending_verify).
     on_trial: bool,
     trial: Option<Trial>,
@@ -163,6 +180,10 @@ struct Session {
     bytes: u32,
     resumed_from: u32,
     confirmed: bool,
+    /// This trial boot showed that the image itself cannot complete a check (a TLS failure,
+    /// an HTTP answer that is neither a release nor GitHub being unavailable), as opposed to
+    /// the network or GitHub being away.
+    image_at_fault: bool,
 }
 
 struct InFlightRequest {
@@ -195,6 +216,8 @@ struct Download {
     filled: usize,
     /// Checks the first bytes of a download from zero (header, app descriptor).
     early: Option<ImageVerifier>,
+    /// The asset's ETag, sent as `If-Range` when resuming.
+    validator: Option<Validator>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -346,16 +369,15 @@ impl<F: NorFlash> Updater<F> {
 
     // ----- inputs --------------------------------------------------------
 
-    /// The board booted. `running_slot_offset` is the flash offset of the app
-    /// partition the bootloader started (`None`: derive it from otadata, as
-    /// the bootloader does).
-    pub fn handle_boot(&mut self, now: Instant, running_slot_offset: Option<u32>) {
+    /// The board booted.
+    pub fn handle_boot(&mut self, now: Instant, boot: BootInfo) {
         self.now = now;
         if self.phase != Phase::Created {
             return;
         }
         self.set_led(Led::Yellow, true);
-        if let Err(Failure(code, detail)) = self.boot(running_slot_offset) {
+        self.running.chip_revision = boot.chip_revision;
+        if let Err(Failure(code, detail)) = self.boot(boot.running_offset) {
             self.conclude(Outcome::Failed, code, Some(detail));
         }
     }
@@ -466,13 +488,18 @@ impl<F: NorFlash> Updater<F> {
         }
     }
 
-    /// Request `id` failed below HTTP (DNS, connect, TLS, reset, timeout).
-    pub fn handle_transport_error(&mut self, now: Instant, id: u32, what: &str) {
+    /// Request `id` failed below HTTP (DNS, connect, TLS, reset, timeout); `what` says how.
+    pub fn handle_transport_error(&mut self, now: Instant, id: u32, kind: Transport, what: &str) {
         self.now = now;
         if self.request.as_ref().is_none_or(|r| r.id != id) {
             return;
         }
         self.request = None;
+        if kind == Transport::Tls {
+            // The server was reached and the handshake failed: this image's roots, clock or
+            // TLS stack, not the network.
+            self.session.image_at_fault = true;
+        }
         self.retry(
             ErrorCode::Network,
             Some(trace::detail(format_args!("{what}"))),
@@ -519,15 +546,7 @@ impl<F: NorFlash> Updater<F> {
         if self.trial_deadline.is_some_and(|d| now >= d) {
             self.trial_deadline = None;
             if !self.session.confirmed && !matches!(self.phase, Phase::Finishing(_) | Phase::Done) {
-                // No answer from GitHub in time: this trial boot failed. Reboot to try again
-                // (the trial count decides when to roll back).
-                self.abort_request();
-                let detail = trace::detail(format_args!(
-                    "no answer from GitHub within {} s of a trial boot",
-                    TRIAL_DEADLINE_MS / 1000
-                ));
-                self.reboot_after_outcome = true;
-                self.conclude(Outcome::Failed, ErrorCode::SelfCheck, Some(detail));
+                self.trial_deadline_passed();
             }
         }
         if self.wake_at.is_some_and(|d| now >= d) {
@@ -556,15 +575,17 @@ impl<F: NorFlash> Updater<F> {
 
     // ----- boot ----------------------------------------------------------
 
-    fn boot(&mut self, running_slot_offset: Option<u32>) -> Result<(), Failure> {
+    fn boot(&mut self, running_offset: u32) -> Result<(), Failure> {
         let layout = Layout::read(&mut self.flash)
             .map_err(|e| fail(ErrorCode::Layout, format_args!("{e}")))?;
         let otadata = layout.read_otadata(&mut self.flash)?;
         let count = layout.slot_count();
-        let slot = match running_slot_offset.and_then(|o| layout.slot_at(o)) {
-            Some(slot) => slot,
-            None => self.derive_running_slot(&layout, &otadata)?,
-        };
+        let slot = layout.slot_at(running_offset).ok_or_else(|| {
+            fail(
+                ErrorCode::Layout,
+                format_args!("running from {running_offset:#x}, which is no OTA slot"),
+            )
+        })?;
         self.running.slot = slot;
         self.read_running_image(&layout, slot)?;
         let active = otadata
@@ -597,55 +618,12 @@ impl<F: NorFlash> Updater<F> {
             Err(Failure(code, detail)) if self.running.on_trial => {
                 // The self-check fails: this image cannot read the configuration.
                 self.event(Event::Error { code, detail });
-                let boots = self.running.trial.as_ref().map_or(0, |t| t.boots);
-                return self.roll_back(&otadata, boots);
+                return self.roll_back(&otadata);
             }
             Err(failure) => return Err(failure),
         }
         self.wait_for_network(Step::Check);
         Ok(())
-    }
-
-    /// The slot the bootloader started, found the way it finds it: the slot otadata selects,
-    /// unless that image does not verify, then the first valid one below it, then above it.
-    /// Only a freshly switched image (state new / pending) is verified: a confirmed image has
-    /// booted before.
-    fn derive_running_slot(&mut self, layout: &Layout, otadata: &OtaData) -> Result<u8, Failure> {
-        let count = layout.slot_count();
-        let selected = otadata.boot_slot(count).unwrap_or(0);
-        let fresh = otadata.bootable().is_some_and(|i| {
-            matches!(
-                otadata.entries[i].image_state(),
-                ImageState::New | ImageState::PendingVerify
-            )
-        });
-        if !fresh {
-            return Ok(selected);
-        }
-        let order = core::iter::once(selected)
-            .chain((0..selected).rev())
-            .chain(selected + 1..count);
-        for slot in order {
-            if self.slot_image_is_valid(layout.slots[usize::from(slot)])? {
-                return Ok(slot);
-            }
-        }
-        Ok(selected)
-    }
-
-    /// Reads a slot and checks its image as the bootloader does (structure, checksum, hash).
-    fn slot_image_is_valid(&mut self, slot: Region) -> Result<bool, Failure> {
-        let mut verifier = ImageVerifier::new(slot.size);
-        let mut chunk = [0u8; 256];
-        let mut at = 0;
-        while at < slot.size && !verifier.is_complete() {
-            storage::read(&mut self.flash, slot.offset + at, &mut chunk)?;
-            if verifier.update_partial(&chunk).is_err() {
-                return Ok(false);
-            }
-            at += chunk.len() as u32;
-        }
-        Ok(verifier.finish().is_ok())
     }
 
     fn read_running_image(&mut self, layout: &Layout, slot: u8) -> Result<(), Failure> {
@@ -732,27 +710,29 @@ impl<F: NorFlash> Updater<F> {
             record.begin(&mut self.flash, slot, &self.running.version_text)?;
             self.running.trial = record.load(&mut self.flash)?;
         }
-        let boots = self.running.trial.as_ref().map_or(0, |t| t.boots);
-        if boots >= MAX_TRIALS {
-            return self.roll_back(otadata, boots);
+        let Some(trial) = self.running.trial.clone() else {
+            return Ok(());
+        };
+        if trial.boots >= MAX_TRIALS {
+            return self.roll_back(otadata);
         }
-        record.count_boot(&mut self.flash, boots)?;
-        if let Some(t) = self.running.trial.as_mut() {
-            t.boots += 1;
-        }
+        let counted = record.count_boot(&mut self.flash, &trial)?;
         self.event(Event::Trial {
-            boot: boots + 1,
+            boot: counted.boots,
             of: MAX_TRIALS,
         });
+        self.running.trial = Some(counted);
         Ok(())
     }
 
-    fn roll_back(&mut self, otadata: &OtaData, boots: u32) -> Result<(), Failure> {
+    fn roll_back(&mut self, otadata: &OtaData) -> Result<(), Failure> {
         let Some(layout) = self.layout.clone() else {
             return Ok(());
         };
         let count = layout.slot_count();
-        TrialRecord::new(layout.state).exhaust(&mut self.flash, boots)?;
+        if let Some(trial) = self.running.trial.as_ref() {
+            TrialRecord::new(layout.state).exhaust(&mut self.flash, trial)?;
+        }
         let previous = otadata
             .entries
             .iter()
@@ -773,7 +753,10 @@ impl<F: NorFlash> Updater<F> {
         Ok(())
     }
 
-    /// The self-check passed (config read, GitHub answered): make the image permanent.
+    /// The self-check passed: conf.json was read and a release response was parsed into a
+    /// usable release, so this image can update itself. Only then is it made permanent: an
+    /// image that merely got *an* HTTP status (a 403 from broken credentials, a 5xx) might
+    /// never update again, and confirming it would strand the board on it.
     fn confirm(&mut self) -> Result<(), Failure> {
         if !self.running.on_trial || self.session.confirmed {
             return Ok(());
@@ -796,6 +779,43 @@ impl<F: NorFlash> Updater<F> {
             version: self.running.version_text.clone(),
         });
         Ok(())
+    }
+
+    /// An image on trial could not confirm itself in time. A boot that only lacked the network
+    /// (no WiFi, no answer from GitHub, GitHub unavailable) gives its trial back: an outage
+    /// after an update must not roll a good image back. One where the image showed a fault
+    /// keeps the trial used. Either way the boot ends with a reboot, to try again.
+    fn trial_deadline_passed(&mut self) {
+        self.abort_request();
+        let seconds = TRIAL_DEADLINE_MS / 1000;
+        self.reboot_after_outcome = true;
+        if self.session.image_at_fault {
+            let detail = trace::detail(format_args!(
+                "no usable release within {seconds} s of a trial boot"
+            ));
+            self.conclude(Outcome::Failed, ErrorCode::SelfCheck, Some(detail));
+            return;
+        }
+        let given_back = match (self.layout.as_ref(), self.running.trial.as_ref()) {
+            (Some(layout), Some(trial)) => {
+                TrialRecord::new(layout.state).give_back(&mut self.flash, trial)
+            }
+            _ => return,
+        };
+        match given_back {
+            Ok(trial) => {
+                self.event(Event::TrialReturned {
+                    boots: trial.boots,
+                    of: MAX_TRIALS,
+                });
+                self.running.trial = Some(trial);
+                let detail = trace::detail(format_args!(
+                    "no network within {seconds} s of a trial boot; the trial is given back"
+                ));
+                self.conclude(Outcome::Failed, ErrorCode::Network, Some(detail));
+            }
+            Err(e) => self.flash_error(e),
+        }
     }
 
     // ----- requests ------------------------------------------------------
@@ -883,11 +903,16 @@ impl<F: NorFlash> Updater<F> {
         self.phase = Phase::InFlight(step);
         self.wake_at = Some(self.now.plus_ms(STALL_MS));
         let range_from = (range_from > 0).then_some(range_from);
+        let if_range = match (step, range_from) {
+            (Step::Download, Some(_)) => self.download.as_ref().and_then(|d| d.validator.clone()),
+            _ => None,
+        };
         self.push_action(Action::Http(HttpRequest {
             id,
             purpose,
             url,
             range_from,
+            if_range,
             accept,
             authorize,
         }));
@@ -901,9 +926,10 @@ impl<F: NorFlash> Updater<F> {
     }
 
     fn on_head(&mut self, step: Step, head: &ResponseHead) -> Result<(), Failure> {
-        if step == Step::Check && head.status != 0 {
-            // GitHub answered: the network is reachable and conf.json was read.
-            self.confirm()?;
+        if step == Step::Check && !check_status_is_githubs_doing(head) {
+            // An answer that is neither a release, a redirect, nor GitHub being unavailable
+            // (401, a 403 without a rate limit, 404 …): on a trial boot, the image's fault.
+            self.session.image_at_fault = true;
         }
         if (300..400).contains(&head.status) && head.status != 304 {
             return self.redirect(step, head);
@@ -1036,6 +1062,11 @@ impl<F: NorFlash> Updater<F> {
             size: release.asset.size,
         });
         self.session.attempt = 0;
+        if let Err(Failure(code, detail)) = self.confirm() {
+            self.release = Some(release);
+            self.final_failure(code, detail);
+            return;
+        }
         match self.decide(&release) {
             Ok(true) => {
                 self.release = Some(release);
@@ -1123,6 +1154,8 @@ impl<F: NorFlash> Updater<F> {
             size: release.asset.size,
             sha256: release.asset.sha256,
             tag: trace::short(&release.tag),
+            asset_id: release.asset.id,
+            updated_at: release.asset.updated_at.clone(),
         };
         let progress = Progress::new(layout.state);
         let slot = layout.slots[usize::from(slot_index)];
@@ -1153,6 +1186,11 @@ impl<F: NorFlash> Updater<F> {
             }
         }
         let early = (written == 0).then(|| ImageVerifier::new(slot.size));
+        let validator = if written > 0 {
+            progress.validator(&mut self.flash)?
+        } else {
+            None
+        };
         self.download = Some(Download {
             target,
             slot,
@@ -1160,6 +1198,7 @@ impl<F: NorFlash> Updater<F> {
             buf: [0xFF; SECTOR as usize],
             filled: 0,
             early,
+            validator,
         });
         if written >= target_size {
             // Everything is on flash already (a cut after the last sector).
@@ -1185,14 +1224,42 @@ impl<F: NorFlash> Updater<F> {
                     format_args!("server sent bytes from {from}, asked for {}", dl.written),
                 ));
             }
-            // The server ignored our Range: take the whole image from the start.
+            // The server ignored our Range, or the file no longer has the ETag we sent in
+            // If-Range: take the whole image from the start.
             self.session.resumed_from = 0;
             dl.written = 0;
             dl.filled = 0;
             dl.early = Some(ImageVerifier::new(dl.slot.size));
+            dl.validator = None;
             if let Some(layout) = self.layout.as_ref() {
                 Progress::new(layout.state).start(&mut self.flash, &dl.target)?;
             }
+        }
+        if head.status == 206 && head.range_total != Some(dl.target.size) {
+            // The file behind the URL is not the size the release says: it was replaced.
+            // Stitching its tail onto what we have would make a mix of two files.
+            let total = head.range_total;
+            let size = dl.target.size;
+            self.abort_request();
+            if let Some(layout) = self.layout.as_ref() {
+                Progress::new(layout.state).clear(&mut self.flash)?;
+            }
+            self.download = None;
+            let detail = match total {
+                Some(total) => trace::detail(format_args!(
+                    "asset on the server is {total} bytes, release says {size}: starting again"
+                )),
+                None => trace::detail(format_args!("206 without a Content-Range total")),
+            };
+            self.retry(ErrorCode::Network, Some(detail), None);
+            return Ok(());
+        }
+        if head.status == 200
+            && dl.written == 0
+            && let (Some(etag), Some(layout)) = (head.etag.as_ref(), self.layout.as_ref())
+        {
+            Progress::new(layout.state).set_validator(&mut self.flash, etag)?;
+            dl.validator = Some(etag.clone());
         }
         let expected = dl.target.size - dl.written;
         if let Some(len) = head.content_length
@@ -1233,7 +1300,7 @@ impl<F: NorFlash> Updater<F> {
             if let (Some(header), Some(desc)) = (early.header().copied(), early.app_desc().cloned())
             {
                 dl.early = None;
-                self.check_identity(header.chip_id, &desc.version)?;
+                self.check_identity(&header, &desc.version)?;
             }
         }
         self.session.bytes = self.session.bytes.saturating_add(chunk.len() as u32);
@@ -1252,8 +1319,28 @@ impl<F: NorFlash> Updater<F> {
         Ok(())
     }
 
-    /// The release's image must be for this chip and carry the tag's version.
-    fn check_identity(&self, chip_id: u16, version: &str) -> Result<(), Failure> {
+    /// The release's image must be for this chip, allow its revision, and carry the tag's
+    /// version. The bootloader refuses an image outside its chip-revision window
+    /// (`bootloader_common_check_chip_validity`) and boots another slot; catching it here
+    /// keeps the board from switching to an image that will never start.
+    fn check_identity(&self, header: &ImageHeader, version: &str) -> Result<(), Failure> {
+        let chip_id = header.chip_id;
+        let revision = self.running.chip_revision;
+        let (min, max) = (header.min_chip_rev_full, header.max_chip_rev_full);
+        if revision < min || revision > max {
+            return Err(fail(
+                ErrorCode::WrongChip,
+                format_args!(
+                    "image needs chip revision v{}.{} to v{}.{}, this board is v{}.{}",
+                    min / 100,
+                    min % 100,
+                    max / 100,
+                    max % 100,
+                    revision / 100,
+                    revision % 100
+                ),
+            ));
+        }
         if let Some(running_chip) = self.running.chip_id
             && chip_id != running_chip
         {
@@ -1389,7 +1476,7 @@ impl<F: NorFlash> Updater<F> {
                 format_args!("SHA-256 differs from the release digest"),
             ));
         }
-        self.check_identity(info.header.chip_id, &info.app_desc.version)?;
+        self.check_identity(&info.header, &info.app_desc.version)?;
         Ok(info.app_desc.version)
     }
 
@@ -1608,6 +1695,12 @@ impl From<Failure> for Retry {
     fn from(f: Failure) -> Self {
         Retry(f.0, Some(f.1))
     }
+}
+
+/// Whether a status on the release check says nothing about the image: a release or a
+/// redirect to one, or GitHub unavailable (rate limit, 5xx).
+fn check_status_is_githubs_doing(head: &ResponseHead) -> bool {
+    matches!(head.status, 200 | 300..=399) || head.status >= 500 || head.rate_limit_wait_ms().is_some()
 }
 
 fn release_failure(e: &ReleaseError) -> Failure {

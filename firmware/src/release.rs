@@ -48,7 +48,14 @@ pub struct AssetInfo {
     pub api_url: Url,
     /// The SHA-256 from `digest`, when GitHub provides one.
     pub sha256: Option<[u8; 32]>,
+    /// `id`: GitHub's asset id (0 when absent). Replacing an asset gives it a new id.
+    pub id: u64,
+    /// `updated_at` as written (empty when absent): changes when the asset is re-uploaded.
+    pub updated_at: String<MAX_STAMP_LEN>,
 }
+
+/// Longest `updated_at` kept (`2026-11-27T12:09:33Z` is 20 bytes).
+pub const MAX_STAMP_LEN: usize = 24;
 
 /// The release chosen for installation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +144,8 @@ struct AssetDraft {
     download_url: Option<Url>,
     api_url: Option<Url>,
     sha256: Option<[u8; 32]>,
+    id: Option<u64>,
+    updated_at: Option<String<MAX_STAMP_LEN>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -397,6 +406,18 @@ impl ParseState {
             }
             "url" => self.asset.api_url = Some(keep::<MAX_URL_LEN>("assets[].url", token)?),
             "digest" => self.asset.sha256 = parse_digest(token)?,
+            "id" => {
+                let Token::Number(n) = token else {
+                    return Err(ReleaseError::WrongType("assets[].id"));
+                };
+                self.asset.id = Some(n.parse::<u64>().map_err(|_| ReleaseError::WrongType("assets[].id"))?);
+            }
+            "updated_at" => {
+                self.asset.updated_at = match token {
+                    Token::Null => None,
+                    _ => Some(keep::<MAX_STAMP_LEN>("assets[].updated_at", token)?),
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -420,6 +441,8 @@ impl ParseState {
             download_url,
             api_url,
             sha256: asset.sha256,
+            id: asset.id.unwrap_or(0),
+            updated_at: asset.updated_at.unwrap_or_default(),
         });
         Ok(())
     }

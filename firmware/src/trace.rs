@@ -213,6 +213,13 @@ pub enum Event {
         /// Boots allowed.
         of: u32,
     },
+    /// A trial boot ended only for lack of network: its trial is given back.
+    TrialReturned {
+        /// Boots used now.
+        boots: u32,
+        /// Boots allowed.
+        of: u32,
+    },
     /// The running image confirmed itself (otadata state valid).
     Confirmed {
         /// Its version.
@@ -295,6 +302,7 @@ impl Event {
             Event::Verified { .. } => "verified",
             Event::Switch { .. } => "switch",
             Event::Trial { .. } => "trial",
+            Event::TrialReturned { .. } => "trial_returned",
             Event::Confirmed { .. } => "confirmed",
             Event::Retry { .. } => "retry",
             Event::Error { .. } => "error",
@@ -351,6 +359,10 @@ impl Event {
             }
             Event::Trial { boot, of } => {
                 f("boot", Num(u64::from(*boot)))?;
+                f("of", Num(u64::from(*of)))
+            }
+            Event::TrialReturned { boots, of } => {
+                f("boots", Num(u64::from(*boots)))?;
                 f("of", Num(u64::from(*of)))
             }
             Event::Retry {
@@ -615,6 +627,10 @@ fn parse_fields(rest: &str) -> Result<(u64, Event), ParseError> {
             boot: f.num("boot")?,
             of: f.num("of")?,
         },
+        "trial_returned" => Event::TrialReturned {
+            boots: f.num("boots")?,
+            of: f.num("of")?,
+        },
         "confirmed" => Event::Confirmed {
             version: f.text("version")?,
         },
@@ -788,6 +804,8 @@ mod tests {
             (any::<u32>(), any::<u32>())
                 .prop_map(|(written, total)| Event::Progress { written, total }),
             (any::<u8>(), any::<u32>()).prop_map(|(slot, seq)| Event::Switch { slot, seq }),
+            (any::<u32>(), any::<u32>()).prop_map(|(boot, of)| Event::Trial { boot, of }),
+            (any::<u32>(), any::<u32>()).prop_map(|(boots, of)| Event::TrialReturned { boots, of }),
             (any::<u32>(), any::<u32>()).prop_map(|(attempt, delay_ms)| Event::Retry {
                 attempt,
                 delay_ms,

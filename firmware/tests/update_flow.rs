@@ -7,9 +7,9 @@ use embedded_storage::nor_flash::{
 use firmware::Instant;
 use firmware::format::app_image::{self, AppDesc, SegmentSpec};
 use firmware::format::partition::{self, TABLE_OFFSET};
-use firmware::http::ResponseHead;
+use firmware::http::{HttpRequest, ResponseHead, Transport};
 use firmware::led::Led;
-use firmware::machine::{Action, Updater};
+use firmware::machine::{Action, BootInfo, Updater};
 use firmware::trace::Event;
 use sha2::{Digest, Sha256};
 
@@ -57,6 +57,14 @@ const CONF: &str = r#"{"wifi":{"ssid":"lab","password":"hunter22-secret"},
   "mqtt":{"host":"broker","client_id":"board-1","password":"mqtt-secret"}}"#;
 
 fn image(version: &str) -> Vec<u8> {
+    image_for_revisions(version, 0, 199)
+}
+
+/// An image that the bootloader starts only on chip revisions `min..=max` (major * 100 + minor).
+fn image_for_revisions(version: &str, min: u16, max: u16) -> Vec<u8> {
+    let mut header = app_image::esp32c3_header(0x4038_0080);
+    header.min_chip_rev_full = min;
+    header.max_chip_rev_full = max;
     let mut data = AppDesc::new(version, "thermo").to_bytes().to_vec();
     data.extend((0..20_000u32).map(|i| (i % 251) as u8));
     let segs = [SegmentSpec {
@@ -64,7 +72,7 @@ fn image(version: &str) -> Vec<u8> {
         data: &data,
     }];
     let mut out = vec![0; app_image::image_len(&segs)];
-    app_image::write_image(&mut out, &app_image::esp32c3_header(0x4038_0080), &segs).unwrap();
+    app_image::write_image(&mut out, &header, &segs).unwrap();
     out
 }
 
@@ -98,27 +106,86 @@ struct BootResult {
     events: Vec<Event>,
     published: Vec<String>,
     rebooted: bool,
+    /// Every request the core made, in order.
+    requests: Vec<HttpRequest>,
 }
 
-fn boot(flash: Ram, release: &str, asset: &[u8], broker_up: bool) -> (Ram, BootResult) {
-    boot_with(flash, release, asset, broker_up, true)
+/// What the scripted server answers to one request.
+enum Reply {
+    /// A response; the body is cut (connection reset) after `cut_at` bytes when set.
+    Http {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: Vec<u8>,
+        cut_at: Option<usize>,
+    },
+    /// The request fails below HTTP.
+    Transport(Transport),
+    /// The power goes: the boot ends here.
+    PowerCut,
 }
 
-fn boot_with(
-    flash: Ram,
-    release: &str,
-    asset: &[u8],
-    broker_up: bool,
+impl Reply {
+    fn ok(body: &[u8]) -> Reply {
+        Reply::Http {
+            status: 200,
+            headers: vec![("content-length", body.len().to_string())],
+            body: body.to_vec(),
+            cut_at: None,
+        }
+    }
+
+    fn status(status: u16, headers: Vec<(&'static str, String)>) -> Reply {
+        Reply::Http {
+            status,
+            headers,
+            body: Vec::new(),
+            cut_at: None,
+        }
+    }
+}
+
+/// The boot as a board sees it: the slot the bootloader started and the chip.
+struct Boot {
+    running_slot: u8,
+    chip_revision: u16,
     network: bool,
-) -> (Ram, BootResult) {
+    broker_up: bool,
+}
+
+impl Boot {
+    /// The slot otadata selects, as a bootloader without rollback boots it.
+    fn as_selected(flash: &Ram) -> Boot {
+        Boot {
+            running_slot: otadata_slot(flash).unwrap_or(0),
+            chip_revision: 4,
+            network: true,
+            broker_up: true,
+        }
+    }
+}
+
+const SLOT_OFFSETS: [u32; 2] = [0x10000, 0x1f0000];
+
+fn run_boot(flash: Ram, boot: Boot, server: &mut dyn FnMut(&HttpRequest) -> Reply) -> (Ram, BootResult) {
     let mut core = Updater::new(flash, 1);
     let mut now = Instant(0);
-    core.handle_boot(now, None);
-    let mut events = Vec::new();
-    let mut published = Vec::new();
+    core.handle_boot(
+        now,
+        BootInfo {
+            running_offset: SLOT_OFFSETS[usize::from(boot.running_slot)],
+            chip_revision: boot.chip_revision,
+        },
+    );
+    let mut result = BootResult {
+        events: Vec::new(),
+        published: Vec::new(),
+        rebooted: false,
+        requests: Vec::new(),
+    };
     for _ in 0..10_000 {
         while let Some((_, e)) = core.poll_event() {
-            events.push(e);
+            result.events.push(e);
         }
         let Some(action) = core.poll_action() else {
             match core.poll_timeout() {
@@ -132,71 +199,96 @@ fn boot_with(
         };
         match action {
             Action::JoinNetwork => {
-                if network {
+                if boot.network {
                     core.handle_network(now, true)
                 }
             }
             Action::Http(req) => {
-                let body: &[u8] = if req.url.contains("/releases/latest") {
-                    release.as_bytes()
-                } else {
-                    asset
-                };
-                if req.url.contains("/releases/download/") {
-                    let mut head = ResponseHead::new(302);
-                    head.header("location", "http://cdn.test/blob/1");
-                    core.handle_response_head(now, req.id, &head);
-                    continue;
-                }
                 assert!(
                     !req.authorize || req.url.starts_with("https://gh.test"),
                     "token sent to {}",
                     req.url
                 );
-                let mut head = ResponseHead::new(200);
-                head.header("content-length", &body.len().to_string());
-                core.handle_response_head(now, req.id, &head);
-                for chunk in body.chunks(1460) {
-                    core.handle_response_body(now, req.id, chunk);
+                result.requests.push(req.clone());
+                match server(&req) {
+                    Reply::PowerCut => return (core.into_flash(), result),
+                    Reply::Transport(kind) => {
+                        core.handle_transport_error(now, req.id, kind, "scripted failure")
+                    }
+                    Reply::Http {
+                        status,
+                        headers,
+                        body,
+                        cut_at,
+                    } => {
+                        let mut head = ResponseHead::new(status);
+                        for (name, value) in &headers {
+                            head.header(name, value);
+                        }
+                        core.handle_response_head(now, req.id, &head);
+                        let sent = &body[..cut_at.unwrap_or(body.len()).min(body.len())];
+                        for chunk in sent.chunks(1460) {
+                            core.handle_response_body(now, req.id, chunk);
+                        }
+                        if cut_at.is_some() {
+                            core.handle_transport_error(now, req.id, Transport::Network, "reset");
+                        } else {
+                            core.handle_response_end(now, req.id);
+                        }
+                    }
                 }
-                core.handle_response_end(now, req.id);
             }
             Action::Publish { seq, payload, .. } => {
-                if broker_up {
-                    published.push(String::from_utf8(payload.to_vec()).unwrap());
+                if boot.broker_up {
+                    result
+                        .published
+                        .push(String::from_utf8(payload.to_vec()).unwrap());
                 }
-                core.handle_publish_result(now, seq, broker_up);
+                core.handle_publish_result(now, seq, boot.broker_up);
             }
-            Action::Reboot => {
+            Action::Reboot | Action::RunApplication => {
                 while let Some((_, e)) = core.poll_event() {
-                    events.push(e);
+                    result.events.push(e);
                 }
-                return (
-                    core.into_flash(),
-                    BootResult {
-                        events,
-                        published,
-                        rebooted: true,
-                    },
-                );
-            }
-            Action::RunApplication => {
-                while let Some((_, e)) = core.poll_event() {
-                    events.push(e);
-                }
-                return (
-                    core.into_flash(),
-                    BootResult {
-                        events,
-                        published,
-                        rebooted: false,
-                    },
-                );
+                result.rebooted = action == Action::Reboot;
+                return (core.into_flash(), result);
             }
             Action::Led { .. } | Action::AbortHttp { .. } => {}
         }
     }
-    panic!("the routine did not end: {events:?}");
+    panic!("the routine did not end: {:?}", result.events);
+}
+
+/// GitHub as the scripts here need it: the release JSON, a 302 from the download URL, the asset.
+fn github<'a>(release: &'a str, asset: &'a [u8]) -> impl FnMut(&HttpRequest) -> Reply + 'a {
+    move |req| {
+        if req.url.contains("/releases/latest") {
+            Reply::ok(release.as_bytes())
+        } else if req.url.contains("/releases/download/") {
+            Reply::status(302, vec![("location", "https://cdn.test/blob/1".into())])
+        } else {
+            Reply::ok(asset)
+        }
+    }
+}
+
+fn boot(flash: Ram, release: &str, asset: &[u8], broker_up: bool) -> (Ram, BootResult) {
+    boot_with(flash, release, asset, broker_up, true)
+}
+
+fn boot_with(
+    flash: Ram,
+    release: &str,
+    asset: &[u8],
+    broker_up: bool,
+    network: bool,
+) -> (Ram, BootResult) {
+    let boot = Boot {
+        network,
+        broker_up,
+        ..Boot::as_selected(&flash)
+    };
+    run_boot(flash, boot, &mut github(release, asset))
 }
 
 fn leds(events: &[Event]) -> String {
@@ -375,28 +467,33 @@ fn a_new_image_that_cannot_read_conf_json_rolls_back_at_once() {
     );
 }
 
+/// Review defect 4: an outage after an update used to use up the new image's trials, roll a
+/// good image back and bar its release. A boot that ends only for lack of network gives its
+/// trial back; the image confirms as soon as the network returns.
 #[test]
-fn a_new_image_without_network_uses_its_trials_then_rolls_back() {
+fn a_new_image_without_network_keeps_its_trials_and_confirms_when_the_network_returns() {
     let new = image("1.1");
     let release = release_json("1.1", &new, &new);
     let (mut flash, _) = boot(board("1.0"), &release, &new, true);
-    for trial in 1..=3 {
+    for trial in 1..=6 {
         let (next, result) = boot_with(flash, &release, &new, true, false);
         flash = next;
         assert!(result.rebooted, "trial {trial} reboots after the deadline");
-        assert_eq!(
-            outcome(&result.events),
-            "failed/self_check",
-            "trial {trial}"
+        assert_eq!(outcome(&result.events), "failed/network", "trial {trial}");
+        assert!(
+            result
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::TrialReturned { boots: 0, of: 3 })),
+            "trial {trial}: {:?}",
+            result.events
         );
-        assert_eq!(otadata_slot(&flash), Some(1));
+        assert_eq!(otadata_slot(&flash), Some(1), "still on the new image");
     }
-    let (flash, last) = boot_with(flash, &release, &new, true, false);
-    assert_eq!(outcome(&last.events), "rolled_back/self_check");
-    assert_eq!(otadata_slot(&flash), Some(0));
-    // The old image comes back and refuses the release that failed.
-    let (_, old) = boot(flash, &release, &new, true);
-    assert_eq!(outcome(&old.events), "failed/rolled_back_release");
+    let (flash, back) = boot(flash, &release, &new, true);
+    assert_eq!(outcome(&back.events), "updated/none");
+    assert!(back.events.iter().any(|e| matches!(e, Event::Confirmed { .. })));
+    assert_eq!(otadata_slot(&flash), Some(1));
 }
 
 #[test]
@@ -415,4 +512,395 @@ fn an_endless_release_response_is_refused() {
             .iter()
             .any(|e| matches!(e, Event::Error { detail, .. } if detail.contains("larger than")))
     );
+}
+
+// ----- the defects a review against real GitHub and ESP-IDF found ---------------------------
+
+fn otadata_entries(flash: &Ram) -> [firmware::format::otadata::OtaEntry; 2] {
+    use firmware::format::otadata::OtaEntry;
+    let entry = |at: usize| OtaEntry::from_bytes(flash.0[at..at + 32].try_into().unwrap());
+    [entry(0xd000), entry(0xe000)]
+}
+
+fn set_otadata(flash: &mut Ram, sector: usize, entry: firmware::format::otadata::OtaEntry) {
+    let at = 0xd000 + sector * 0x1000;
+    flash.0[at..at + 0x1000].fill(0xFF);
+    flash.0[at..at + 32].copy_from_slice(&entry.to_bytes());
+}
+
+fn slot_bytes(flash: &Ram, slot: u8, len: usize) -> Vec<u8> {
+    let at = SLOT_OFFSETS[usize::from(slot)] as usize;
+    flash.0[at..at + len].to_vec()
+}
+
+/// A signed asset-host URL of the shape GitHub sends today (about 1 KB).
+fn signed_location() -> String {
+    let jwt = format!("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{}.sig", "A".repeat(600));
+    format!(
+        "https://release-assets.githubusercontent.com/github-production-release-asset/41898282/\
+         5b0c7e0e-8d4f-4f5c-9b7a-2a1f0c9d3e11?sp=r&sv=2018-11-09&sr=b&spr=https\
+         &se=2026-11-27T13%3A05%3A33Z&rscd=attachment%3B+filename%3Dfw.bin\
+         &rsct=application%2Foctet-stream&skoid=96c2d410-5711-43a1-aedd-ab1947aa7ab0\
+         &sktid=398a6654-997b-47e9-b12b-9515b896b4de&skt=2026-11-27T12%3A04%3A58Z\
+         &ske=2026-11-27T13%3A05%3A33Z&sks=b&skv=2018-11-09\
+         &sig=Kx7b1yq0%2BZ0nqQ2c2m2o5zYq3u0e9hX1b2c3d4e5f6g%3D&jwt={jwt}\
+         &response-content-disposition=attachment%3B%20filename%3Dfw.bin\
+         &response-content-type=application%2Foctet-stream"
+    )
+}
+
+/// Defect 1: every real download failed at the redirect (a 256-byte URL buffer against
+/// GitHub's ~1 KB signed Location).
+#[test]
+fn a_download_follows_a_1_kib_signed_redirect() {
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let location = signed_location();
+    assert!(location.len() > 1000, "{}", location.len());
+    let mut asset_requests = Vec::new();
+    let (flash, first) = run_boot(board("1.0"), Boot::as_selected(&board("1.0")), &mut |req| {
+        if req.url.contains("/releases/latest") {
+            Reply::ok(release.as_bytes())
+        } else if req.url.contains("/releases/") {
+            Reply::status(302, vec![("location", location.clone())])
+        } else {
+            asset_requests.push(req.url.to_string());
+            Reply::ok(&new)
+        }
+    });
+    assert_eq!(outcome(&first.events), "installed/none", "{:?}", first.events);
+    assert_eq!(asset_requests, [location.clone()], "the signed URL, byte for byte");
+    assert_eq!(otadata_slot(&flash), Some(1));
+}
+
+/// Defect 2: with slot 1 valid (seq 4) and slot 0's entry aborted by a rollback bootloader
+/// (seq 5), reinstalling must rewrite the aborted sector, never the bootable one.
+#[test]
+fn a_reinstall_after_an_aborted_image_keeps_the_bootable_entry() {
+    use firmware::format::otadata::{ImageState, OtaEntry};
+    let mut flash = board("1.0");
+    let old = image("1.0");
+    flash.0[0x1f0000..][..old.len()].copy_from_slice(&old);
+    set_otadata(&mut flash, 0, OtaEntry::new(5, ImageState::Aborted));
+    set_otadata(&mut flash, 1, OtaEntry::new(4, ImageState::Valid));
+    assert_eq!(otadata_slot(&flash), Some(1));
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let (flash, result) = run_boot(flash, Boot::as_selected(&board("1.0")).running(1), &mut github(&release, &new));
+    assert_eq!(outcome(&result.events), "installed/none", "{:?}", result.events);
+    let [s0, s1] = otadata_entries(&flash);
+    assert_eq!(s1, OtaEntry::new(4, ImageState::Valid), "the bootable entry is intact");
+    assert_eq!(s0, OtaEntry::new(5, ImageState::New));
+    // Should the new image fail again, slot 1 still boots.
+    let mut flash = flash;
+    set_otadata(&mut flash, 0, OtaEntry::new(5, ImageState::Aborted));
+    assert_eq!(otadata_slot(&flash), Some(1));
+}
+
+impl Boot {
+    fn running(self, slot: u8) -> Boot {
+        Boot {
+            running_slot: slot,
+            ..self
+        }
+    }
+}
+
+/// Defect 3: the bootloader rejected the image otadata selects (for a reason the core does not
+/// check) and started slot 0. The core must believe the hardware, not otadata: the next
+/// update goes into slot 1 and never erases the slot that is executing.
+#[test]
+fn the_running_slot_is_what_the_hardware_says_not_what_otadata_selects() {
+    use firmware::format::otadata::{ImageState, OtaEntry};
+    let mut flash = board("1.0");
+    let rejected = image("1.1");
+    flash.0[0x1f0000..][..rejected.len()].copy_from_slice(&rejected);
+    set_otadata(&mut flash, 0, OtaEntry::new(1, ImageState::Valid));
+    set_otadata(&mut flash, 1, OtaEntry::new(2, ImageState::New));
+    let running = slot_bytes(&flash, 0, 0x8000);
+    let new = image("1.2");
+    let release = release_json("1.2", &new, &new);
+    let (flash, result) = run_boot(flash, Boot::as_selected(&board("1.0")).running(0), &mut github(&release, &new));
+    assert!(
+        result.events.iter().any(|e| matches!(e, Event::Boot { slot: 0, .. })),
+        "{:?}",
+        result.events
+    );
+    assert_eq!(outcome(&result.events), "installed/none");
+    assert_eq!(slot_bytes(&flash, 0, 0x8000), running, "the running slot is untouched");
+    assert_eq!(slot_bytes(&flash, 1, new.len()), new);
+}
+
+/// Defect 3, second half: an image outside the chip's revision window would be refused by the
+/// bootloader; the core refuses it before switching.
+#[test]
+fn an_image_for_other_chip_revisions_is_refused_before_the_switch() {
+    for (min, max) in [(5, 199), (0, 3)] {
+        let new = image_for_revisions("1.1", min, max);
+        let release = release_json("1.1", &new, &new);
+        let (flash, result) = boot(board("1.0"), &release, &new, true);
+        assert_eq!(outcome(&result.events), "failed/wrong_chip", "{min}..{max}");
+        assert!(result.events.iter().any(|e| matches!(
+            e,
+            Event::Error { detail, .. } if detail.contains("this board is v0.4")
+        )));
+        assert_eq!(otadata_slot(&flash), None, "nothing switched");
+    }
+    let fits = image_for_revisions("1.1", 3, 99);
+    let release = release_json("1.1", &fits, &fits);
+    let (_, result) = boot(board("1.0"), &release, &fits, true);
+    assert_eq!(outcome(&result.events), "installed/none");
+}
+
+fn installed_board() -> (Ram, String, Vec<u8>) {
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let (flash, first) = boot(board("1.0"), &release, &new, true);
+    assert_eq!(outcome(&first.events), "installed/none");
+    (flash, release, new)
+}
+
+fn confirmed(result: &BootResult) -> bool {
+    result.events.iter().any(|e| matches!(e, Event::Confirmed { .. }))
+}
+
+/// Defect 4: any HTTP status used to confirm a new image. A 403 from broken credentials or
+/// a 5xx proves nothing: only a parsed, usable release does.
+#[test]
+fn a_new_image_confirms_only_on_a_usable_release() {
+    use firmware::format::otadata::ImageState;
+    let (flash, _, _) = installed_board();
+    let (flash, forbidden) = run_boot(flash, Boot::as_selected(&board("1.0")).running(1), &mut |_| {
+        Reply::status(403, vec![("content-type", "application/json".into())])
+    });
+    assert!(!confirmed(&forbidden), "{:?}", forbidden.events);
+    assert_eq!(outcome(&forbidden.events), "failed/http_status");
+    let [s0, _] = otadata_entries(&flash);
+    assert_eq!((s0.seq, s0.image_state()), (2, ImageState::New), "still on trial");
+
+    let mut calls = 0;
+    let (flash, unavailable) = run_boot(flash, Boot::as_selected(&board("1.0")).running(1), &mut |_| {
+        calls += 1;
+        Reply::status(503, vec![])
+    });
+    assert!(!confirmed(&unavailable));
+    assert!(calls > 3, "5xx is retried until the trial deadline");
+    assert_eq!(outcome(&unavailable.events), "failed/network");
+    assert!(unavailable.rebooted);
+
+    let (flash, _, _) = (flash, (), ());
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let (_, good) = run_boot(flash, Boot::as_selected(&board("1.0")).running(1), &mut github(&release, &new));
+    assert!(confirmed(&good));
+    assert_eq!(outcome(&good.events), "updated/none");
+}
+
+/// Defect 4: a boot that only lacked the network gives its trial back, but a TLS failure is the
+/// image's own (its roots, its clock) and uses the trial: such an image rolls back.
+#[test]
+fn tls_failures_use_up_trials_and_roll_back() {
+    let (mut flash, release, new) = installed_board();
+    for _ in 0..3 {
+        let (next, result) = run_boot(flash, Boot::as_selected(&board("1.0")).running(1), &mut |_| {
+            Reply::Transport(Transport::Tls)
+        });
+        flash = next;
+        assert_eq!(outcome(&result.events), "failed/self_check", "{:?}", result.events);
+        assert!(!result.events.iter().any(|e| matches!(e, Event::TrialReturned { .. })));
+    }
+    let (flash, last) = run_boot(flash, Boot::as_selected(&board("1.0")).running(1), &mut github(&release, &new));
+    assert_eq!(outcome(&last.events), "rolled_back/self_check");
+    assert_eq!(otadata_slot(&flash), Some(0));
+}
+
+/// Defect 5: hostile numbers in headers must not overflow (debug builds panic on overflow).
+#[test]
+fn hostile_rate_limit_headers_do_not_panic_the_core() {
+    let mut calls = 0;
+    let (_, result) = run_boot(board("1.0"), Boot::as_selected(&board("1.0")), &mut |_| {
+        calls += 1;
+        if calls > 2 {
+            return Reply::PowerCut;
+        }
+        Reply::status(
+            403,
+            vec![
+                ("x-ratelimit-remaining", "0".into()),
+                ("x-ratelimit-reset", "18446744073709551615".into()),
+                ("date", "Sun, 06 Nov 99999999999999999 08:49:37 GMT".into()),
+                ("retry-after", "4294967295".into()),
+            ],
+        )
+    });
+    assert!(result.events.iter().any(|e| matches!(e, Event::Retry { .. })));
+}
+
+/// Defect 6: the token goes to the configured API host only, and no redirect may downgrade
+/// https to http.
+#[test]
+fn the_token_never_leaves_the_api_host_and_https_never_becomes_http() {
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new)
+        .replace("https://gh.test/repos/acme/thermo/releases/assets/1", "https://evil.test/assets/1");
+    // run_boot asserts that no authorized request leaves https://gh.test.
+    let (_, result) = boot(board("1.0"), &release, &new, true);
+    assert_eq!(outcome(&result.events), "installed/none");
+    assert!(result.requests.iter().all(|r| !r.url.starts_with("https://evil.test")));
+
+    let release = release_json("1.1", &new, &new);
+    let (flash, result) = run_boot(board("1.0"), Boot::as_selected(&board("1.0")), &mut |req| {
+        if req.url.contains("/releases/latest") {
+            Reply::ok(release.as_bytes())
+        } else if req.url.starts_with("https://") {
+            Reply::status(302, vec![("location", "http://cdn.test/blob/1".into())])
+        } else {
+            Reply::ok(&new)
+        }
+    });
+    assert_eq!(outcome(&result.events), "failed/http_status", "{:?}", result.events);
+    assert!(result.requests.iter().all(|r| r.url.starts_with("https://")));
+    assert_eq!(otadata_slot(&flash), None);
+}
+
+/// A GitHub whose asset host speaks Range, If-Range and ETag (RFC 9110), serving `asset`
+/// with ETag `etag`; a request is cut after `cut_at` body bytes when set.
+fn ranged_github<'a>(
+    release: &'a str,
+    asset: &'a [u8],
+    etag: &'a str,
+    cut_at: Option<usize>,
+) -> impl FnMut(&HttpRequest) -> Reply + 'a {
+    move |req| {
+        if req.url.contains("/releases/latest") {
+            return Reply::ok(release.as_bytes());
+        }
+        if req.url.contains("/releases/") {
+            return Reply::status(302, vec![("location", "https://cdn.test/blob/1".into())]);
+        }
+        let validator_matches = req.if_range.as_deref().is_none_or(|v| v == etag);
+        match req.range_from {
+            Some(from) if validator_matches => {
+                let body = asset[from as usize..].to_vec();
+                Reply::Http {
+                    status: 206,
+                    headers: vec![
+                        ("content-length", body.len().to_string()),
+                        (
+                            "content-range",
+                            format!("bytes {from}-{}/{}", asset.len() - 1, asset.len()),
+                        ),
+                        ("etag", etag.to_string()),
+                    ],
+                    body,
+                    cut_at,
+                }
+            }
+            _ => Reply::Http {
+                status: 200,
+                headers: vec![
+                    ("content-length", asset.len().to_string()),
+                    ("etag", etag.to_string()),
+                ],
+                body: asset.to_vec(),
+                cut_at,
+            },
+        }
+    }
+}
+
+/// A first boot that stores 3 sectors of `asset` and is then cut.
+fn cut_after_three_sectors(release: &str, asset: &[u8], etag: &str) -> Ram {
+    let mut first_asset = true;
+    let mut script = ranged_github(release, asset, etag, Some(3 * 4096 + 100));
+    let (flash, result) = run_boot(board("1.0"), Boot::as_selected(&board("1.0")), &mut |req| {
+        if req.url.starts_with("https://cdn.test") {
+            if !first_asset {
+                return Reply::PowerCut;
+            }
+            first_asset = false;
+        }
+        script(req)
+    });
+    assert!(result.events.iter().any(|e| matches!(e, Event::Progress { .. }) || matches!(e, Event::Request { .. })));
+    flash
+}
+
+/// Defect 7: a resume says which file it continues (If-Range with the ETag) …
+#[test]
+fn a_resume_sends_if_range_with_the_assets_etag() {
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let flash = cut_after_three_sectors(&release, &new, "\"0x8DD0A1\"");
+    let (flash, result) = run_boot(flash, Boot::as_selected(&board("1.0")), &mut ranged_github(&release, &new, "\"0x8DD0A1\"", None));
+    let asset_request = result.requests.iter().find(|r| r.url.starts_with("https://cdn.test")).unwrap();
+    assert_eq!(asset_request.range_from, Some(3 * 4096));
+    assert_eq!(asset_request.if_range.as_deref(), Some("\"0x8DD0A1\""));
+    assert_eq!(outcome(&result.events), "installed/none");
+    assert_eq!(slot_bytes(&flash, 1, new.len()), new);
+}
+
+/// … and a file that changed on the server is downloaded again from zero, never stitched.
+#[test]
+fn a_replaced_asset_is_downloaded_from_zero_not_stitched() {
+    let old_build = image("1.1");
+    let release = release_json("1.1", &old_build, &old_build);
+    let flash = cut_after_three_sectors(&release, &old_build, "\"first\"");
+
+    // Same tag, re-uploaded: the server's ETag changed; the release JSON was cached with
+    // the old size and digest, so the board only learns it from the asset host.
+    let mut rebuilt = image("1.1");
+    let last = rebuilt.len() - 40;
+    rebuilt[last] ^= 0xFF; // not the file the first boot started on
+    let (flash, result) = run_boot(flash, Boot::as_selected(&board("1.0")), &mut ranged_github(&release, &rebuilt, "\"second\"", None));
+    let asset_request = result.requests.iter().find(|r| r.url.starts_with("https://cdn.test")).unwrap();
+    assert_eq!(asset_request.if_range.as_deref(), Some("\"first\""));
+    // The server answered 200 with the whole new file: the core took all of it from byte 0
+    // (nothing resumed), and verification refused it, instead of a silent mix.
+    assert!(
+        result.events.iter().any(|e| matches!(
+            e,
+            Event::Outcome { result: firmware::trace::Outcome::Failed, resumed_from: 0, bytes, .. }
+                if *bytes as usize == rebuilt.len()
+        )),
+        "{:?}",
+        result.events
+    );
+    assert_eq!(otadata_slot(&flash), None);
+
+    // A Content-Range total that is not the release's size means another file: start over.
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let flash = cut_after_three_sectors(&release, &new, "\"v\"");
+    let mut asked_from = Vec::new();
+    let (flash, result) = run_boot(flash, Boot::as_selected(&board("1.0")), &mut |req| {
+        if req.url.starts_with("https://cdn.test") {
+            asked_from.push(req.range_from);
+            if let Some(from) = req.range_from {
+                let body = new[from as usize..].to_vec();
+                return Reply::Http {
+                    status: 206,
+                    headers: vec![
+                        ("content-length", body.len().to_string()),
+                        ("content-range", format!("bytes {from}-{}/{}", new.len() + 99, new.len() + 100)),
+                    ],
+                    body,
+                    cut_at: None,
+                };
+            }
+        }
+        ranged_github(&release, &new, "\"v\"", None)(req)
+    });
+    assert_eq!(asked_from, [Some(3 * 4096), None], "resumed, then started over");
+    assert_eq!(outcome(&result.events), "installed/none", "{:?}", result.events);
+    assert_eq!(slot_bytes(&flash, 1, new.len()), new);
+
+    // A release whose asset was re-uploaded (new updated_at) does not resume the old bytes.
+    let flash = cut_after_three_sectors(&release, &new, "\"v\"");
+    let reuploaded = release.replace("\"size\"", "\"updated_at\":\"2026-11-28T09:00:00Z\",\"size\"");
+    assert_ne!(reuploaded, release);
+    let (_, result) = run_boot(flash, Boot::as_selected(&board("1.0")), &mut ranged_github(&reuploaded, &new, "\"v\"", None));
+    let asset_request = result.requests.iter().find(|r| r.url.starts_with("https://cdn.test")).unwrap();
+    assert_eq!(asset_request.range_from, None, "a new asset starts at byte 0");
+    assert_eq!(outcome(&result.events), "installed/none");
 }

@@ -1,30 +1,42 @@
 //! The trial record: how many times a newly installed image has booted
-//! without confirming itself.
+//! without confirming itself, not counting the boots that only lacked a network.
 //!
 //! Sector 1 of `otastate`:
 //!
 //! ```text
-//! 0x00  "OTAT"             magic
+//! 0x00  "OTT2"             magic
 //! 0x04  slot (1)  FF FF FF
 //! 0x08  version (32, NUL padded)  the image's esp_app_desc_t version
 //! 0x28  CRC-32 of 0x00..0x28
-//! 0x40  MAX_TRIALS words: one is programmed to 00000000 at each boot of the unconfirmed image
+//! 0x40  one pair of words per boot of the unconfirmed image, in boot order:
+//!         +0 counted   programmed 00000000 as the boot starts, before anything can fail
+//!         +4 returned  programmed 00000000 when that boot ended only for lack of network
 //! ```
 //!
 //! espflash's default bootloader has no automatic rollback, so the core
 //! counts boots itself: an image that could not confirm itself after
-//! [`MAX_TRIALS`] boots (crash, power cut, no network) is rolled back, and the
-//! same version is not installed again. Re-installing the same version keeps
-//! its count, so a crash-looping release cannot make the board download it
-//! forever, even behind a bootloader that rolls back on its own.
+//! [`MAX_TRIALS`] boots (crash, panic, watchdog, power cut, failed
+//! self-check) is rolled back, and the same version is not installed again.
+//! A boot that ends cleanly because WiFi or GitHub could not be reached gives
+//! its trial back: a network outage after an update must not roll back a good
+//! image. A torn `counted` word counts; a torn `returned` word does not give
+//! the trial back (the conservative reading of both).
+//!
+//! Re-installing the same version keeps its count, so a crash-looping release
+//! cannot make the board download it forever, even behind a bootloader that
+//! rolls back on its own. When the pairs run out (hundreds of boots without a
+//! network), the record is rewritten with its count; a power cut during that
+//! rewrite loses the record, which starts the image's trials again.
 
 use super::{FlashError, RECORD_CRC, Region, SECTOR, erase, read, write};
 use embedded_storage::nor_flash::NorFlash;
 use heapless::String;
 
-const MAGIC: [u8; 4] = *b"OTAT";
+const MAGIC: [u8; 4] = *b"OTT2";
 const HEADER_LEN: usize = 0x2c;
-const WORDS_AT: u32 = 0x40;
+const PAIRS_AT: u32 = 0x40;
+/// Boot pairs one record holds before it is rewritten.
+const PAIRS: u32 = (SECTOR - PAIRS_AT) / 8;
 /// Boots an unconfirmed image gets before it is rolled back.
 pub const MAX_TRIALS: u32 = 3;
 
@@ -35,8 +47,10 @@ pub struct Trial {
     pub slot: u8,
     /// Its version string.
     pub version: String<32>,
-    /// Boots used so far (a torn word counts as used).
+    /// Boots used so far: counted and not given back.
     pub boots: u32,
+    /// Boot pairs written so far (the next boot's pair index).
+    pub pairs: u32,
 }
 
 /// The trial record in the second sector of `otastate`.
@@ -55,6 +69,10 @@ impl TrialRecord {
         }
     }
 
+    fn pair_at(&self, index: u32) -> u32 {
+        self.region.offset + PAIRS_AT + index * 8
+    }
+
     /// Reads the record, if there is a valid one.
     pub fn load<F: NorFlash>(&self, flash: &mut F) -> Result<Option<Trial>, FlashError> {
         let mut h = [0u8; HEADER_LEN];
@@ -65,11 +83,15 @@ impl TrialRecord {
         let end = h[8..40].iter().position(|&b| b == 0).unwrap_or(32);
         let mut version = String::new();
         let _ = version.push_str(core::str::from_utf8(&h[8..8 + end]).unwrap_or(""));
-        let mut boots = 0;
-        let mut word = [0u8; 4];
-        for i in 0..MAX_TRIALS {
-            read(flash, self.region.offset + WORDS_AT + i * 4, &mut word)?;
-            if word != [0xFF; 4] {
+        let (mut boots, mut pairs) = (0, 0);
+        let mut pair = [0u8; 8];
+        while pairs < PAIRS {
+            read(flash, self.pair_at(pairs), &mut pair)?;
+            if pair[..4] == [0xFF; 4] {
+                break;
+            }
+            pairs += 1;
+            if pair[4..] != [0; 4] {
                 boots += 1;
             }
         }
@@ -77,6 +99,7 @@ impl TrialRecord {
             slot: h[4],
             version,
             boots,
+            pairs,
         }))
     }
 
@@ -94,6 +117,17 @@ impl TrialRecord {
         {
             return Ok(());
         }
+        self.rewrite(flash, slot, version, 0)
+    }
+
+    /// Erases the record and writes it anew with `boots` used boots.
+    fn rewrite<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        slot: u8,
+        version: &str,
+        boots: u32,
+    ) -> Result<(), FlashError> {
         let mut h = [0xFFu8; HEADER_LEN];
         h[0..4].copy_from_slice(&MAGIC);
         h[4] = slot;
@@ -103,29 +137,42 @@ impl TrialRecord {
         let crc = RECORD_CRC.checksum(&h[..0x28]);
         h[0x28..0x2c].copy_from_slice(&crc.to_le_bytes());
         erase(flash, self.region.offset, self.region.end())?;
-        write(flash, self.region.offset, &h)
+        write(flash, self.region.offset, &h)?;
+        for i in 0..boots.min(PAIRS) {
+            write(flash, self.pair_at(i), &[0; 4])?;
+        }
+        Ok(())
     }
 
-    /// Uses up one boot: word `boots` of the record.
-    pub fn count_boot<F: NorFlash>(
-        &self,
-        flash: &mut F,
-        boots_so_far: u32,
-    ) -> Result<(), FlashError> {
-        if boots_so_far >= MAX_TRIALS {
-            return Ok(());
+    /// Uses up one boot (programs the next `counted` word); returns the record as it now is.
+    pub fn count_boot<F: NorFlash>(&self, flash: &mut F, trial: &Trial) -> Result<Trial, FlashError> {
+        let mut trial = trial.clone();
+        if trial.pairs >= PAIRS {
+            self.rewrite(flash, trial.slot, &trial.version, trial.boots)?;
+            trial.pairs = trial.boots.min(PAIRS);
         }
-        write(
-            flash,
-            self.region.offset + WORDS_AT + boots_so_far * 4,
-            &[0; 4],
-        )
+        write(flash, self.pair_at(trial.pairs), &[0; 4])?;
+        trial.pairs += 1;
+        trial.boots += 1;
+        Ok(trial)
+    }
+
+    /// Gives back the boot counted last: it ended only for lack of network.
+    pub fn give_back<F: NorFlash>(&self, flash: &mut F, trial: &Trial) -> Result<Trial, FlashError> {
+        let mut trial = trial.clone();
+        if trial.pairs == 0 || trial.boots == 0 {
+            return Ok(trial);
+        }
+        write(flash, self.pair_at(trial.pairs - 1) + 4, &[0; 4])?;
+        trial.boots -= 1;
+        Ok(trial)
     }
 
     /// Uses up every boot: the image failed for good.
-    pub fn exhaust<F: NorFlash>(&self, flash: &mut F, boots_so_far: u32) -> Result<(), FlashError> {
-        for i in boots_so_far..MAX_TRIALS {
-            write(flash, self.region.offset + WORDS_AT + i * 4, &[0; 4])?;
+    pub fn exhaust<F: NorFlash>(&self, flash: &mut F, trial: &Trial) -> Result<(), FlashError> {
+        let mut trial = trial.clone();
+        while trial.boots < MAX_TRIALS {
+            trial = self.count_boot(flash, &trial)?;
         }
         Ok(())
     }
@@ -136,23 +183,62 @@ mod tests {
     use super::*;
     use crate::storage::testing::RamFlash;
 
-    #[test]
-    fn boots_are_counted_and_kept_across_reinstalls_of_the_same_version() {
-        let mut f = RamFlash::new(0x4000);
+    fn record() -> (RamFlash, TrialRecord) {
         let t = TrialRecord::new(Region {
             offset: 0x2000,
             size: 0x2000,
         });
+        (RamFlash::new(0x4000), t)
+    }
+
+    #[test]
+    fn boots_are_counted_and_kept_across_reinstalls_of_the_same_version() {
+        let (mut f, t) = record();
         assert_eq!(t.load(&mut f).unwrap(), None);
         t.begin(&mut f, 1, "1.1").unwrap();
-        t.count_boot(&mut f, 0).unwrap();
+        let trial = t.load(&mut f).unwrap().unwrap();
+        t.count_boot(&mut f, &trial).unwrap();
         assert_eq!(t.load(&mut f).unwrap().unwrap().boots, 1);
         t.begin(&mut f, 1, "1.1").unwrap();
         assert_eq!(t.load(&mut f).unwrap().unwrap().boots, 1);
         t.begin(&mut f, 1, "1.2").unwrap();
         let fresh = t.load(&mut f).unwrap().unwrap();
         assert_eq!((fresh.version.as_str(), fresh.boots), ("1.2", 0));
-        t.exhaust(&mut f, 0).unwrap();
+        t.exhaust(&mut f, &fresh).unwrap();
         assert_eq!(t.load(&mut f).unwrap().unwrap().boots, MAX_TRIALS);
+    }
+
+    #[test]
+    fn a_boot_given_back_is_not_used_and_a_torn_give_back_is() {
+        let (mut f, t) = record();
+        t.begin(&mut f, 0, "2.0").unwrap();
+        let mut trial = t.load(&mut f).unwrap().unwrap();
+        for _ in 0..10 {
+            trial = t.count_boot(&mut f, &trial).unwrap();
+            trial = t.give_back(&mut f, &trial).unwrap();
+        }
+        let read = t.load(&mut f).unwrap().unwrap();
+        assert_eq!((read.boots, read.pairs), (0, 10));
+        trial = t.count_boot(&mut f, &read).unwrap();
+        // A cut while programming the give-back leaves a torn word: the boot stays used.
+        let at = t.pair_at(trial.pairs - 1) + 4;
+        f.write(at, &[0x00, 0x00, 0xFF, 0xFF]).unwrap();
+        assert_eq!(t.load(&mut f).unwrap().unwrap().boots, 1);
+    }
+
+    #[test]
+    fn a_full_record_is_rewritten_with_its_count() {
+        let (mut f, t) = record();
+        t.begin(&mut f, 1, "3.0").unwrap();
+        let mut trial = t.load(&mut f).unwrap().unwrap();
+        trial = t.count_boot(&mut f, &trial).unwrap();
+        for _ in 0..PAIRS + 5 {
+            trial = t.count_boot(&mut f, &trial).unwrap();
+            trial = t.give_back(&mut f, &trial).unwrap();
+        }
+        let read = t.load(&mut f).unwrap().unwrap();
+        assert_eq!(read.boots, 1, "the used boot survived the rewrite");
+        assert_eq!(read, trial);
+        assert_eq!(read.version, "3.0");
     }
 }
