@@ -193,8 +193,11 @@ pub fn is_loopback(url: &str) -> bool {
 
 /// Whether following a redirect from `from` to `to` downgrades https to plain http.
 pub fn is_downgrade(from: &str, to: &str) -> bool {
-    from.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"))
-        && !to.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    from.get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        && !to
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
 }
 
 /// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to Unix seconds.
@@ -325,8 +328,14 @@ mod tests {
             "https://api.github.com.evil.example/x",
             "https://api.github.com"
         ));
-        assert!(!same_origin("http://api.github.com/x", "https://api.github.com"));
-        assert!(!same_origin("https://api.github.com:444/x", "https://api.github.com"));
+        assert!(!same_origin(
+            "http://api.github.com/x",
+            "https://api.github.com"
+        ));
+        assert!(!same_origin(
+            "https://api.github.com:444/x",
+            "https://api.github.com"
+        ));
         assert!(!same_origin("not a url", "https://api.github.com"));
         assert!(is_loopback("http://127.0.0.1:8080/api"));
         assert!(is_loopback("http://user@localhost"));

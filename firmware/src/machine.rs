@@ -41,7 +41,7 @@ use crate::format::app_image::{
     self, APP_DESC_LEN, AppDesc, HEADER_LEN, ImageError, ImageHeader, ImageVerifier,
     SEGMENT_HEADER_LEN,
 };
-use crate::format::otadata::{ImageState, OtaData};
+use crate::format::otadata::{ImageState, OtaData, OtaEntry};
 use crate::http::{Accept, HttpRequest, ResponseHead, Transport, Validator};
 use crate::led::{Led, Pattern, Player};
 use crate::release::{ReleaseError, ReleaseParser, SelectedRelease, Url};
@@ -578,7 +578,7 @@ impl<F: NorFlash> Updater<F> {
     fn boot(&mut self, running_offset: u32) -> Result<(), Failure> {
         let layout = Layout::read(&mut self.flash)
             .map_err(|e| fail(ErrorCode::Layout, format_args!("{e}")))?;
-        let otadata = layout.read_otadata(&mut self.flash)?;
+        let mut otadata = layout.read_otadata(&mut self.flash)?;
         let count = layout.slot_count();
         let slot = layout.slot_at(running_offset).ok_or_else(|| {
             fail(
@@ -588,6 +588,12 @@ impl<F: NorFlash> Updater<F> {
         })?;
         self.running.slot = slot;
         self.read_running_image(&layout, slot)?;
+        if let Some(refused) = otadata
+            .boot_slot(count)
+            .filter(|&selected| selected != slot)
+        {
+            otadata = self.bootloader_refused(&layout, &otadata, refused)?;
+        }
         let active = otadata
             .bootable()
             .filter(|&i| otadata.entries[i].slot(count) == slot);
@@ -624,6 +630,56 @@ impl<F: NorFlash> Updater<F> {
         }
         self.wait_for_network(Step::Check);
         Ok(())
+    }
+
+    /// otadata selects `refused`, yet the bootloader started another slot: it refused that
+    /// image (a check the core does not make, a torn image, a rollback bootloader's own
+    /// fallback). Left alone, the board would boot through a fallback forever and install the
+    /// same release again at every boot. So the release installed there is barred (its trial
+    /// record used up) and otadata is brought back to the running slot, as a rollback would.
+    fn bootloader_refused(
+        &mut self,
+        layout: &Layout,
+        otadata: &OtaData,
+        refused: u8,
+    ) -> Result<OtaData, Failure> {
+        let count = layout.slot_count();
+        let record = TrialRecord::new(layout.state);
+        if let Some(trial) = record.load(&mut self.flash)?.filter(|t| t.slot == refused) {
+            record.exhaust(&mut self.flash, &trial)?;
+        }
+        let (sector, entry) = self.rewrite_towards(otadata, self.running.slot, count);
+        layout.write_otadata(&mut self.flash, sector, &entry)?;
+        let detail = trace::detail(format_args!(
+            "otadata selects slot {refused} but the bootloader started slot {}: image refused",
+            self.running.slot
+        ));
+        self.event(Event::Error {
+            code: ErrorCode::BadImage,
+            detail,
+        });
+        let mut now = *otadata;
+        now.entries[sector] = entry;
+        self.event(Event::Switch {
+            slot: self.running.slot,
+            seq: now.bootable().map_or(entry.seq, |i| now.entries[i].seq),
+        });
+        Ok(now)
+    }
+
+    /// The otadata rewrite that makes `slot` boot instead of the active entry's slot: with an
+    /// entry for `slot` still bootable in the other sector, the active entry is marked invalid
+    /// where it stands, as ESP-IDF does (a cut mid-rewrite leaves that other entry, which is
+    /// where we are going); otherwise a new entry for `slot` goes into the other sector.
+    fn rewrite_towards(&self, otadata: &OtaData, slot: u8, count: u8) -> (usize, OtaEntry) {
+        let other_selects_slot = otadata.active().is_some_and(|active| {
+            let other = otadata.entries[1 - active];
+            other.is_bootable() && other.slot(count) == slot
+        });
+        otadata
+            .invalidate()
+            .filter(|_| other_selects_slot)
+            .unwrap_or_else(|| otadata.select(slot, count, ImageState::Valid))
     }
 
     fn read_running_image(&mut self, layout: &Layout, slot: u8) -> Result<(), Failure> {
@@ -739,11 +795,13 @@ impl<F: NorFlash> Updater<F> {
             .filter(|e| e.is_valid() && e.slot(count) != self.running.slot)
             .max_by_key(|e| e.seq)
             .map_or((self.running.slot + count - 1) % count, |e| e.slot(count));
-        let (sector, entry) = otadata.select(previous, count, ImageState::Valid);
+        let (sector, entry) = self.rewrite_towards(otadata, previous, count);
         layout.write_otadata(&mut self.flash, sector, &entry)?;
+        let mut now = *otadata;
+        now.entries[sector] = entry;
         self.event(Event::Switch {
             slot: previous,
-            seq: entry.seq,
+            seq: now.bootable().map_or(entry.seq, |i| now.entries[i].seq),
         });
         let detail = trace::detail(format_args!(
             "version {} did not confirm itself in {MAX_TRIALS} boots; back to slot {previous}",
@@ -765,13 +823,10 @@ impl<F: NorFlash> Updater<F> {
             return Ok(());
         };
         let otadata = layout.read_otadata(&mut self.flash)?;
-        if self.running.active_entry.is_some() {
-            // A new entry for the running slot in the *other* sector, state valid: a power cut
-            // while writing it leaves the current entry (new) intact, and the image is still on
-            // trial at the next boot instead of losing its slot.
-            if let Some((sector, entry)) = otadata.confirm(layout.slot_count()) {
-                layout.write_otadata(&mut self.flash, sector, &entry)?;
-            }
+        if self.running.active_entry.is_some()
+            && let Some((sector, entry)) = otadata.confirm()
+        {
+            layout.write_otadata(&mut self.flash, sector, &entry)?;
         }
         self.trial_deadline = None;
         self.session.confirmed = true;
@@ -781,15 +836,19 @@ impl<F: NorFlash> Updater<F> {
         Ok(())
     }
 
-    /// An image on trial could not confirm itself in time. A boot that only lacked the network
-    /// (no WiFi, no answer from GitHub, GitHub unavailable) gives its trial back: an outage
-    /// after an update must not roll a good image back. One where the image showed a fault
-    /// keeps the trial used. Either way the boot ends with a reboot, to try again.
+    /// An image on trial could not confirm itself in time.
+    ///
+    /// When this boot showed the image at fault (a TLS failure, an HTTP answer that is neither
+    /// a release nor GitHub being unavailable), the boot ends with a reboot and the trial
+    /// stays used: three such boots roll the image back. When it only lacked the network (no
+    /// WiFi, no answer, GitHub's 5xx or rate limit), the trial counted at boot is given back
+    /// and the boot goes on retrying like any other: an outage after an update must not roll
+    /// a good image back, and the image confirms itself as soon as a release comes through.
     fn trial_deadline_passed(&mut self) {
-        self.abort_request();
         let seconds = TRIAL_DEADLINE_MS / 1000;
-        self.reboot_after_outcome = true;
         if self.session.image_at_fault {
+            self.abort_request();
+            self.reboot_after_outcome = true;
             let detail = trace::detail(format_args!(
                 "no usable release within {seconds} s of a trial boot"
             ));
@@ -810,9 +869,12 @@ impl<F: NorFlash> Updater<F> {
                 });
                 self.running.trial = Some(trial);
                 let detail = trace::detail(format_args!(
-                    "no network within {seconds} s of a trial boot; the trial is given back"
+                    "network away {seconds} s into a trial boot: trial given back, still trying"
                 ));
-                self.conclude(Outcome::Failed, ErrorCode::Network, Some(detail));
+                self.event(Event::Error {
+                    code: ErrorCode::Network,
+                    detail,
+                });
             }
             Err(e) => self.flash_error(e),
         }
@@ -1700,7 +1762,9 @@ impl From<Failure> for Retry {
 /// Whether a status on the release check says nothing about the image: a release or a
 /// redirect to one, or GitHub unavailable (rate limit, 5xx).
 fn check_status_is_githubs_doing(head: &ResponseHead) -> bool {
-    matches!(head.status, 200 | 300..=399) || head.status >= 500 || head.rate_limit_wait_ms().is_some()
+    matches!(head.status, 200 | 300..=399)
+        || head.status >= 500
+        || head.rate_limit_wait_ms().is_some()
 }
 
 fn release_failure(e: &ReleaseError) -> Failure {

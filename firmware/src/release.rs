@@ -410,7 +410,10 @@ impl ParseState {
                 let Token::Number(n) = token else {
                     return Err(ReleaseError::WrongType("assets[].id"));
                 };
-                self.asset.id = Some(n.parse::<u64>().map_err(|_| ReleaseError::WrongType("assets[].id"))?);
+                self.asset.id = Some(
+                    n.parse::<u64>()
+                        .map_err(|_| ReleaseError::WrongType("assets[].id"))?,
+                );
             }
             "updated_at" => {
                 self.asset.updated_at = match token {
@@ -646,7 +649,8 @@ mod tests {
             bad(release("1.1", false, &[], "")[..100].into()),
             ReleaseError::Syntax(_)
         ));
-        let long_url = asset("fw.bin", "1", DIGEST).replace("releases/download", &"a/".repeat(1100));
+        let long_url =
+            asset("fw.bin", "1", DIGEST).replace("releases/download", &"a/".repeat(1100));
         assert_eq!(
             bad(release("1.1", false, &[long_url], "")),
             ReleaseError::TooLong("assets[].browser_download_url")

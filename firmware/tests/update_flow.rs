@@ -149,8 +149,11 @@ impl Reply {
 struct Boot {
     running_slot: u8,
     chip_revision: u16,
-    network: bool,
+    /// WiFi joins from this virtual time on (`u64::MAX`: never).
+    network_from_ms: u64,
     broker_up: bool,
+    /// The power goes at this virtual time (`u64::MAX`: never).
+    power_off_at_ms: u64,
 }
 
 impl Boot {
@@ -159,15 +162,20 @@ impl Boot {
         Boot {
             running_slot: otadata_slot(flash).unwrap_or(0),
             chip_revision: 4,
-            network: true,
+            network_from_ms: 0,
             broker_up: true,
+            power_off_at_ms: u64::MAX,
         }
     }
 }
 
 const SLOT_OFFSETS: [u32; 2] = [0x10000, 0x1f0000];
 
-fn run_boot(flash: Ram, boot: Boot, server: &mut dyn FnMut(&HttpRequest) -> Reply) -> (Ram, BootResult) {
+fn run_boot(
+    flash: Ram,
+    boot: Boot,
+    server: &mut dyn FnMut(&HttpRequest) -> Reply,
+) -> (Ram, BootResult) {
     let mut core = Updater::new(flash, 1);
     let mut now = Instant(0);
     core.handle_boot(
@@ -189,6 +197,9 @@ fn run_boot(flash: Ram, boot: Boot, server: &mut dyn FnMut(&HttpRequest) -> Repl
         }
         let Some(action) = core.poll_action() else {
             match core.poll_timeout() {
+                Some(t) if t.0 >= boot.power_off_at_ms => {
+                    return (core.into_flash(), result);
+                }
                 Some(t) => {
                     now = t;
                     core.handle_timeout(now);
@@ -199,7 +210,7 @@ fn run_boot(flash: Ram, boot: Boot, server: &mut dyn FnMut(&HttpRequest) -> Repl
         };
         match action {
             Action::JoinNetwork => {
-                if boot.network {
+                if now.0 >= boot.network_from_ms {
                     core.handle_network(now, true)
                 }
             }
@@ -284,7 +295,7 @@ fn boot_with(
     network: bool,
 ) -> (Ram, BootResult) {
     let boot = Boot {
-        network,
+        network_from_ms: if network { 0 } else { u64::MAX },
         broker_up,
         ..Boot::as_selected(&flash)
     };
@@ -468,18 +479,20 @@ fn a_new_image_that_cannot_read_conf_json_rolls_back_at_once() {
 }
 
 /// Review defect 4: an outage after an update used to use up the new image's trials, roll a
-/// good image back and bar its release. A boot that ends only for lack of network gives its
-/// trial back; the image confirms as soon as the network returns.
+/// good image back and bar its release. A trial boot that only lacks the network gives its
+/// trial back at the deadline and goes on; the image confirms as soon as the network returns.
 #[test]
 fn a_new_image_without_network_keeps_its_trials_and_confirms_when_the_network_returns() {
     let new = image("1.1");
     let release = release_json("1.1", &new, &new);
     let (mut flash, _) = boot(board("1.0"), &release, &new, true);
-    for trial in 1..=6 {
-        let (next, result) = boot_with(flash, &release, &new, true, false);
+    for trial in 1..=4 {
+        // Power lost after 25 minutes without WiFi, four boots in a row.
+        let mut boot = Boot::as_selected(&flash);
+        boot.network_from_ms = u64::MAX;
+        boot.power_off_at_ms = 25 * 60 * 1000;
+        let (next, result) = run_boot(flash, boot, &mut github(&release, &new));
         flash = next;
-        assert!(result.rebooted, "trial {trial} reboots after the deadline");
-        assert_eq!(outcome(&result.events), "failed/network", "trial {trial}");
         assert!(
             result
                 .events
@@ -488,11 +501,24 @@ fn a_new_image_without_network_keeps_its_trials_and_confirms_when_the_network_re
             "trial {trial}: {:?}",
             result.events
         );
+        assert!(
+            !result
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::Outcome { .. }))
+        );
         assert_eq!(otadata_slot(&flash), Some(1), "still on the new image");
     }
-    let (flash, back) = boot(flash, &release, &new, true);
+    let mut boot = Boot::as_selected(&flash);
+    boot.network_from_ms = 45 * 60 * 1000;
+    let (flash, back) = run_boot(flash, boot, &mut github(&release, &new));
+    assert!(
+        back.events
+            .iter()
+            .any(|e| matches!(e, Event::TrialReturned { .. }))
+    );
     assert_eq!(outcome(&back.events), "updated/none");
-    assert!(back.events.iter().any(|e| matches!(e, Event::Confirmed { .. })));
+    assert!(confirmed(&back));
     assert_eq!(otadata_slot(&flash), Some(1));
 }
 
@@ -535,7 +561,10 @@ fn slot_bytes(flash: &Ram, slot: u8, len: usize) -> Vec<u8> {
 
 /// A signed asset-host URL of the shape GitHub sends today (about 1 KB).
 fn signed_location() -> String {
-    let jwt = format!("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{}.sig", "A".repeat(600));
+    let jwt = format!(
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{}.sig",
+        "A".repeat(600)
+    );
     format!(
         "https://release-assets.githubusercontent.com/github-production-release-asset/41898282/\
          5b0c7e0e-8d4f-4f5c-9b7a-2a1f0c9d3e11?sp=r&sv=2018-11-09&sr=b&spr=https\
@@ -568,8 +597,14 @@ fn a_download_follows_a_1_kib_signed_redirect() {
             Reply::ok(&new)
         }
     });
-    assert_eq!(outcome(&first.events), "installed/none", "{:?}", first.events);
-    assert_eq!(asset_requests, [location.clone()], "the signed URL, byte for byte");
+    assert_eq!(
+        outcome(&first.events),
+        "installed/none",
+        "{:?}",
+        first.events
+    );
+    assert_eq!(asset_requests.len(), 1);
+    assert_eq!(asset_requests[0], location, "the signed URL, byte for byte");
     assert_eq!(otadata_slot(&flash), Some(1));
 }
 
@@ -586,10 +621,23 @@ fn a_reinstall_after_an_aborted_image_keeps_the_bootable_entry() {
     assert_eq!(otadata_slot(&flash), Some(1));
     let new = image("1.1");
     let release = release_json("1.1", &new, &new);
-    let (flash, result) = run_boot(flash, Boot::as_selected(&board("1.0")).running(1), &mut github(&release, &new));
-    assert_eq!(outcome(&result.events), "installed/none", "{:?}", result.events);
+    let (flash, result) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(1),
+        &mut github(&release, &new),
+    );
+    assert_eq!(
+        outcome(&result.events),
+        "installed/none",
+        "{:?}",
+        result.events
+    );
     let [s0, s1] = otadata_entries(&flash);
-    assert_eq!(s1, OtaEntry::new(4, ImageState::Valid), "the bootable entry is intact");
+    assert_eq!(
+        s1,
+        OtaEntry::new(4, ImageState::Valid),
+        "the bootable entry is intact"
+    );
     assert_eq!(s0, OtaEntry::new(5, ImageState::New));
     // Should the new image fail again, slot 1 still boots.
     let mut flash = flash;
@@ -620,14 +668,25 @@ fn the_running_slot_is_what_the_hardware_says_not_what_otadata_selects() {
     let running = slot_bytes(&flash, 0, 0x8000);
     let new = image("1.2");
     let release = release_json("1.2", &new, &new);
-    let (flash, result) = run_boot(flash, Boot::as_selected(&board("1.0")).running(0), &mut github(&release, &new));
+    let (flash, result) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(0),
+        &mut github(&release, &new),
+    );
     assert!(
-        result.events.iter().any(|e| matches!(e, Event::Boot { slot: 0, .. })),
+        result
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Boot { slot: 0, .. })),
         "{:?}",
         result.events
     );
     assert_eq!(outcome(&result.events), "installed/none");
-    assert_eq!(slot_bytes(&flash, 0, 0x8000), running, "the running slot is untouched");
+    assert_eq!(
+        slot_bytes(&flash, 0, 0x8000),
+        running,
+        "the running slot is untouched"
+    );
     assert_eq!(slot_bytes(&flash, 1, new.len()), new);
 }
 
@@ -661,7 +720,10 @@ fn installed_board() -> (Ram, String, Vec<u8>) {
 }
 
 fn confirmed(result: &BootResult) -> bool {
-    result.events.iter().any(|e| matches!(e, Event::Confirmed { .. }))
+    result
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Confirmed { .. }))
 }
 
 /// Defect 4: any HTTP status used to confirm a new image. A 403 from broken credentials or
@@ -670,30 +732,50 @@ fn confirmed(result: &BootResult) -> bool {
 fn a_new_image_confirms_only_on_a_usable_release() {
     use firmware::format::otadata::ImageState;
     let (flash, _, _) = installed_board();
-    let (flash, forbidden) = run_boot(flash, Boot::as_selected(&board("1.0")).running(1), &mut |_| {
-        Reply::status(403, vec![("content-type", "application/json".into())])
-    });
+    let (flash, forbidden) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(1),
+        &mut |_| Reply::status(403, vec![("content-type", "application/json".into())]),
+    );
     assert!(!confirmed(&forbidden), "{:?}", forbidden.events);
     assert_eq!(outcome(&forbidden.events), "failed/http_status");
     let [s0, _] = otadata_entries(&flash);
-    assert_eq!((s0.seq, s0.image_state()), (2, ImageState::New), "still on trial");
+    assert_eq!(
+        (s0.seq, s0.image_state()),
+        (2, ImageState::New),
+        "still on trial"
+    );
 
-    let mut calls = 0;
-    let (flash, unavailable) = run_boot(flash, Boot::as_selected(&board("1.0")).running(1), &mut |_| {
-        calls += 1;
-        Reply::status(503, vec![])
-    });
-    assert!(!confirmed(&unavailable));
-    assert!(calls > 3, "5xx is retried until the trial deadline");
-    assert_eq!(outcome(&unavailable.events), "failed/network");
-    assert!(unavailable.rebooted);
-
-    let (flash, _, _) = (flash, (), ());
+    // GitHub unavailable past the trial deadline: the trial is given back, and the first
+    // usable release confirms the image in the same boot.
     let new = image("1.1");
     let release = release_json("1.1", &new, &new);
-    let (_, good) = run_boot(flash, Boot::as_selected(&board("1.0")).running(1), &mut github(&release, &new));
-    assert!(confirmed(&good));
-    assert_eq!(outcome(&good.events), "updated/none");
+    let mut calls = 0;
+    let mut script = github(&release, &new);
+    let (flash, unavailable) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(1),
+        &mut |req| {
+            calls += 1;
+            if calls <= 60 {
+                return Reply::status(503, vec![]);
+            }
+            script(req)
+        },
+    );
+    let returned = unavailable
+        .events
+        .iter()
+        .position(|e| matches!(e, Event::TrialReturned { .. }))
+        .expect("the trial is given back");
+    let confirmed_at = unavailable
+        .events
+        .iter()
+        .position(|e| matches!(e, Event::Confirmed { .. }))
+        .expect("confirmed once a release came");
+    assert!(returned < confirmed_at);
+    assert_eq!(outcome(&unavailable.events), "updated/none");
+    assert_eq!(otadata_slot(&flash), Some(1));
 }
 
 /// Defect 4: a boot that only lacked the network gives its trial back, but a TLS failure is the
@@ -702,14 +784,30 @@ fn a_new_image_confirms_only_on_a_usable_release() {
 fn tls_failures_use_up_trials_and_roll_back() {
     let (mut flash, release, new) = installed_board();
     for _ in 0..3 {
-        let (next, result) = run_boot(flash, Boot::as_selected(&board("1.0")).running(1), &mut |_| {
-            Reply::Transport(Transport::Tls)
-        });
+        let (next, result) = run_boot(
+            flash,
+            Boot::as_selected(&board("1.0")).running(1),
+            &mut |_| Reply::Transport(Transport::Tls),
+        );
         flash = next;
-        assert_eq!(outcome(&result.events), "failed/self_check", "{:?}", result.events);
-        assert!(!result.events.iter().any(|e| matches!(e, Event::TrialReturned { .. })));
+        assert_eq!(
+            outcome(&result.events),
+            "failed/self_check",
+            "{:?}",
+            result.events
+        );
+        assert!(
+            !result
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::TrialReturned { .. }))
+        );
     }
-    let (flash, last) = run_boot(flash, Boot::as_selected(&board("1.0")).running(1), &mut github(&release, &new));
+    let (flash, last) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(1),
+        &mut github(&release, &new),
+    );
     assert_eq!(outcome(&last.events), "rolled_back/self_check");
     assert_eq!(otadata_slot(&flash), Some(0));
 }
@@ -733,7 +831,12 @@ fn hostile_rate_limit_headers_do_not_panic_the_core() {
             ],
         )
     });
-    assert!(result.events.iter().any(|e| matches!(e, Event::Retry { .. })));
+    assert!(
+        result
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Retry { .. }))
+    );
 }
 
 /// Defect 6: the token goes to the configured API host only, and no redirect may downgrade
@@ -741,12 +844,19 @@ fn hostile_rate_limit_headers_do_not_panic_the_core() {
 #[test]
 fn the_token_never_leaves_the_api_host_and_https_never_becomes_http() {
     let new = image("1.1");
-    let release = release_json("1.1", &new, &new)
-        .replace("https://gh.test/repos/acme/thermo/releases/assets/1", "https://evil.test/assets/1");
+    let release = release_json("1.1", &new, &new).replace(
+        "https://gh.test/repos/acme/thermo/releases/assets/1",
+        "https://evil.test/assets/1",
+    );
     // run_boot asserts that no authorized request leaves https://gh.test.
     let (_, result) = boot(board("1.0"), &release, &new, true);
     assert_eq!(outcome(&result.events), "installed/none");
-    assert!(result.requests.iter().all(|r| !r.url.starts_with("https://evil.test")));
+    assert!(
+        result
+            .requests
+            .iter()
+            .all(|r| !r.url.starts_with("https://evil.test"))
+    );
 
     let release = release_json("1.1", &new, &new);
     let (flash, result) = run_boot(board("1.0"), Boot::as_selected(&board("1.0")), &mut |req| {
@@ -758,8 +868,18 @@ fn the_token_never_leaves_the_api_host_and_https_never_becomes_http() {
             Reply::ok(&new)
         }
     });
-    assert_eq!(outcome(&result.events), "failed/http_status", "{:?}", result.events);
-    assert!(result.requests.iter().all(|r| r.url.starts_with("https://")));
+    assert_eq!(
+        outcome(&result.events),
+        "failed/http_status",
+        "{:?}",
+        result.events
+    );
+    assert!(
+        result
+            .requests
+            .iter()
+            .all(|r| r.url.starts_with("https://"))
+    );
     assert_eq!(otadata_slot(&flash), None);
 }
 
@@ -822,7 +942,12 @@ fn cut_after_three_sectors(release: &str, asset: &[u8], etag: &str) -> Ram {
         }
         script(req)
     });
-    assert!(result.events.iter().any(|e| matches!(e, Event::Progress { .. }) || matches!(e, Event::Request { .. })));
+    assert!(
+        result
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Progress { .. }) || matches!(e, Event::Request { .. }))
+    );
     flash
 }
 
@@ -832,8 +957,16 @@ fn a_resume_sends_if_range_with_the_assets_etag() {
     let new = image("1.1");
     let release = release_json("1.1", &new, &new);
     let flash = cut_after_three_sectors(&release, &new, "\"0x8DD0A1\"");
-    let (flash, result) = run_boot(flash, Boot::as_selected(&board("1.0")), &mut ranged_github(&release, &new, "\"0x8DD0A1\"", None));
-    let asset_request = result.requests.iter().find(|r| r.url.starts_with("https://cdn.test")).unwrap();
+    let (flash, result) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")),
+        &mut ranged_github(&release, &new, "\"0x8DD0A1\"", None),
+    );
+    let asset_request = result
+        .requests
+        .iter()
+        .find(|r| r.url.starts_with("https://cdn.test"))
+        .unwrap();
     assert_eq!(asset_request.range_from, Some(3 * 4096));
     assert_eq!(asset_request.if_range.as_deref(), Some("\"0x8DD0A1\""));
     assert_eq!(outcome(&result.events), "installed/none");
@@ -852,8 +985,16 @@ fn a_replaced_asset_is_downloaded_from_zero_not_stitched() {
     let mut rebuilt = image("1.1");
     let last = rebuilt.len() - 40;
     rebuilt[last] ^= 0xFF; // not the file the first boot started on
-    let (flash, result) = run_boot(flash, Boot::as_selected(&board("1.0")), &mut ranged_github(&release, &rebuilt, "\"second\"", None));
-    let asset_request = result.requests.iter().find(|r| r.url.starts_with("https://cdn.test")).unwrap();
+    let (flash, result) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")),
+        &mut ranged_github(&release, &rebuilt, "\"second\"", None),
+    );
+    let asset_request = result
+        .requests
+        .iter()
+        .find(|r| r.url.starts_with("https://cdn.test"))
+        .unwrap();
     assert_eq!(asset_request.if_range.as_deref(), Some("\"first\""));
     // The server answered 200 with the whole new file: the core took all of it from byte 0
     // (nothing resumed), and verification refused it, instead of a silent mix.
@@ -882,7 +1023,10 @@ fn a_replaced_asset_is_downloaded_from_zero_not_stitched() {
                     status: 206,
                     headers: vec![
                         ("content-length", body.len().to_string()),
-                        ("content-range", format!("bytes {from}-{}/{}", new.len() + 99, new.len() + 100)),
+                        (
+                            "content-range",
+                            format!("bytes {from}-{}/{}", new.len() + 99, new.len() + 100),
+                        ),
                     ],
                     body,
                     cut_at: None,
@@ -891,16 +1035,77 @@ fn a_replaced_asset_is_downloaded_from_zero_not_stitched() {
         }
         ranged_github(&release, &new, "\"v\"", None)(req)
     });
-    assert_eq!(asked_from, [Some(3 * 4096), None], "resumed, then started over");
-    assert_eq!(outcome(&result.events), "installed/none", "{:?}", result.events);
+    assert_eq!(
+        asked_from,
+        [Some(3 * 4096), None],
+        "resumed, then started over"
+    );
+    assert_eq!(
+        outcome(&result.events),
+        "installed/none",
+        "{:?}",
+        result.events
+    );
     assert_eq!(slot_bytes(&flash, 1, new.len()), new);
 
     // A release whose asset was re-uploaded (new updated_at) does not resume the old bytes.
     let flash = cut_after_three_sectors(&release, &new, "\"v\"");
-    let reuploaded = release.replace("\"size\"", "\"updated_at\":\"2026-11-28T09:00:00Z\",\"size\"");
+    let reuploaded = release.replace(
+        "\"size\"",
+        "\"updated_at\":\"2026-11-28T09:00:00Z\",\"size\"",
+    );
     assert_ne!(reuploaded, release);
-    let (_, result) = run_boot(flash, Boot::as_selected(&board("1.0")), &mut ranged_github(&reuploaded, &new, "\"v\"", None));
-    let asset_request = result.requests.iter().find(|r| r.url.starts_with("https://cdn.test")).unwrap();
-    assert_eq!(asset_request.range_from, None, "a new asset starts at byte 0");
+    let (_, result) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")),
+        &mut ranged_github(&reuploaded, &new, "\"v\"", None),
+    );
+    let asset_request = result
+        .requests
+        .iter()
+        .find(|r| r.url.starts_with("https://cdn.test"))
+        .unwrap();
+    assert_eq!(
+        asset_request.range_from, None,
+        "a new asset starts at byte 0"
+    );
     assert_eq!(outcome(&result.events), "installed/none");
+}
+
+/// The bootloader refused the image otadata selects and started the old slot (here: behind a
+/// check the core could not make). The core must not install the same release at every boot
+/// behind a fallback: it bars the release and points otadata back at the running slot.
+#[test]
+fn an_image_the_bootloader_refused_is_barred_and_otadata_points_back() {
+    let (flash, release, new) = installed_board();
+    assert_eq!(otadata_slot(&flash), Some(1));
+    let (flash, result) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(0),
+        &mut github(&release, &new),
+    );
+    assert!(
+        result.events.iter().any(|e| matches!(
+            e,
+            Event::Error { detail, .. } if detail.contains("bootloader started slot 0")
+        )),
+        "{:?}",
+        result.events
+    );
+    assert_eq!(
+        otadata_slot(&flash),
+        Some(0),
+        "otadata points at the running slot again"
+    );
+    assert_eq!(outcome(&result.events), "failed/rolled_back_release");
+    assert!(
+        !result.requests.iter().any(|r| r.url.contains("/download/")),
+        "no download of the refused release"
+    );
+    let (_, next) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")),
+        &mut github(&release, &new),
+    );
+    assert_eq!(outcome(&next.events), "failed/rolled_back_release");
 }

@@ -10,8 +10,8 @@
 use crate::bootloader::{self, BootChoice, Bricked};
 use crate::flash::SimFlash;
 use firmware::Instant;
-use firmware::http::{HttpRequest, ResponseHead};
-use firmware::machine::{Action, Updater};
+use firmware::http::{HttpRequest, ResponseHead, Transport};
+use firmware::machine::{Action, BootInfo, Updater};
 use firmware::trace::{Event, Purpose};
 use futures_util::StreamExt;
 use rumqttc::v5::mqttbytes::QoS;
@@ -116,8 +116,8 @@ pub struct VirtualBoard {
     pub client_id: String,
     /// What each power cut interrupted: (boot, description).
     pub cuts: Vec<(u32, String)>,
-    /// Do not tell the core which slot the bootloader started (the board glue does not either).
-    pub derive_running_slot: bool,
+    /// The chip's revision (`major * 100 + minor`): ESP32-C3 v0.4 unless a scenario says.
+    pub chip_revision: u16,
     cuts_seen: Option<crate::flash::Cut>,
     /// The virtual clock in ms since the first boot, for servers that follow it.
     pub clock_handle: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -153,7 +153,7 @@ enum Step {
     Head(reqwest::Response),
     Chunk(bytes::Bytes),
     End,
-    Failed(String),
+    Failed(Transport, String),
 }
 
 struct Mqtt {
@@ -174,7 +174,7 @@ impl VirtualBoard {
             outages: Vec::new(),
             client_id: client_id.to_string(),
             cuts: Vec::new(),
-            derive_running_slot: false,
+            chip_revision: 4,
             cuts_seen: None,
             clock_handle: Default::default(),
             seed,
@@ -212,8 +212,14 @@ impl VirtualBoard {
         let mut outages = self.outages.clone();
         let clock_out = self.clock_handle.clone();
         let mut core = Updater::new(&mut self.flash, seed);
-        // Like the board glue, optionally let the core work out which slot is running.
-        core.handle_boot(Instant(now), (!self.derive_running_slot).then_some(offset));
+        // Like the board glue, which reads it from the MMU: the slot the bootloader started.
+        core.handle_boot(
+            Instant(now),
+            BootInfo {
+                running_offset: offset,
+                chip_revision: self.chip_revision,
+            },
+        );
         let mut flight: Option<Flight> = None;
         let mut join_at: Option<u64> = None;
         let mut mqtt: Option<Mqtt> = None;
@@ -337,9 +343,9 @@ impl VirtualBoard {
                         flight = None;
                         core.handle_response_end(Instant(now), id);
                     }
-                    Ok(Step::Failed(what)) => {
+                    Ok(Step::Failed(kind, what)) => {
                         flight = None;
-                        core.handle_transport_error(Instant(now), id, &what);
+                        core.handle_transport_error(Instant(now), id, kind, &what);
                     }
                     Err(_) => {
                         if let Some(d) = deadline {
@@ -455,6 +461,9 @@ fn start_request(http: &reqwest::Client, req: &HttpRequest, token: Option<&str>)
         .header("user-agent", "esp-ota-sim");
     if let Some(from) = req.range_from {
         builder = builder.header("range", format!("bytes={from}-"));
+        if let Some(validator) = req.if_range.as_deref() {
+            builder = builder.header("if-range", validator);
+        }
     }
     if let (true, Some(token)) = (req.authorize, token) {
         builder = builder.header("authorization", format!("Bearer {token}"));
@@ -470,14 +479,32 @@ async fn next_step(flight: &mut Flight) -> Step {
     match flight {
         Flight::Connecting { fut, .. } => match fut.await {
             Ok(resp) => Step::Head(resp),
-            Err(e) => Step::Failed(describe(&e)),
+            Err(e) => Step::Failed(transport_kind(&e), describe(&e)),
         },
         Flight::Streaming { body, .. } => match body.next().await {
             Some(Ok(bytes)) => Step::Chunk(bytes),
-            Some(Err(e)) => Step::Failed(describe(&e)),
+            Some(Err(e)) => Step::Failed(transport_kind(&e), describe(&e)),
             None => Step::End,
         },
     }
+}
+
+/// Whose doing a transport error is: a failed TLS handshake is the image's (its roots, its
+/// clock), anything else the network's. rustls's error sits inside an `io::Error`, whose
+/// `source()` skips it, so each `io::Error` is opened.
+fn transport_kind(e: &reqwest::Error) -> Transport {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        if err.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>()) {
+            return Transport::Tls;
+        }
+        next = inner.or_else(|| err.source());
+    }
+    Transport::Network
 }
 
 /// A transport error as one short line: what failed and the root cause (no URL: it

@@ -146,8 +146,6 @@ async fn run_one(shared: &Shared, id: u64, seed: u64, cuts: &[CutAt]) -> RunResu
     flash.load(CONFIG_OFFSET, &[0xFF; 0x1000]);
     flash.load(CONFIG_OFFSET, conf.as_bytes());
     let mut board = VirtualBoard::new(flash, &client_id, seed);
-    // The board glue passes no running slot: the sweep checks the core derives the right one.
-    board.derive_running_slot = true;
     let wiring = Wiring {
         broker: shared.world.board_broker(),
     };

@@ -147,8 +147,10 @@ pub fn conf_json(
     )
 }
 
-/// The host name the simulated GitHub goes by.
-pub const GITHUB_HOST: &str = "github.sim";
+/// The host name the simulated GitHub goes by. A name, not an address, so that DNS failures
+/// can be simulated; `localhost`, because the core refuses to send a token over plain http to
+/// anything but this machine (the mock speaks plain http on loopback).
+pub const GITHUB_HOST: &str = "localhost";
 
 /// The board's DNS: resolves [`GITHUB_HOST`] to loopback, and fails the next
 /// `failures` lookups when a scenario says DNS is down.
@@ -170,7 +172,7 @@ impl reqwest::dns::Resolve for SimDns {
             if fail {
                 return Err(format!("DNS lookup of {host} failed (server unreachable)").into());
             }
-            if host != GITHUB_HOST && host != "localhost" {
+            if host != GITHUB_HOST {
                 return Err(format!("DNS: no such host {host}").into());
             }
             // reqwest replaces the port with the URL's.

@@ -91,10 +91,10 @@ pub async fn run(spawner: Spawner, hw: Hardware) -> ! {
     static BUFFERS: StaticCell<Buffers> = StaticCell::new();
     let bufs = BUFFERS.init(Buffers::new());
 
-    let mut core: Core = Updater::new(hw.flash, hw.seed);
-    // `None`: the core derives the running slot from otadata, exactly as the
-    // second-stage bootloader did a moment ago.
-    core.handle_boot(now(), None);
+    let mut flash = hw.flash;
+    let boot = super::boot::read(&mut flash);
+    let mut core: Core = Updater::new(flash, hw.seed);
+    core.handle_boot(now(), boot);
     let leds = match core.config() {
         Some(c) => {
             let (y, g, a) = led_pins(c);
@@ -262,7 +262,13 @@ async fn run_http(
 ) {
     let id = req.id;
     let (Some(stack), Some(tls)) = (board.stack, tls) else {
-        core.handle_transport_error(now(), id, TransportError::Connect.name());
+        // No TLS context on this board: the image's own fault, not the network's.
+        let e = if tls.is_none() {
+            TransportError::Tls
+        } else {
+            TransportError::Connect
+        };
+        core.handle_transport_error(now(), id, e.kind(), e.name());
         return;
     };
     let mut token_buf: String<128> = String::new();
@@ -295,7 +301,7 @@ async fn run_http(
     if let Err(e) = result
         && board.aborted != Some(id)
     {
-        core.handle_transport_error(now(), id, e.name());
+        core.handle_transport_error(now(), id, e.kind(), e.name());
     }
     board.aborted = None;
 }

@@ -58,6 +58,14 @@ pub enum TransportError {
 }
 
 impl TransportError {
+    /// Whose doing it is, for the core's trial rules: only a failed handshake is the image's.
+    pub fn kind(self) -> firmware::http::Transport {
+        match self {
+            TransportError::Tls => firmware::http::Transport::Tls,
+            _ => firmware::http::Transport::Network,
+        }
+    }
+
     /// The word passed to `Updater::handle_transport_error`.
     pub fn name(self) -> &'static str {
         match self {
@@ -249,6 +257,9 @@ async fn exchange<C: Read + Write>(
     if let Some(from) = req.range_from {
         let _ = core::fmt::write(&mut range, format_args!("bytes={}-", from));
         let _ = headers.push(("Range", range.as_str()));
+        if let Some(validator) = req.if_range.as_deref() {
+            let _ = headers.push(("If-Range", validator));
+        }
     }
     if let (true, Some(token)) = (req.authorize, cx.token) {
         let _ = core::fmt::write(&mut auth, format_args!("Bearer {}", token));

@@ -5,6 +5,7 @@
 //!
 //! | module      | moves bytes between the core and …                              |
 //! |-------------|-----------------------------------------------------------------|
+//! | [`boot`]    | the hardware's answer to "which slot runs, on which chip revision" |
 //! | [`driver`]  | everything: the loop `handle_* → poll_trace → poll_action → wait` |
 //! | [`net`]     | the WiFi station and the embassy-net stack (DHCP, DNS, TCP)     |
 //! | [`http`]    | one HTTP/1.1 GET, plain or TLS, redirects *not* followed        |
@@ -14,6 +15,7 @@
 //! | [`app`]     | **the application routine: the place users edit**              |
 
 pub mod app;
+pub mod boot;
 pub mod driver;
 pub mod http;
 pub mod leds;

@@ -232,22 +232,32 @@ impl OtaData {
         }
     }
 
-    /// The otadata rewrite that confirms the image the active entry boots: an entry for the
-    /// same slot, state `Valid`, with the next sequence number that selects it, written into
-    /// the *other* sector.
+    /// `esp_ota_mark_app_valid_cancel_rollback`: the active entry, state `Valid`, rewritten
+    /// in place (its own sector). `None` without an active entry.
     ///
-    /// ESP-IDF's `esp_ota_mark_app_valid_cancel_rollback` rewrites the active sector in place
-    /// (erase, then program); a power cut between the two leaves the previous entry as the
-    /// only valid one and boots the old image. Writing the other sector instead keeps the
-    /// pending entry until the valid one is complete. `None` without an active entry.
-    pub fn confirm(&self, slot_count: u8) -> Option<(usize, OtaEntry)> {
+    /// In place, as ESP-IDF does it, and not into the other sector: a power cut between the
+    /// erase and the program then leaves the *previous* image's entry as the only valid one,
+    /// so the board boots the old, complete image. Writing the other sector instead would
+    /// erase that entry first; behind a rollback bootloader the torn window leaves only a
+    /// `PendingVerify` entry, which the next boot marks `Aborted`: nothing bootable.
+    pub fn confirm(&self) -> Option<(usize, OtaEntry)> {
+        self.rewrite_active(ImageState::Valid)
+    }
+
+    /// `esp_ota_mark_app_invalid_rollback_and_reboot`: the active entry, state `Invalid`,
+    /// rewritten in place, so that the bootloader takes the other entry. `None` without an
+    /// active entry.
+    pub fn invalidate(&self) -> Option<(usize, OtaEntry)> {
+        self.rewrite_active(ImageState::Invalid)
+    }
+
+    fn rewrite_active(&self, state: ImageState) -> Option<(usize, OtaEntry)> {
         let active = self.active()?;
-        let entry = self.entries[active];
-        let seq = entry
-            .seq
-            .checked_add(u32::from(slot_count.max(1)))
-            .filter(|&seq| seq != u32::MAX)?;
-        Some((1 - active, OtaEntry::new(seq, ImageState::Valid)))
+        let entry = OtaEntry {
+            state: state as u32,
+            ..self.entries[active]
+        };
+        Some((active, entry))
     }
 }
 
@@ -296,13 +306,14 @@ mod tests {
         let (sector, entry) = d.select(0, 2, ImageState::New);
         assert_eq!((sector, entry.seq), (0, 3));
         d.entries[sector] = entry;
-        // Re-selecting the slot the active entry boots keeps its number, as ESP-IDF does; a
-        // confirmation moves forward instead.
+        // Re-selecting the slot the active entry boots keeps its number, as ESP-IDF does.
         let (sector, entry) = d.select(0, 2, ImageState::Valid);
         assert_eq!((sector, entry.seq), (1, 3));
+        // Confirming and invalidating rewrite the active entry where it is.
+        assert_eq!(d.confirm(), Some((0, OtaEntry::new(3, ImageState::Valid))));
         assert_eq!(
-            d.confirm(2),
-            Some((1, OtaEntry::new(5, ImageState::Valid)))
+            d.invalidate(),
+            Some((0, OtaEntry::new(3, ImageState::Invalid)))
         );
     }
 
@@ -343,10 +354,8 @@ mod tests {
     /// the only bootable entry.
     #[test]
     fn a_rewrite_never_overwrites_the_last_bootable_entry() {
-        let mut d = OtaData::from_sectors(
-            &[0xFF; 32],
-            &OtaEntry::new(4, ImageState::Valid).to_bytes(),
-        );
+        let mut d =
+            OtaData::from_sectors(&[0xFF; 32], &OtaEntry::new(4, ImageState::Valid).to_bytes());
         let (sector, entry) = d.select(0, 2, ImageState::New);
         assert_eq!((sector, entry.seq), (0, 5));
         d.entries[sector] = entry;

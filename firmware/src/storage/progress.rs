@@ -109,7 +109,8 @@ impl Target {
 fn nul_padded<const N: usize>(bytes: &[u8]) -> Option<String<N>> {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     let mut text = String::new();
-    text.push_str(core::str::from_utf8(&bytes[..end]).ok()?).ok()?;
+    text.push_str(core::str::from_utf8(&bytes[..end]).ok()?)
+        .ok()?;
     Some(text)
 }
 
@@ -258,7 +259,8 @@ mod tests {
         assert_eq!(p.validator(&mut f).unwrap(), None);
         let etag: Validator = "\"0x8DD0A1B2C3D4E5F\"".try_into().unwrap();
         p.set_validator(&mut f, &etag).unwrap();
-        p.set_validator(&mut f, &"\"other\"".try_into().unwrap()).unwrap();
+        p.set_validator(&mut f, &"\"other\"".try_into().unwrap())
+            .unwrap();
         assert_eq!(p.validator(&mut f).unwrap(), Some(etag));
         assert_eq!(p.durable_sectors(&mut f, &target()).unwrap(), Some(0));
         f.write(0x2000 + VALIDATOR_AT + 8, &[0, 0, 0, 0]).unwrap();

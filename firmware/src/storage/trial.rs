@@ -145,7 +145,11 @@ impl TrialRecord {
     }
 
     /// Uses up one boot (programs the next `counted` word); returns the record as it now is.
-    pub fn count_boot<F: NorFlash>(&self, flash: &mut F, trial: &Trial) -> Result<Trial, FlashError> {
+    pub fn count_boot<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        trial: &Trial,
+    ) -> Result<Trial, FlashError> {
         let mut trial = trial.clone();
         if trial.pairs >= PAIRS {
             self.rewrite(flash, trial.slot, &trial.version, trial.boots)?;
@@ -158,7 +162,11 @@ impl TrialRecord {
     }
 
     /// Gives back the boot counted last: it ended only for lack of network.
-    pub fn give_back<F: NorFlash>(&self, flash: &mut F, trial: &Trial) -> Result<Trial, FlashError> {
+    pub fn give_back<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        trial: &Trial,
+    ) -> Result<Trial, FlashError> {
         let mut trial = trial.clone();
         if trial.pairs == 0 || trial.boots == 0 {
             return Ok(trial);
