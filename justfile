@@ -92,3 +92,8 @@ console-summary FILE:
 hil:
     @echo "Flashing a board and replaying power-cut scenarios is not built yet; see README.md, 'What is missing'." >&2
     @exit 1
+
+# What a board running 1.0 would do with a repository's latest release, against the real server
+# (extra flags: --from 1.1, --api-base URL, --token-env GITHUB_TOKEN, --json, --trace).
+probe repo asset *flags:
+    cargo run -q -p sim -- probe --repo {{repo}} --asset {{asset}} {{flags}}

@@ -81,6 +81,40 @@ pub struct Wiring {
     pub broker: SocketAddr,
 }
 
+/// One HTTP exchange as the board performed it (what `sim probe` reports: hosts, redirects,
+/// timing). The token itself is never recorded, only whether it was sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    /// Boot number (1-based).
+    pub boot: u32,
+    /// The core's request id.
+    pub id: u32,
+    /// What the request was for.
+    pub purpose: Purpose,
+    /// The URL requested.
+    pub url: String,
+    /// First byte asked for with `Range`, if any.
+    pub range_from: Option<u32>,
+    /// An `Authorization` header (the token) was sent.
+    pub authorized: bool,
+    /// HTTP status, once the head arrived.
+    pub status: Option<u16>,
+    /// The `Location` header, if any.
+    pub location: Option<String>,
+    /// Body bytes received.
+    pub body_bytes: u64,
+    /// The body of a release check (the release JSON), so a report can quote the server.
+    pub check_body: Vec<u8>,
+    /// Real time from the start of the boot to the request, the head and the end of the body.
+    pub sent_at: Duration,
+    /// See `sent_at`.
+    pub head_at: Option<Duration>,
+    /// See `sent_at`; also set when the request failed or was dropped.
+    pub ended_at: Option<Duration>,
+    /// Transport error, or `aborted` when the core dropped the request.
+    pub error: Option<String>,
+}
+
 /// How a boot ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BootEnd {
@@ -119,6 +153,14 @@ pub struct VirtualBoard {
     /// The chip's revision (`major * 100 + minor`): ESP32-C3 v0.4 unless a scenario says.
     pub chip_revision: u16,
     cuts_seen: Option<crate::flash::Cut>,
+    /// Record every HTTP exchange in `exchanges` (off by default: sweeps boot thousands of boards).
+    pub record_exchanges: bool,
+    /// Every HTTP exchange of every boot, when `record_exchanges` is on.
+    pub exchanges: Vec<Exchange>,
+    /// Real time an I/O step may stay silent before the virtual clock jumps to the core's
+    /// next deadline. Loopback servers answer at once; a probe of a real server over the
+    /// internet sets the core's stall timeout here so that only a real stall counts.
+    pub io_patience: Duration,
     /// The virtual clock in ms since the first boot, for servers that follow it.
     pub clock_handle: std::sync::Arc<std::sync::atomic::AtomicU64>,
     seed: u64,
@@ -175,6 +217,9 @@ impl VirtualBoard {
             client_id: client_id.to_string(),
             cuts: Vec::new(),
             chip_revision: 4,
+            record_exchanges: false,
+            exchanges: Vec::new(),
+            io_patience: IO_PATIENCE,
             cuts_seen: None,
             clock_handle: Default::default(),
             seed,
@@ -211,6 +256,10 @@ impl VirtualBoard {
         let mut downloaded = self.downloaded;
         let mut outages = self.outages.clone();
         let clock_out = self.clock_handle.clone();
+        let wall = std::time::Instant::now();
+        let record = self.record_exchanges;
+        let exchanges = &mut self.exchanges;
+        let io_patience = self.io_patience;
         let mut core = Updater::new(&mut self.flash, seed);
         // Like the board glue, which reads it from the MMU: the slot the bootloader started.
         core.handle_boot(
@@ -243,11 +292,36 @@ impl VirtualBoard {
                     }
                     Action::Http(req) => {
                         let token = core.config().and_then(|c| c.token.clone());
+                        if record {
+                            exchanges.push(Exchange {
+                                boot,
+                                id: req.id,
+                                purpose: req.purpose,
+                                url: req.url.to_string(),
+                                range_from: req.range_from,
+                                authorized: req.authorize && token.is_some(),
+                                status: None,
+                                location: None,
+                                body_bytes: 0,
+                                check_body: Vec::new(),
+                                sent_at: wall.elapsed(),
+                                head_at: None,
+                                ended_at: None,
+                                error: None,
+                            });
+                        }
                         flight = Some(start_request(http, &req, token.as_deref()));
                     }
                     Action::AbortHttp { id } => {
                         if flight.as_ref().is_some_and(|f| f.id() == id) {
                             flight = None;
+                            if let Some(x) = exchange(exchanges, boot, id) {
+                                x.ended_at.get_or_insert(wall.elapsed());
+                                // Dropping a redirect after its head is the normal course.
+                                if x.status.is_none_or(|s| !(300..400).contains(&s)) {
+                                    x.error.get_or_insert_with(|| "aborted".into());
+                                }
+                            }
                         }
                     }
                     Action::Publish {
@@ -269,8 +343,33 @@ impl VirtualBoard {
                 .flatten()
                 .min();
             if let Some(f) = flight.as_mut() {
-                let step = tokio::time::timeout(IO_PATIENCE, next_step(f)).await;
+                let step = tokio::time::timeout(io_patience, next_step(f)).await;
                 let id = f.id();
+                if let (Ok(step), Some(x)) = (&step, exchange(exchanges, boot, id)) {
+                    let at = wall.elapsed();
+                    match step {
+                        Step::Head(resp) => {
+                            x.status = Some(resp.status().as_u16());
+                            x.location = resp
+                                .headers()
+                                .get("location")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string);
+                            x.head_at = Some(at);
+                        }
+                        Step::Chunk(bytes) => {
+                            x.body_bytes += bytes.len() as u64;
+                            if x.purpose == Purpose::Check {
+                                x.check_body.extend_from_slice(bytes);
+                            }
+                        }
+                        Step::End => x.ended_at = Some(at),
+                        Step::Failed(_, what) => {
+                            x.ended_at = Some(at);
+                            x.error = Some(what.clone());
+                        }
+                    }
+                }
                 match step {
                     Ok(Step::Head(resp)) => {
                         let mut head = ResponseHead::new(resp.status().as_u16());
@@ -403,6 +502,14 @@ impl VirtualBoard {
         self.clock = start + now;
         end
     }
+}
+
+/// The exchange of request `id` in this boot.
+fn exchange(exchanges: &mut [Exchange], boot: u32, id: u32) -> Option<&mut Exchange> {
+    exchanges
+        .iter_mut()
+        .rev()
+        .find(|x| x.boot == boot && x.id == id)
 }
 
 /// Moves the core's events into the trace and fires event triggers; true when power is cut.

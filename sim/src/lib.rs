@@ -5,6 +5,7 @@ pub mod broker;
 pub mod flash;
 pub mod github;
 pub mod image;
+pub mod probe;
 pub mod proxy;
 pub mod scenario;
 pub mod sweep;

@@ -71,6 +71,40 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: SocketAddr,
     },
+    /// What a board would do with a repository's latest release, against the real server:
+    /// one virtual ESP32-C3 boot (the core, simulated flash, reqwest + rustls), then the
+    /// bootloader model starts the result. Exit 0: installs or up to date; 1: a board would
+    /// fail; 2: the probe could not run. Without the global --broker the board has no MQTT
+    /// broker (the log record stays on its flash).
+    Probe {
+        /// Repository, owner/name.
+        #[arg(long)]
+        repo: String,
+        /// Release asset name.
+        #[arg(long)]
+        asset: String,
+        /// API base URL (GitHub Enterprise: https://HOST/api/v3).
+        #[arg(long, default_value = "https://api.github.com")]
+        api_base: String,
+        /// Name of the environment variable holding a GitHub token (never printed).
+        #[arg(long)]
+        token_env: Option<String>,
+        /// Version the board runs.
+        #[arg(long, default_value = "1.0")]
+        from: String,
+        /// Retries (network, 5xx, rate limit) before the probe stops; a board would go on.
+        #[arg(long, default_value_t = 3)]
+        max_retries: u32,
+        /// Print one JSON object instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// Print the board's serial console after the summary.
+        #[arg(long)]
+        trace: bool,
+        /// Seed of the core's retry jitter.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Write a release image (a real ESP32-C3 app image) with this version.
     Image {
         /// Version in esp_app_desc_t.
@@ -271,6 +305,25 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Probe {
+        repo,
+        asset,
+        api_base,
+        token_env,
+        from,
+        max_retries,
+        json,
+        trace,
+        seed,
+    } = cli.command
+    {
+        let mut opts = sim::probe::ProbeOptions::new(&repo, &asset);
+        opts.api_base = api_base;
+        opts.from = from;
+        opts.max_retries = max_retries;
+        opts.seed = seed;
+        return run_probe(opts, token_env, cli.broker, json, trace).await;
+    }
     let result = match cli.command {
         Command::Run {
             scenarios,
@@ -318,6 +371,8 @@ async fn main() -> ExitCode {
             }
         }
         Command::Serve { addr } => serve(addr).await,
+        // Handled above: the probe has its own exit codes and output.
+        Command::Probe { .. } => Ok(true),
         Command::Image {
             version,
             size,
@@ -344,6 +399,64 @@ async fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `sim probe`: exit 0 when the board would succeed, 1 when it would fail, 2 when the probe
+/// could not run.
+async fn run_probe(
+    mut opts: sim::probe::ProbeOptions,
+    token_env: Option<String>,
+    broker: Option<String>,
+    json: bool,
+    trace: bool,
+) -> ExitCode {
+    let setup = || -> Result<(), String> {
+        if let Some(var) = token_env {
+            match std::env::var(&var) {
+                Ok(t) if !t.is_empty() => opts.token = Some(sim::probe::Token::new(t)),
+                _ => {
+                    return Err(format!(
+                        "--token-env {var}: that environment variable is not set"
+                    ));
+                }
+            }
+        }
+        if let Some(url) = broker {
+            let addr = BrokerAddr::parse(&url).map_err(|e| e.to_string())?;
+            opts.broker = Some(
+                sim::broker::resolve(&addr)
+                    .ok_or_else(|| format!("broker {} does not resolve", addr.url()))?,
+            );
+        }
+        Ok(())
+    };
+    if let Err(e) = setup() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let report = match sim::probe::probe(&opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.summary());
+        if trace {
+            println!("console:");
+            for line in &report.console {
+                println!("  {line}");
+            }
+        }
+    }
+    if report.board_succeeds() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
