@@ -70,6 +70,10 @@ enum Command {
         /// Address of the mock GitHub; port 0 picks a free one. The broker binds the same IP.
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: SocketAddr,
+        /// Shape of the signed URLs downloads redirect to: `release-assets` (GitHub's current
+        /// one, ~1 KB) or `objects` (the older S3 one).
+        #[arg(long, default_value = "release-assets")]
+        asset_url: sim::github::AssetUrl,
     },
     /// Write a release image (a real ESP32-C3 app image) with this version.
     Image {
@@ -317,7 +321,7 @@ async fn main() -> ExitCode {
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
             }
         }
-        Command::Serve { addr } => serve(addr).await,
+        Command::Serve { addr, asset_url } => serve(addr, asset_url).await,
         Command::Image {
             version,
             size,
@@ -347,8 +351,12 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(addr: SocketAddr) -> Result<bool, String> {
-    let github = MockGithub::start_on(addr, GithubConfig::default())
+async fn serve(addr: SocketAddr, asset_url: sim::github::AssetUrl) -> Result<bool, String> {
+    let config = GithubConfig {
+        asset_url,
+        ..GithubConfig::default()
+    };
+    let github = MockGithub::start_on(addr, config)
         .await
         .map_err(|e| e.to_string())?;
     let broker = Broker::start_embedded_on(addr.ip()).map_err(|e| e.to_string())?;

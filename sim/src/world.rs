@@ -1,7 +1,7 @@
 //! The servers a virtual board talks to, wired with fault proxies:
 //!
 //! ```text
-//!  board ──reqwest──> proxy ──> mock GitHub (axum)      /repos/…, /{o}/{r}/releases/download/… → 302 → /_cdn/…
+//!  board ──reqwest──> proxy ──> mock GitHub (axum)      /repos/…, /{o}/{r}/releases/download/… → 302 → signed asset URL
 //!  board ──MQTT 5──> proxy ──> rumqttd (in-process)    <── collector subscribed to the log topics
 //! ```
 
