@@ -70,6 +70,10 @@ enum Command {
         /// Address of the mock GitHub; port 0 picks a free one. The broker binds the same IP.
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: SocketAddr,
+        /// Shape of the signed URLs downloads redirect to: `release-assets` (GitHub's current
+        /// one, ~1 KB) or `objects` (the older S3 one).
+        #[arg(long, default_value = "release-assets")]
+        asset_url: sim::github::AssetUrl,
     },
     /// What a board would do with a repository's latest release, against the real server:
     /// one virtual ESP32-C3 boot (the core, simulated flash, reqwest + rustls), then the
@@ -370,7 +374,7 @@ async fn main() -> ExitCode {
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
             }
         }
-        Command::Serve { addr } => serve(addr).await,
+        Command::Serve { addr, asset_url } => serve(addr, asset_url).await,
         // Handled above: the probe has its own exit codes and output.
         Command::Probe { .. } => Ok(true),
         Command::Image {
@@ -460,8 +464,12 @@ async fn run_probe(
     }
 }
 
-async fn serve(addr: SocketAddr) -> Result<bool, String> {
-    let github = MockGithub::start_on(addr, GithubConfig::default())
+async fn serve(addr: SocketAddr, asset_url: sim::github::AssetUrl) -> Result<bool, String> {
+    let config = GithubConfig {
+        asset_url,
+        ..GithubConfig::default()
+    };
+    let github = MockGithub::start_on(addr, config)
         .await
         .map_err(|e| e.to_string())?;
     let broker = Broker::start_embedded_on(addr.ip()).map_err(|e| e.to_string())?;

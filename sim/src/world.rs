@@ -1,7 +1,7 @@
 //! The servers a virtual board talks to, wired with fault proxies:
 //!
 //! ```text
-//!  board ──reqwest──> proxy ──> mock GitHub (axum)      /repos/…, /{o}/{r}/releases/download/… → 302 → /_cdn/…
+//!  board ──reqwest──> proxy ──> mock GitHub (axum)      /repos/…, /{o}/{r}/releases/download/… → 302 → signed asset URL
 //!  board ──MQTT 5──> proxy ──> rumqttd (in-process)    <── collector subscribed to the log topics
 //! ```
 
@@ -101,21 +101,28 @@ impl World {
     /// The board's HTTP client: no automatic redirects (the core follows them), no connection
     /// reuse, DNS by [`SimDns`].
     pub fn http_client(&self, dns: &SimDns) -> Result<reqwest::Client, WorldError> {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            // One connection per request, as the board glue does (`Connection: close`): which
-            // connection a proxy fault hits must not depend on the pool's timing.
-            .pool_max_idle_per_host(0)
-            .dns_resolver(std::sync::Arc::new(dns.clone()))
-            .build()
-            .map_err(|e| WorldError::Unresolvable(e.to_string()))
+        board_http_client(dns)
     }
 
     /// Where the board's MQTT client connects.
     pub fn board_broker(&self) -> SocketAddr {
         self.broker_proxy.addr()
     }
+}
+
+/// The virtual board's HTTP client, whoever the servers are (a [`World`], or the contract
+/// tests' wiremock servers): no automatic redirects (the core follows them), no connection
+/// reuse, DNS by [`SimDns`].
+pub fn board_http_client(dns: &SimDns) -> Result<reqwest::Client, WorldError> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        // One connection per request, as the board glue does (`Connection: close`): which
+        // connection a proxy fault hits must not depend on the pool's timing.
+        .pool_max_idle_per_host(0)
+        .dns_resolver(std::sync::Arc::new(dns.clone()))
+        .build()
+        .map_err(|e| WorldError::Unresolvable(e.to_string()))
 }
 
 /// The `conf.json` a simulated board gets (`token`: with a GitHub token).

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_NONE_MATCH, LOCATION, RANGE};
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, LOCATION, RANGE,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sim::broker::{Broker, BrokerAddr, Collector};
 use sim::github::{
-    Asset, Exhausted, Fault, FaultKind, GithubConfig, GithubHandle, MockGithub, RateLimit, Release,
-    Route,
+    Asset, AssetUrl, Exhausted, Fault, FaultKind, GithubConfig, GithubHandle, MockGithub,
+    RateLimit, Release, Route,
 };
 use sim::proxy::{Proxy, ProxyMode};
 
@@ -200,7 +202,19 @@ async fn browser_download_url_redirects_to_the_asset_host() {
     let r = no_redirects().get(&url).send().await.expect("request");
     assert_eq!(r.status(), StatusCode::FOUND);
     let location = r.headers()[LOCATION].to_str().expect("ascii").to_owned();
-    assert!(location.contains("/_cdn/"), "{location}");
+    // github.com's page headers (a 3.4 KB Content-Security-Policy) come along: the head is
+    // larger than a 4 KiB header buffer, as on the real site.
+    let head: usize = r
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    assert!(head > 4096, "response head {head} bytes");
+    assert!(
+        // GitHub's host name is 15 bytes longer than `http://127.0.0.1:PORT`.
+        location.contains("/github-production-release-asset/") && location.len() > 850,
+        "a ~1 KB signed URL like GitHub's: {location}"
+    );
 
     let r = reqwest::get(&url).await.expect("followed");
     assert_eq!(r.status(), StatusCode::OK);
@@ -220,7 +234,7 @@ async fn browser_download_url_redirects_to_the_asset_host() {
         r.headers()[LOCATION]
             .to_str()
             .expect("ascii")
-            .contains("/_cdn/")
+            .contains("/github-production-release-asset/")
     );
     let json: Value = reqwest::Client::new()
         .get(api)
@@ -236,7 +250,7 @@ async fn browser_download_url_redirects_to_the_asset_host() {
     let log = gh.requests();
     let cdn = log
         .iter()
-        .find(|r| r.path.starts_with("/_cdn/"))
+        .find(|r| r.path.starts_with("/github-production-release-asset/"))
         .expect("CDN request logged");
     assert_eq!(
         (cdn.status, cdn.bytes_sent, cdn.aborted),
@@ -287,10 +301,124 @@ async fn ranges_resume_and_out_of_range_is_416() {
     let ranges: Vec<_> = gh
         .requests()
         .into_iter()
-        .filter(|r| r.path.starts_with("/_cdn/"))
+        .filter(|r| r.path.starts_with("/github-production-release-asset/"))
         .filter_map(|r| r.range)
         .collect();
     assert_eq!(ranges, ["bytes=40000-", "bytes=10-19", "bytes=100000-"]);
+}
+
+/// Follows one redirect by hand and returns the signed asset URL.
+async fn signed_url(gh: &GithubHandle) -> String {
+    let url = format!(
+        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
+        gh.base_url()
+    );
+    let r = no_redirects().get(&url).send().await.expect("request");
+    assert_eq!(r.status(), StatusCode::FOUND);
+    r.headers()[LOCATION].to_str().expect("ascii").to_owned()
+}
+
+#[tokio::test]
+async fn the_asset_host_checks_signature_and_expiry_in_both_shapes() {
+    let gh = github().await;
+    let now = Arc::new(AtomicU64::new(1_766_054_858));
+    let clock = now.clone();
+    gh.set_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+    for (shape, prefix, refusal) in [
+        (
+            AssetUrl::ReleaseAssets,
+            "/github-production-release-asset/",
+            "AuthenticationFailed",
+        ),
+        (
+            AssetUrl::Objects,
+            "/github-production-release-asset-2e65be/",
+            "SignatureDoesNotMatch",
+        ),
+    ] {
+        gh.set_asset_url(shape);
+        let url = signed_url(&gh).await;
+        assert!(url.contains(prefix), "{shape:?}: {url}");
+        let r = reqwest::get(&url).await.expect("get");
+        assert_eq!(r.status(), StatusCode::OK, "{shape:?}");
+        assert_eq!(r.bytes().await.expect("body").as_ref(), image(100_000));
+
+        // One byte of the signed part changed: the storage backend refuses it.
+        let tampered = url.replace("filename%3Dfirmware.bin", "filename%3Dfirmware.elf");
+        let r = reqwest::get(&tampered).await.expect("get");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{shape:?}");
+        assert_eq!(r.headers()["x-ms-error-code"], refusal);
+        // A URL cut short (a client with a 256-byte URL buffer) is refused too.
+        let r = reqwest::get(&url[..256]).await.expect("get");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{shape:?}");
+
+        // Five minutes later the URL has expired; a fresh redirect works again.
+        now.fetch_add(301, Ordering::SeqCst);
+        let r = reqwest::get(&url).await.expect("get");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{shape:?}");
+        let body = r.text().await.expect("xml");
+        assert!(
+            body.contains("Request has expired") || body.contains("time frame"),
+            "{body}"
+        );
+        let r = reqwest::get(signed_url(&gh).await).await.expect("get");
+        assert_eq!(r.status(), StatusCode::OK, "{shape:?}");
+    }
+}
+
+#[tokio::test]
+async fn assets_carry_validators_and_honour_if_range() {
+    let gh = github().await;
+    let url = signed_url(&gh).await;
+    let client = reqwest::Client::new();
+    let full = client.get(&url).send().await.expect("get");
+    let etag = full.headers()[ETAG].to_str().expect("ascii").to_owned();
+    let modified = full.headers()[LAST_MODIFIED]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(etag.starts_with("\"0x8D"), "Azure-style ETag: {etag}");
+    assert!(modified.ends_with(" GMT"), "{modified}");
+
+    // The validator matches: the range applies.
+    for validator in [etag.as_str(), modified.as_str()] {
+        let r = client
+            .get(&url)
+            .header(RANGE, "bytes=40000-")
+            .header(IF_RANGE, validator)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{validator}");
+        assert_eq!(r.headers()[CONTENT_RANGE], "bytes 40000-99999/100000");
+    }
+    // It does not (another ETag, a weak one, another date): the whole asset, 200 (RFC 9110).
+    for validator in [
+        "\"0x8DD000000000000\"".to_owned(),
+        format!("W/{etag}"),
+        "Thu, 01 Jan 2015 00:00:00 GMT".to_owned(),
+    ] {
+        let r = client
+            .get(&url)
+            .header(RANGE, "bytes=40000-")
+            .header(IF_RANGE, &validator)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), StatusCode::OK, "{validator}");
+        assert!(r.headers().get(CONTENT_RANGE).is_none());
+        assert_eq!(r.bytes().await.expect("body").len(), 100_000);
+    }
+    // Out of range: 416 with the size, even with a matching validator.
+    let r = client
+        .get(&url)
+        .header(RANGE, "bytes=100000-")
+        .header(IF_RANGE, &etag)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(r.headers()[CONTENT_RANGE], "bytes */100000");
 }
 
 #[tokio::test]
@@ -454,7 +582,7 @@ async fn cut_body_after_makes_the_body_stream_fail() {
     let rec = gh
         .requests()
         .into_iter()
-        .find(|r| r.path.starts_with("/_cdn/"))
+        .find(|r| r.path.starts_with("/github-production-release-asset/"))
         .expect("logged");
     assert_eq!((rec.bytes_sent, rec.aborted), (30_000, true));
 

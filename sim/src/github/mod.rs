@@ -2,16 +2,22 @@
 //!
 //! ```text
 //!  board ──GET /repos/{o}/{r}/releases/latest──────────────▶ JSON (rate limited, ETag)
-//!  board ──GET /{o}/{r}/releases/download/{tag}/{name}─────▶ 302 Location: /_cdn/{id}?token=…
+//!  board ──GET /{o}/{r}/releases/download/{tag}/{name}─────▶ 302 Location: a ~1 KB signed URL
 //!  board ──GET /repos/{o}/{r}/releases/assets/{id}          ▶ 302 (Accept: octet-stream) or JSON
 //!        (Accept: application/octet-stream)
-//!  board ──GET /_cdn/{id}?token=… (Range: bytes=N-)────────▶ 200/206/416 bytes (not rate limited)
+//!  board ──GET /github-production-release-asset/{repo_id}/{uuid}?sp=r&sv=…&sig=…&jwt=…
+//!        (or …-2e65be/…?X-Amz-…, the older shape; Range, If-Range)──▶ 200/206/416 (not rate limited)
 //! ```
 //!
-//! Everything a test wants to change while the server runs goes through [`GithubHandle`].
+//! The signed URLs have GitHub's shapes and lengths and are checked like the real asset host
+//! checks them ([`assets`]). Everything a test wants to change while the server runs goes
+//! through [`GithubHandle`].
 
+mod assets;
 mod faults;
 mod releases;
+
+pub use assets::AssetUrl;
 
 pub use faults::{Armed, Fault, FaultKind, Route};
 pub use releases::{Asset, Release, iso8601};
@@ -25,7 +31,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -103,7 +109,7 @@ impl Default for RateLimit {
 pub struct RequestRecord {
     /// HTTP method.
     pub method: String,
-    /// Path and query, e.g. `/_cdn/200001?token=3`.
+    /// Path and query, e.g. `/repos/acme/thermostat/releases/latest`.
     pub path: String,
     /// The `Range` header, verbatim.
     pub range: Option<String>,
@@ -120,8 +126,10 @@ pub struct RequestRecord {
 pub struct GithubConfig {
     /// The primary rate limit.
     pub rate_limit: RateLimit,
-    /// Time source of the limiter.
+    /// Time source of the limiter and of the asset URLs' signatures and expiry.
     pub clock: Clock,
+    /// Shape of the signed URLs downloads are redirected to.
+    pub asset_url: AssetUrl,
 }
 
 impl Default for GithubConfig {
@@ -129,6 +137,7 @@ impl Default for GithubConfig {
         Self {
             rate_limit: RateLimit::default(),
             clock: system_clock(),
+            asset_url: AssetUrl::default(),
         }
     }
 }
@@ -150,7 +159,7 @@ struct Shared {
     rate: Mutex<(RateLimit, HashMap<String, Window>)>,
     clock: Mutex<Clock>,
     public_base: Mutex<Option<String>>,
-    redirects: Mutex<u64>,
+    asset_url: Mutex<AssetUrl>,
 }
 
 /// A poisoned lock only means another handler panicked mid-update; the data is still the
@@ -185,7 +194,7 @@ impl MockGithub {
             rate: Mutex::new((config.rate_limit, HashMap::new())),
             clock: Mutex::new(config.clock),
             public_base: Mutex::new(None),
-            redirects: Mutex::new(0),
+            asset_url: Mutex::new(config.asset_url),
         });
         let app = Router::new()
             .route("/repos/{owner}/{repo}/releases/latest", get(latest))
@@ -195,7 +204,14 @@ impl MockGithub {
                 "/{owner}/{repo}/releases/download/{tag}/{name}",
                 get(download),
             )
-            .route("/_cdn/{id}", get(cdn))
+            .route(
+                &format!("{}/{{repo_id}}/{{uuid}}", assets::PREFIX_RELEASE_ASSETS),
+                get(asset_release_assets),
+            )
+            .route(
+                &format!("{}/{{repo_id}}/{{uuid}}", assets::PREFIX_OBJECTS),
+                get(asset_objects),
+            )
             .layer(middleware::from_fn_with_state(shared.clone(), record))
             .with_state(shared.clone());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -306,6 +322,12 @@ impl GithubHandle {
     /// board that reaches the mock through [`crate::proxy`] downloads through the proxy too.
     pub fn set_public_base(&self, base: Option<String>) {
         *lock(&self.shared.public_base) = base;
+    }
+
+    /// Which signed-URL shape downloads are redirected to from now on (URLs already issued
+    /// stay valid until they expire).
+    pub fn set_asset_url(&self, shape: AssetUrl) {
+        *lock(&self.shared.asset_url) = shape;
     }
 
     /// Stops accepting connections (open ones finish).
@@ -528,18 +550,107 @@ fn find_asset(shared: &Shared, id: u64) -> Option<(StoredRelease, usize)> {
     })
 }
 
-fn cdn_location(shared: &Shared, base: &str, asset_id: u64) -> String {
-    let mut n = lock(&shared.redirects);
-    *n += 1;
-    // A fresh token per redirect, like the signed short-lived URLs of the real asset host.
-    format!("{base}/_cdn/{asset_id}?token=sim{:06}", *n)
+/// The signed asset-host URL a download redirects to, issued now by the mock's clock.
+fn asset_location(shared: &Shared, base: &str, rel: &StoredRelease, index: usize) -> String {
+    let shape = *lock(&shared.asset_url);
+    let now = (lock(&shared.clock).clone())();
+    let asset = assets::AssetRef {
+        owner: &rel.owner,
+        repo: &rel.repo,
+        asset_id: rel.asset_ids[index],
+        name: &rel.release.assets[index].name,
+    };
+    format!("{base}{}", assets::signed_path(shape, &asset, now))
 }
 
+/// github.com's `Content-Security-Policy` (3.4 KB, as on its 302s for release downloads): with
+/// a ~1 KB `Location` it makes a 4.9 KB response head, which a client with a 4 KiB header
+/// buffer cannot read. Rebuilt from public captures (`fixtures/github/README.md`).
+fn github_web_csp() -> String {
+    let results: Vec<String> = (0..20)
+        .map(|i| format!("productionresultssa{i}.blob.core.windows.net/"))
+        .collect();
+    [
+        "default-src 'none'",
+        "base-uri 'self'",
+        "child-src github.githubassets.com github.com/assets-cdn/worker/ github.com/assets/ gist.github.com/assets-cdn/worker/",
+        &format!(
+            "connect-src 'self' uploads.github.com www.githubstatus.com collector.github.com raw.githubusercontent.com \
+             api.github.com github-cloud.s3.amazonaws.com github-production-repository-file-5c1aeb.s3.amazonaws.com \
+             github-production-upload-manifest-file-7fdce7.s3.amazonaws.com github-production-user-asset-6210df.s3.amazonaws.com \
+             *.rel.tunnels.api.visualstudio.com wss://*.rel.tunnels.api.visualstudio.com objects-origin.githubusercontent.com \
+             copilot-proxy.githubusercontent.com proxy.individual.githubcopilot.com proxy.business.githubcopilot.com \
+             proxy.enterprise.githubcopilot.com *.actions.githubusercontent.com wss://*.actions.githubusercontent.com {} \
+             github-production-repository-image-32fea6.s3.amazonaws.com github-production-release-asset-2e65be.s3.amazonaws.com \
+             insights.github.com wss://alive.github.com api.githubcopilot.com api.individual.githubcopilot.com \
+             api.business.githubcopilot.com api.enterprise.githubcopilot.com",
+            results.join(" ")
+        ),
+        "font-src github.githubassets.com",
+        "form-action 'self' github.com gist.github.com copilot-workspace.githubnext.com objects-origin.githubusercontent.com",
+        "frame-ancestors 'none'",
+        "frame-src viewscreen.githubusercontent.com notebooks.githubusercontent.com",
+        "img-src 'self' data: blob: github.githubassets.com media.githubusercontent.com camo.githubusercontent.com \
+         identicons.github.com avatars.githubusercontent.com private-avatars.githubusercontent.com github-cloud.s3.amazonaws.com \
+         objects.githubusercontent.com release-assets.githubusercontent.com secured-user-images.githubusercontent.com/ \
+         user-images.githubusercontent.com/ private-user-images.githubusercontent.com opengraph.githubassets.com \
+         copilotprodattachments.blob.core.windows.net/github-production-copilot-attachments/ \
+         github-production-user-asset-6210df.s3.amazonaws.com customer-stories-feed.github.com spotlights-feed.github.com \
+         objects-origin.githubusercontent.com *.githubusercontent.com",
+        "manifest-src 'self'",
+        "media-src github.com user-images.githubusercontent.com/ secured-user-images.githubusercontent.com/ \
+         private-user-images.githubusercontent.com github-production-user-asset-6210df.s3.amazonaws.com gist.github.com",
+        "script-src github.githubassets.com",
+        "style-src 'unsafe-inline' github.githubassets.com",
+        "upgrade-insecure-requests",
+        "worker-src github.githubassets.com github.com/assets-cdn/worker/ github.com/assets/ gist.github.com/assets-cdn/worker/",
+    ]
+    .join("; ")
+}
+
+/// A 302 as github.com sends it for a release download: the API's redirect plus github.com's
+/// page headers, the long `Content-Security-Policy` among them.
+fn web_redirect(location: &str) -> Response {
+    let mut r = redirect(location);
+    let h = r.headers_mut();
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static(
+            "X-PJAX, X-PJAX-Container, Turbo-Visit, Turbo-Frame, X-Requested-With,Accept-Encoding, Accept, X-Requested-With",
+        ),
+    );
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000; includeSubdomains; preload"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("deny"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_XSS_PROTECTION, HeaderValue::from_static("0"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer-when-downgrade"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&github_web_csp()) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    r
+}
+
+/// A 302 as github.com and api.github.com send it: empty HTML body, `Location`, no caching.
 fn redirect(location: &str) -> Response {
     let mut r = StatusCode::FOUND.into_response();
+    let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_str(location) {
-        r.headers_mut().insert(header::LOCATION, v);
+        h.insert(header::LOCATION, v);
     }
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
 
@@ -759,7 +870,7 @@ async fn asset_api(
         let wants_bytes = header_str(&headers, header::ACCEPT)
             .is_some_and(|a| a.contains("application/octet-stream"));
         if wants_bytes {
-            let loc = cdn_location(&shared, &base, rel.asset_ids[index]);
+            let loc = asset_location(&shared, &base, &rel, index);
             ApiAnswer::Other(redirect(&loc))
         } else {
             ApiAnswer::Json(rel.asset_json(index, &render(&shared, &base)))
@@ -783,7 +894,7 @@ async fn download(
         .take(|f| *f == Fault::RedirectLoop)
         .is_some()
     {
-        return redirect(&format!(
+        return web_redirect(&format!(
             "{base}/{owner}/{repo}/releases/download/{tag}/{name}"
         ));
     }
@@ -792,10 +903,10 @@ async fn download(
             return None;
         }
         let i = r.release.assets.iter().position(|a| a.name == name)?;
-        Some(r.asset_ids[i])
+        Some((r.clone(), i))
     });
     match found {
-        Some(id) => redirect(&cdn_location(&shared, &base, id)),
+        Some((rel, i)) => web_redirect(&asset_location(&shared, &base, &rel, i)),
         // github.com answers a missing download with a plain-text 404, not API JSON.
         None => (StatusCode::NOT_FOUND, "Not Found").into_response(),
     }
@@ -858,30 +969,97 @@ struct Pacing {
     cut: Option<u64>,
 }
 
-async fn cdn(
+async fn asset_release_assets(
     State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
+    Path((repo_id, uuid)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = take_server_error(&shared, Route::Download) {
+    asset_host(
+        &shared,
+        AssetUrl::ReleaseAssets,
+        &repo_id,
+        &uuid,
+        query,
+        &headers,
+    )
+}
+
+async fn asset_objects(
+    State(shared): State<Arc<Shared>>,
+    Path((repo_id, uuid)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    asset_host(&shared, AssetUrl::Objects, &repo_id, &uuid, query, &headers)
+}
+
+/// An XML error of the storage backend behind the asset host.
+fn storage_error(status: StatusCode, code: &str, body: String) -> Response {
+    let mut r = (status, [(header::CONTENT_TYPE, "application/xml")], body).into_response();
+    if let Ok(v) = HeaderValue::from_str(code) {
+        r.headers_mut().insert("x-ms-error-code", v);
+    }
+    r
+}
+
+/// The asset host: checks the signed URL, then serves the bytes with Range / If-Range.
+fn asset_host(
+    shared: &Shared,
+    shape: AssetUrl,
+    repo_id: &str,
+    uuid: &str,
+    query: Option<String>,
+    headers: &HeaderMap,
+) -> Response {
+    if let Some(r) = take_server_error(shared, Route::Download) {
         return r;
     }
-    let Some((rel, index)) = id
-        .parse::<u64>()
-        .ok()
-        .and_then(|id| find_asset(&shared, id))
-    else {
-        return (StatusCode::NOT_FOUND, "Not Found").into_response();
+    let found = lock(&shared.releases).iter().find_map(|r| {
+        if assets::repo_id(&r.owner, &r.repo).to_string() != repo_id {
+            return None;
+        }
+        let i = r
+            .asset_ids
+            .iter()
+            .position(|id| assets::object_uuid(*id) == uuid)?;
+        Some((r.clone(), i))
+    });
+    let Some((rel, index)) = found else {
+        let body =
+            "\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>BlobNotFound</Code>\
+                    <Message>The specified blob does not exist.</Message></Error>"
+                .to_owned();
+        return storage_error(StatusCode::NOT_FOUND, "BlobNotFound", body);
     };
+    let path = format!("{}/{repo_id}/{uuid}", shape.prefix());
+    let now = (lock(&shared.clock).clone())();
+    if let Err(refusal) = assets::verify(shape, &path, query.as_deref().unwrap_or(""), now) {
+        let body = assets::refusal_body(shape, &refusal);
+        let code = match (shape, &refusal) {
+            (AssetUrl::ReleaseAssets, _) => "AuthenticationFailed",
+            (AssetUrl::Objects, assets::Refusal::BadSignature(_)) => "SignatureDoesNotMatch",
+            (AssetUrl::Objects, assets::Refusal::Expired { .. }) => "AccessDenied",
+        };
+        return storage_error(StatusCode::FORBIDDEN, code, body);
+    }
     let asset = &rel.release.assets[index];
     let len = asset.bytes.len() as u64;
-    let etag = format!("\"0x{}\"", &hex::encode(Sha256::digest(&asset.bytes))[..16]);
-    let range = parse_range(header_str(&headers, header::RANGE), len);
+    let etag = assets::etag(&asset.bytes);
+    // The asset was uploaded 30 s before the release was published (see `asset_json`).
+    let last_modified = releases::http_date(rel.release.published_at.saturating_sub(30));
+    let range_header = header_str(headers, header::RANGE).filter(|_| {
+        assets::if_range_holds(header_str(headers, header::IF_RANGE), &etag, &last_modified)
+    });
+    let range = parse_range(range_header, len);
     let (status, start, end) = match range {
         RangeReq::Full => (StatusCode::OK, 0, len),
         RangeReq::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e + 1),
         RangeReq::Unsatisfiable => {
-            let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            let body = "\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>InvalidRange</Code>\
+                        <Message>The range specified is invalid for the current size of the resource.</Message></Error>"
+                .to_owned();
+            let mut r = storage_error(StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange", body);
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                 r.headers_mut().insert(header::CONTENT_RANGE, v);
             }
@@ -925,6 +1103,19 @@ async fn cdn(
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
+    if let Ok(v) = HeaderValue::from_str(&last_modified) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    // What Azure Blob storage adds; clients ignore them, but a client must cope with the bulk.
+    h.insert(
+        header::SERVER,
+        HeaderValue::from_static("Windows-Azure-Blob/1.0 Microsoft-HTTPAPI/2.0"),
+    );
+    h.insert("x-ms-version", HeaderValue::from_static("2025-05-05"));
+    h.insert("x-ms-blob-type", HeaderValue::from_static("BlockBlob"));
+    h.insert("x-ms-lease-status", HeaderValue::from_static("unlocked"));
+    h.insert("x-ms-lease-state", HeaderValue::from_static("available"));
+    h.insert("x-ms-server-encrypted", HeaderValue::from_static("true"));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename={}", asset.name)) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
