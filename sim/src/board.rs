@@ -7,7 +7,7 @@
 //! and the clock jumps to the core's next deadline whenever the core waits,
 //! so backoff and blink timings cost nothing and traces are reproducible.
 
-use crate::bootloader::{self, BootChoice, Bricked};
+use crate::bootloader::{BootChoice, BootFailure, Bootloader};
 use crate::flash::SimFlash;
 use firmware::Instant;
 use firmware::http::{HttpRequest, ResponseHead};
@@ -90,8 +90,8 @@ pub enum BootEnd {
     Reboot,
     /// Power was cut.
     PowerCut,
-    /// The bootloader found nothing to boot.
-    Bricked(Bricked),
+    /// The bootloader found nothing to boot (or stopped at a bad partition table).
+    Bricked(BootFailure),
     /// The core waits for nothing and issues nothing: a bug.
     Stuck,
 }
@@ -106,8 +106,10 @@ pub struct VirtualBoard {
     pub boots: u32,
     /// Every trace line of every boot.
     pub trace: Vec<TraceLine>,
-    /// What the bootloader chose at each boot.
-    pub boot_choices: Vec<BootChoice>,
+    /// The board's bootloader (build and chip).
+    pub bootloader: Bootloader,
+    /// What the bootloader started, by boot number (a boot cut inside the bootloader has none).
+    pub boot_choices: Vec<(u32, BootChoice)>,
     /// Image bytes handed to the core, over the board's life.
     pub downloaded: u64,
     /// WiFi outages.
@@ -116,8 +118,6 @@ pub struct VirtualBoard {
     pub client_id: String,
     /// What each power cut interrupted: (boot, description).
     pub cuts: Vec<(u32, String)>,
-    /// Do not tell the core which slot the bootloader started (the board glue does not either).
-    pub derive_running_slot: bool,
     cuts_seen: Option<crate::flash::Cut>,
     /// The virtual clock in ms since the first boot, for servers that follow it.
     pub clock_handle: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -169,12 +169,12 @@ impl VirtualBoard {
             clock: 0,
             boots: 0,
             trace: Vec::new(),
+            bootloader: Bootloader::default(),
             boot_choices: Vec::new(),
             downloaded: 0,
             outages: Vec::new(),
             client_id: client_id.to_string(),
             cuts: Vec::new(),
-            derive_running_slot: false,
             cuts_seen: None,
             clock_handle: Default::default(),
             seed,
@@ -196,13 +196,17 @@ impl VirtualBoard {
     ) -> BootEnd {
         self.flash.power_on();
         self.boots += 1;
-        let choice = match bootloader::boot(&self.flash) {
+        let boot = self.boots;
+        let choice = match self.bootloader.boot(&mut self.flash) {
             Ok(c) => c,
+            Err(BootFailure::PowerCut(_)) => {
+                self.note_cut(boot);
+                return BootEnd::PowerCut;
+            }
             Err(b) => return BootEnd::Bricked(b),
         };
         let offset = choice.offset;
-        self.boot_choices.push(choice);
-        let boot = self.boots;
+        self.boot_choices.push((boot, choice));
         let seed = self.seed ^ u64::from(boot).wrapping_mul(0x9E37_79B9);
         let start = self.clock;
         let mut now = 0u64;
@@ -212,8 +216,8 @@ impl VirtualBoard {
         let mut outages = self.outages.clone();
         let clock_out = self.clock_handle.clone();
         let mut core = Updater::new(&mut self.flash, seed);
-        // Like the board glue, optionally let the core work out which slot is running.
-        core.handle_boot(Instant(now), (!self.derive_running_slot).then_some(offset));
+        // The core is told which slot the bootloader started, as ESP-IDF apps learn it.
+        core.handle_boot(Instant(now), Some(offset));
         let mut flight: Option<Flight> = None;
         let mut join_at: Option<u64> = None;
         let mut mqtt: Option<Mqtt> = None;
@@ -380,15 +384,7 @@ impl VirtualBoard {
             let _ = m.client.disconnect().await;
         }
         if end == BootEnd::PowerCut {
-            let what = match self.flash.last_cut() {
-                Some(c) if Some(c) != self.cuts_seen => format!(
-                    "{:?} at 0x{:x} (flash operation {})",
-                    c.kind, c.offset, c.op
-                ),
-                _ => "between flash operations".to_string(),
-            };
-            self.cuts_seen = self.flash.last_cut();
-            self.cuts.push((boot, what));
+            self.note_cut(boot);
         }
         self.event_counts = counts;
         self.outages = outages;
@@ -396,6 +392,21 @@ impl VirtualBoard {
         self.trace.extend(trace);
         self.clock = start + now;
         end
+    }
+}
+
+impl VirtualBoard {
+    /// Records what the power cut of this boot interrupted.
+    fn note_cut(&mut self, boot: u32) {
+        let what = match self.flash.last_cut() {
+            Some(c) if Some(c) != self.cuts_seen => format!(
+                "{:?} at 0x{:x} (flash operation {})",
+                c.kind, c.offset, c.op
+            ),
+            _ => "between flash operations".to_string(),
+        };
+        self.cuts_seen = self.flash.last_cut();
+        self.cuts.push((boot, what));
     }
 }
 
