@@ -216,7 +216,8 @@ impl VirtualBoard {
         let mut outages = self.outages.clone();
         let clock_out = self.clock_handle.clone();
         let mut core = Updater::new(&mut self.flash, seed);
-        // The core is told which slot the bootloader started, as ESP-IDF apps learn it.
+        // The core is told which slot the bootloader started (on the chip, the flash MMU
+        // mapping says which partition runs; esp_ota_get_running_partition reads it).
         core.handle_boot(Instant(now), Some(offset));
         let mut flight: Option<Flight> = None;
         let mut join_at: Option<u64> = None;
