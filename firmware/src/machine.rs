@@ -169,6 +169,9 @@ struct Running {
     previous_version: Short,
     /// The otadata entry index of the running slot, when otadata selects it.
     active_entry: Option<usize>,
+    /// The bootloader refused the image otadata selected (this version) and started this
+    /// one: the board is already back on it, no reboot needed.
+    refused_version: Option<Short>,
 }
 
 /// What this boot did, for the outcome record.
@@ -628,6 +631,15 @@ impl<F: NorFlash> Updater<F> {
             }
             Err(failure) => return Err(failure),
         }
+        if self.running.refused_version.is_some() {
+            // The switch of the last boot did not take: report it as the rollback it is.
+            let detail = trace::detail(format_args!(
+                "the bootloader refused the image otadata selected and started slot {}",
+                self.running.slot
+            ));
+            self.conclude(Outcome::RolledBack, ErrorCode::BadImage, Some(detail));
+            return Ok(());
+        }
         self.wait_for_network(Step::Check);
         Ok(())
     }
@@ -648,16 +660,14 @@ impl<F: NorFlash> Updater<F> {
         if let Some(trial) = record.load(&mut self.flash)?.filter(|t| t.slot == refused) {
             record.exhaust(&mut self.flash, &trial)?;
         }
+        self.running.refused_version = Some(
+            match read_app_desc(&mut self.flash, layout.slots[usize::from(refused)]) {
+                Ok((Some(desc), _)) => trace::short(&desc.version),
+                _ => trace::short("unknown"),
+            },
+        );
         let (sector, entry) = self.rewrite_towards(otadata, self.running.slot, count);
         layout.write_otadata(&mut self.flash, sector, &entry)?;
-        let detail = trace::detail(format_args!(
-            "otadata selects slot {refused} but the bootloader started slot {}: image refused",
-            self.running.slot
-        ));
-        self.event(Event::Error {
-            code: ErrorCode::BadImage,
-            detail,
-        });
         let mut now = *otadata;
         now.entries[sector] = entry;
         self.event(Event::Switch {
@@ -1389,7 +1399,9 @@ impl<F: NorFlash> Updater<F> {
         let chip_id = header.chip_id;
         let revision = self.running.chip_revision;
         let (min, max) = (header.min_chip_rev_full, header.max_chip_rev_full);
-        if revision < min || revision > max {
+        // ESP-IDF's IS_MAX_REV_SET: a maximum of 0 or 0xFFFF means "no maximum".
+        let max_set = max != 0 && max != 0xFFFF;
+        if revision < min || (max_set && revision > max) {
             return Err(fail(
                 ErrorCode::WrongChip,
                 format_args!(
@@ -1586,12 +1598,20 @@ impl<F: NorFlash> Updater<F> {
         } else {
             result
         };
-        let pattern = pattern_for(result, error);
+        let back_in_place = self.running.refused_version.is_some();
+        let pattern = match result {
+            // Already running the old image: show the rollback instead of rebooting.
+            Outcome::RolledBack if back_in_place => Some(Pattern::ROLLED_BACK),
+            _ => pattern_for(result, error),
+        };
         let running = self.running.version_text.clone();
         let release_tag = self.release.as_ref().map(|r| trace::short(&r.tag));
         let (from, to) = match result {
             Outcome::Updated => (self.running.previous_version.clone(), running),
-            Outcome::RolledBack => (running, self.running.previous_version.clone()),
+            Outcome::RolledBack => match self.running.refused_version.clone() {
+                Some(refused) => (refused, running),
+                None => (running, self.running.previous_version.clone()),
+            },
             Outcome::UpToDate => (running.clone(), running),
             Outcome::Installed | Outcome::Failed => {
                 (running.clone(), release_tag.unwrap_or(running))
@@ -1610,7 +1630,8 @@ impl<F: NorFlash> Updater<F> {
         self.event(event.clone());
         self.outcome_ok = error == ErrorCode::None;
         let after = if self.reboot_after_outcome
-            || matches!(result, Outcome::Installed | Outcome::RolledBack)
+            || result == Outcome::Installed
+            || (result == Outcome::RolledBack && !back_in_place)
         {
             After::Reboot
         } else {

@@ -681,6 +681,13 @@ fn the_running_slot_is_what_the_hardware_says_not_what_otadata_selects() {
         "{:?}",
         result.events
     );
+    assert_eq!(outcome(&result.events), "rolled_back/bad_image");
+    // The next boot (otadata now selects slot 0) installs the newer release into slot 1.
+    let (flash, result) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")),
+        &mut github(&release, &new),
+    );
     assert_eq!(outcome(&result.events), "installed/none");
     assert_eq!(
         slot_bytes(&flash, 0, 0x8000),
@@ -705,10 +712,12 @@ fn an_image_for_other_chip_revisions_is_refused_before_the_switch() {
         )));
         assert_eq!(otadata_slot(&flash), None, "nothing switched");
     }
-    let fits = image_for_revisions("1.1", 3, 99);
-    let release = release_json("1.1", &fits, &fits);
-    let (_, result) = boot(board("1.0"), &release, &fits, true);
-    assert_eq!(outcome(&result.events), "installed/none");
+    for (min, max) in [(3, 99), (0, 0), (4, 0xFFFF)] {
+        let fits = image_for_revisions("1.1", min, max);
+        let release = release_json("1.1", &fits, &fits);
+        let (_, result) = boot(board("1.0"), &release, &fits, true);
+        assert_eq!(outcome(&result.events), "installed/none", "{min}..{max}");
+    }
 }
 
 fn installed_board() -> (Ram, String, Vec<u8>) {
@@ -1087,7 +1096,7 @@ fn an_image_the_bootloader_refused_is_barred_and_otadata_points_back() {
     assert!(
         result.events.iter().any(|e| matches!(
             e,
-            Event::Error { detail, .. } if detail.contains("bootloader started slot 0")
+            Event::Error { detail, .. } if detail.contains("bootloader refused")
         )),
         "{:?}",
         result.events
@@ -1097,10 +1106,17 @@ fn an_image_the_bootloader_refused_is_barred_and_otadata_points_back() {
         Some(0),
         "otadata points at the running slot again"
     );
-    assert_eq!(outcome(&result.events), "failed/rolled_back_release");
+    assert_eq!(outcome(&result.events), "rolled_back/bad_image");
+    assert!(!result.rebooted, "already on the old image");
+    assert_eq!(
+        leds(&result.events),
+        "YGG",
+        "the rollback pattern, yellow stays on"
+    );
     assert!(
-        !result.requests.iter().any(|r| r.url.contains("/download/")),
-        "no download of the refused release"
+        result.published[0].contains(r#""from":"1.1","to":"1.0""#),
+        "{}",
+        result.published[0]
     );
     let (_, next) = run_boot(
         flash,

@@ -112,7 +112,7 @@ mod tests {
     /// The simulator's recorded console of an update (an insta snapshot) reads back as two boots.
     #[test]
     fn the_simulators_update_console_reads_back() {
-        let text = include_str!("../../sim/tests/snapshots/scenarios__02-update.snap");
+        let text = include_str!("../../sim/tests/snapshots/scenarios__02-update@espflash.snap");
         let boots = read_console(text).unwrap();
         assert_eq!(boots.len(), 2);
         assert_eq!(

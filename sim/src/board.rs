@@ -7,7 +7,7 @@
 //! and the clock jumps to the core's next deadline whenever the core waits,
 //! so backoff and blink timings cost nothing and traces are reproducible.
 
-use crate::bootloader::{self, BootChoice, Bricked};
+use crate::bootloader::{BootChoice, BootFailure, Bootloader};
 use crate::flash::SimFlash;
 use firmware::Instant;
 use firmware::http::{HttpRequest, ResponseHead, Transport};
@@ -124,8 +124,8 @@ pub enum BootEnd {
     Reboot,
     /// Power was cut.
     PowerCut,
-    /// The bootloader found nothing to boot.
-    Bricked(Bricked),
+    /// The bootloader found nothing to boot (or stopped at a bad partition table).
+    Bricked(BootFailure),
     /// The core waits for nothing and issues nothing: a bug.
     Stuck,
 }
@@ -140,8 +140,10 @@ pub struct VirtualBoard {
     pub boots: u32,
     /// Every trace line of every boot.
     pub trace: Vec<TraceLine>,
-    /// What the bootloader chose at each boot.
-    pub boot_choices: Vec<BootChoice>,
+    /// The board's bootloader (build and chip).
+    pub bootloader: Bootloader,
+    /// What the bootloader started, by boot number (a boot cut inside the bootloader has none).
+    pub boot_choices: Vec<(u32, BootChoice)>,
     /// Image bytes handed to the core, over the board's life.
     pub downloaded: u64,
     /// WiFi outages.
@@ -150,8 +152,6 @@ pub struct VirtualBoard {
     pub client_id: String,
     /// What each power cut interrupted: (boot, description).
     pub cuts: Vec<(u32, String)>,
-    /// The chip's revision (`major * 100 + minor`): ESP32-C3 v0.4 unless a scenario says.
-    pub chip_revision: u16,
     cuts_seen: Option<crate::flash::Cut>,
     /// Record every HTTP exchange in `exchanges` (off by default: sweeps boot thousands of boards).
     pub record_exchanges: bool,
@@ -211,12 +211,12 @@ impl VirtualBoard {
             clock: 0,
             boots: 0,
             trace: Vec::new(),
+            bootloader: Bootloader::default(),
             boot_choices: Vec::new(),
             downloaded: 0,
             outages: Vec::new(),
             client_id: client_id.to_string(),
             cuts: Vec::new(),
-            chip_revision: 4,
             record_exchanges: false,
             exchanges: Vec::new(),
             io_patience: IO_PATIENCE,
@@ -241,13 +241,17 @@ impl VirtualBoard {
     ) -> BootEnd {
         self.flash.power_on();
         self.boots += 1;
-        let choice = match bootloader::boot(&self.flash) {
+        let boot = self.boots;
+        let choice = match self.bootloader.boot(&mut self.flash) {
             Ok(c) => c,
+            Err(BootFailure::PowerCut(_)) => {
+                self.note_cut(boot);
+                return BootEnd::PowerCut;
+            }
             Err(b) => return BootEnd::Bricked(b),
         };
         let offset = choice.offset;
-        self.boot_choices.push(choice);
-        let boot = self.boots;
+        self.boot_choices.push((boot, choice));
         let seed = self.seed ^ u64::from(boot).wrapping_mul(0x9E37_79B9);
         let start = self.clock;
         let mut now = 0u64;
@@ -266,7 +270,7 @@ impl VirtualBoard {
             Instant(now),
             BootInfo {
                 running_offset: offset,
-                chip_revision: self.chip_revision,
+                chip_revision: self.bootloader.chip.revision,
             },
         );
         let mut flight: Option<Flight> = None;
@@ -485,15 +489,7 @@ impl VirtualBoard {
             let _ = m.client.disconnect().await;
         }
         if end == BootEnd::PowerCut {
-            let what = match self.flash.last_cut() {
-                Some(c) if Some(c) != self.cuts_seen => format!(
-                    "{:?} at 0x{:x} (flash operation {})",
-                    c.kind, c.offset, c.op
-                ),
-                _ => "between flash operations".to_string(),
-            };
-            self.cuts_seen = self.flash.last_cut();
-            self.cuts.push((boot, what));
+            self.note_cut(boot);
         }
         self.event_counts = counts;
         self.outages = outages;
@@ -510,6 +506,21 @@ fn exchange(exchanges: &mut [Exchange], boot: u32, id: u32) -> Option<&mut Excha
         .iter_mut()
         .rev()
         .find(|x| x.boot == boot && x.id == id)
+}
+
+impl VirtualBoard {
+    /// Records what the power cut of this boot interrupted.
+    fn note_cut(&mut self, boot: u32) {
+        let what = match self.flash.last_cut() {
+            Some(c) if Some(c) != self.cuts_seen => format!(
+                "{:?} at 0x{:x} (flash operation {})",
+                c.kind, c.offset, c.op
+            ),
+            _ => "between flash operations".to_string(),
+        };
+        self.cuts_seen = self.flash.last_cut();
+        self.cuts.push((boot, what));
+    }
 }
 
 /// Moves the core's events into the trace and fires event triggers; true when power is cut.

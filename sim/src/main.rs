@@ -2,6 +2,7 @@
 //! MQTT broker, with power cuts and network faults.
 
 use clap::{Parser, Subcommand};
+use sim::bootloader::Model;
 use sim::broker::{Broker, BrokerAddr};
 use sim::github::{GithubConfig, MockGithub};
 use sim::scenario::{self, Report, Scenario};
@@ -37,6 +38,10 @@ enum Command {
         /// Print each scenario's serial console.
         #[arg(long)]
         trace: bool,
+        /// Only behind this bootloader (espflash, idf-rollback); default: every model the
+        /// scenario allows.
+        #[arg(long, value_parser = parse_model)]
+        bootloader: Option<Model>,
     },
     /// Cut power at every flash operation of an update (or at random points).
     Sweep {
@@ -55,8 +60,11 @@ enum Command {
         /// Only cut at these flash operations (to reproduce a failure).
         #[arg(long = "op")]
         ops: Vec<u64>,
+        /// The boards' bootloader: espflash or idf-rollback.
+        #[arg(long, default_value = "espflash", value_parser = parse_model)]
+        bootloader: Model,
     },
-    /// Every scenario, then a sweep of a small image: what `just sim` runs.
+    /// Every scenario behind every bootloader, then sweeps of a small image: what `just sim` runs.
     All {
         /// Folder of scenarios.
         #[arg(long, default_value = "fixtures/scenarios")]
@@ -141,6 +149,13 @@ fn parse_size(text: &str) -> Result<usize, String> {
     Ok(n * unit)
 }
 
+fn parse_model(text: &str) -> Result<Model, String> {
+    Model::parse(text).ok_or_else(|| {
+        let names: Vec<&str> = Model::ALL.iter().map(|m| m.name()).collect();
+        format!("unknown bootloader `{text}` (one of: {})", names.join(", "))
+    })
+}
+
 fn broker_choice(url: &Option<String>) -> Result<BrokerChoice, String> {
     match url {
         None => Ok(BrokerChoice::Embedded),
@@ -152,8 +167,8 @@ fn broker_choice(url: &Option<String>) -> Result<BrokerChoice, String> {
 
 fn print_table(reports: &[Report]) {
     println!(
-        "{:<28} {:<6} {:<34} {:<30} {:<16} {:>9} {:>7}",
-        "scenario", "result", "outcomes", "LEDs", "versions", "virtual", "wall"
+        "{:<48} {:<6} {:<34} {:<30} {:<16} {:>9} {:>7}",
+        "scenario [bootloader]", "result", "outcomes", "LEDs", "versions", "virtual", "wall"
     );
     for r in reports {
         let versions = {
@@ -162,8 +177,8 @@ fn print_table(reports: &[Report]) {
             v.join(">")
         };
         println!(
-            "{:<28} {:<6} {:<34} {:<30} {:<16} {:>8}s {:>5}ms",
-            r.name,
+            "{:<48} {:<6} {:<34} {:<30} {:<16} {:>8}s {:>5}ms",
+            r.label(),
             if r.passed() { "ok" } else { "FAIL" },
             r.outcomes.join(","),
             r.leds.join(" "),
@@ -173,7 +188,7 @@ fn print_table(reports: &[Report]) {
         );
     }
     for r in reports.iter().filter(|r| !r.passed()) {
-        println!("\n{} FAILED (seed {}):", r.name, r.seed);
+        println!("\n{} FAILED (seed {}):", r.label(), r.seed);
         for f in &r.failures {
             println!("  - {f}");
         }
@@ -190,7 +205,8 @@ fn print_table(reports: &[Report]) {
 
 fn report_json(r: &Report) -> serde_json::Value {
     serde_json::json!({
-        "scenario": r.name, "passed": r.passed(), "seed": r.seed, "failures": r.failures,
+        "scenario": r.name, "bootloader": r.model.name(), "passed": r.passed(), "seed": r.seed,
+        "failures": r.failures,
         "outcomes": r.outcomes, "leds": r.leds, "log": r.log, "versions": r.versions,
         "virtual_ms": r.virtual_ms, "wall_ms": r.wall_ms,
     })
@@ -201,6 +217,7 @@ async fn run_scenarios(
     dir: &Path,
     json: bool,
     trace: bool,
+    only: Option<Model>,
     broker: &BrokerChoice,
 ) -> Result<bool, String> {
     let scenarios: Vec<Scenario> = if paths.is_empty() {
@@ -217,16 +234,26 @@ async fn run_scenarios(
     }
     let mut reports = Vec::new();
     for s in &scenarios {
-        let r = scenario::run(s, broker)
-            .await
-            .map_err(|e| format!("{}: {e}", s.name))?;
-        if json {
-            println!("{}", report_json(&r));
+        // The models of one scenario run side by side: separate servers, separate topics.
+        let models: Vec<Model> = s
+            .models()
+            .into_iter()
+            .filter(|m| only.is_none_or(|o| o == *m))
+            .collect();
+        let runs = models.iter().map(|&model| scenario::run(s, model, broker));
+        for (model, result) in models
+            .iter()
+            .zip(futures_util::future::join_all(runs).await)
+        {
+            let r = result.map_err(|e| format!("{} [{model}]: {e}", s.name))?;
+            if json {
+                println!("{}", report_json(&r));
+            }
+            if trace {
+                println!("=== {} ===\n{}", r.label(), r.console());
+            }
+            reports.push(r);
         }
-        if trace {
-            println!("=== {} ===\n{}", r.name, r.console());
-        }
-        reports.push(r);
     }
     if !json {
         print_table(&reports);
@@ -245,7 +272,10 @@ fn print_sweep(opts: &SweepOptions, r: &SweepReport) {
         Some((n, seed)) => format!("random: {n} runs, seed {seed}"),
         None => format!("every flash operation, seed {}", opts.seed),
     };
-    println!("sweep: image {} bytes, {kind}", opts.image_size);
+    println!(
+        "sweep: image {} bytes, {kind}, bootloader {}",
+        opts.image_size, opts.bootloader
+    );
     println!("  flash operations in a clean update: {}", r.clean_ops);
     println!("  crash points run:                   {}", r.runs);
     println!("  boots:                              {}", r.boots);
@@ -276,15 +306,16 @@ fn print_sweep(opts: &SweepOptions, r: &SweepReport) {
             .collect();
         if opts.random.is_none() && !ops.is_empty() {
             println!(
-                "    reproduce: sim sweep --image-size {} --seed {} --op {}",
+                "    reproduce: sim sweep --image-size {} --bootloader {} --seed {} --op {}",
                 opts.image_size,
+                opts.bootloader,
                 opts.seed,
                 ops.join(" --op ")
             );
         } else if let Some((_, _)) = opts.random {
             println!(
-                "    reproduce: sim sweep --image-size {} --random 1 --seed {}",
-                opts.image_size, v.seed
+                "    reproduce: sim sweep --image-size {} --bootloader {} --random 1 --seed {}",
+                opts.image_size, opts.bootloader, v.seed
             );
         }
     }
@@ -334,13 +365,15 @@ async fn main() -> ExitCode {
             dir,
             json,
             trace,
-        } => run_scenarios(&scenarios, &dir, json, trace, &broker).await,
+            bootloader,
+        } => run_scenarios(&scenarios, &dir, json, trace, bootloader, &broker).await,
         Command::Sweep {
             image_size,
             random,
             seed,
             jobs,
             ops,
+            bootloader,
         } => {
             let opts = SweepOptions {
                 image_size,
@@ -348,31 +381,30 @@ async fn main() -> ExitCode {
                 seed,
                 jobs,
                 only: (!ops.is_empty()).then_some(ops),
+                bootloader,
             };
             run_sweep(opts, &broker).await
         }
         Command::All { dir, image_size } => {
-            let scenarios_ok = run_scenarios(&[], &dir, false, false, &broker).await;
-            let opts = SweepOptions {
-                image_size,
-                random: None,
-                seed: 1,
-                jobs: 4,
-                only: None,
-            };
-            let sweep_ok = run_sweep(opts, &broker).await;
-            let random_opts = SweepOptions {
-                image_size,
-                random: Some((50, 7)),
-                seed: 7,
-                jobs: 4,
-                only: None,
-            };
-            let random_ok = run_sweep(random_opts, &broker).await;
-            match (scenarios_ok, sweep_ok, random_ok) {
-                (Ok(a), Ok(b), Ok(c)) => Ok(a && b && c),
-                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+            let mut results = vec![run_scenarios(&[], &dir, false, false, None, &broker).await];
+            // Behind each bootloader: every flash operation, then random multi-cut runs.
+            let sweeps = Model::ALL
+                .into_iter()
+                .flat_map(|m| [(None, 1, m), (Some((50, 7)), 7, m)]);
+            for (random, seed, bootloader) in sweeps {
+                let opts = SweepOptions {
+                    image_size,
+                    random,
+                    seed,
+                    jobs: 4,
+                    only: None,
+                    bootloader,
+                };
+                results.push(run_sweep(opts, &broker).await);
             }
+            results
+                .into_iter()
+                .try_fold(true, |all, r| r.map(|ok| all && ok))
         }
         Command::Serve { addr, asset_url } => serve(addr, asset_url).await,
         // Handled above: the probe has its own exit codes and output.

@@ -634,11 +634,16 @@ pub async fn probe(opts: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     if let Some(task) = closer {
         task.abort();
     }
-    Ok(judge(opts, &board, &end, started.elapsed()))
+    Ok(judge(opts, &mut board, &end, started.elapsed()))
 }
 
 /// Reads the verdict from the board's trace, exchanges and flash.
-fn judge(opts: &ProbeOptions, board: &VirtualBoard, end: &BootEnd, wall: Duration) -> ProbeReport {
+fn judge(
+    opts: &ProbeOptions,
+    board: &mut VirtualBoard,
+    end: &BootEnd,
+    wall: Duration,
+) -> ProbeReport {
     let events: Vec<&Event> = board.trace.iter().map(|l| &l.event).collect();
     let mut release = None;
     let mut outcome = None;
@@ -737,20 +742,24 @@ fn judge(opts: &ProbeOptions, board: &VirtualBoard, end: &BootEnd, wall: Duratio
     let (decision, error, detail, failed_step) = match (outcome, end) {
         (Some((Outcome::Installed, _, _)), _) => {
             let tag = release.as_ref().map_or(String::new(), |r| r.tag.clone());
-            match bootloader::boot(&board.flash) {
+            let bootloader = board.bootloader;
+            match bootloader.boot(&mut board.flash) {
                 Ok(choice) => {
-                    let ok = choice.slot == choice.selected
+                    let selected = match choice.selection {
+                        bootloader::Selection::Entry { slot, .. } => slot,
+                        _ => 0,
+                    };
+                    let slot = choice.slot().unwrap_or(u8::MAX);
+                    let ok = !choice.fell_back()
+                        && slot == selected
                         && Version::parse(&choice.version).ok() == Version::parse(&tag).ok();
                     if let Some(size) = release.as_ref().and_then(|r| r.size) {
                         image_sha256 = slot_sha256(&board.flash, choice.offset, size);
                     }
-                    let started = format!(
-                        "bootloader model starts ota_{} running {} (otadata selects ota_{})",
-                        choice.slot, choice.version, choice.selected
-                    );
+                    let started = format!("bootloader model: {}", choice.describe());
                     boot = Some(BootCheck {
-                        slot: choice.slot,
-                        selected: choice.selected,
+                        slot,
+                        selected,
                         version: choice.version.clone(),
                     });
                     if ok {

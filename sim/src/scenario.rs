@@ -23,8 +23,22 @@
 //! log = ["installed", "updated"] # results of the MQTT activity log, by sequence number
 //! errors = []                    # error codes that must appear in the trace
 //! ```
+//!
+//! Every scenario runs once per bootloader model ([`Model`]: `espflash`, espflash 4.x's
+//! bundled bootloader without rollback, and `idf-rollback`, ESP-IDF's with
+//! `CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE`). `bootloaders = ["idf-rollback"]` (or
+//! `bootloader = "idf-rollback"`) restricts a scenario to some models. Where the outcome
+//! legitimately differs under one model, `[expect_idf_rollback]` (or `[expect_espflash]`)
+//! holds only the fields that differ from `[expect]`:
+//!
+//! ```toml
+//! [expect_idf_rollback]
+//! outcomes = ["installed", "cut", "installed", "updated"]
+//! log = ["installed", "installed", "updated"]
+//! ```
 
 use crate::board::{BootEnd, Outage, TraceLine, Triggers, VirtualBoard, Wiring};
+use crate::bootloader::{BootChoice, Bootloader, Chip, DEFAULT_REVISION, Model, Selection};
 use crate::broker::Collector;
 use crate::github::{Asset, Exhausted, Fault, RateLimit, Release, Route};
 use crate::image;
@@ -58,8 +72,20 @@ pub struct Scenario {
     /// Boots to run after the first one that reached the application.
     #[serde(default)]
     pub extra_boots: u32,
+    /// Run under this bootloader model only (shorthand for a one-model `bootloaders`).
+    #[serde(default)]
+    pub bootloader: Option<Model>,
+    /// The bootloader models to run under (default: every model).
+    #[serde(default)]
+    pub bootloaders: Option<Vec<Model>>,
     /// What must come out.
     pub expect: Expect,
+    /// The expectations that differ behind espflash's bootloader.
+    #[serde(default)]
+    pub expect_espflash: Option<ExpectOverride>,
+    /// The expectations that differ behind a rollback-enabled ESP-IDF bootloader.
+    #[serde(default)]
+    pub expect_idf_rollback: Option<ExpectOverride>,
 }
 
 fn yes() -> bool {
@@ -89,6 +115,13 @@ pub struct BoardSpec {
     /// through `browser_download_url`.
     #[serde(default = "yes")]
     pub token: bool,
+    /// The chip's wafer revision, major * 100 + minor (default 4: ESP32-C3 v0.4).
+    #[serde(default)]
+    pub chip_revision: Option<u16>,
+    /// The OTA slot the running image is in (default 0, blank otadata as after `just flash`;
+    /// another slot comes with a VALID otadata entry selecting it).
+    #[serde(default)]
+    pub slot: u8,
 }
 
 /// A release.
@@ -112,6 +145,18 @@ pub struct ReleaseSpec {
     /// Asset name (the board looks for `firmware.bin`).
     #[serde(default = "default_asset")]
     pub asset: String,
+    /// The image header's `min_chip_rev_full` (major * 100 + minor; default 0).
+    #[serde(default)]
+    pub min_chip_rev: Option<u16>,
+    /// The image header's `max_chip_rev_full` (default 199, v1.99).
+    #[serde(default)]
+    pub max_chip_rev: Option<u16>,
+    /// Load address of the image's code segment (default: IRAM, 0x40380000).
+    #[serde(default)]
+    pub code_load_addr: Option<u32>,
+    /// Published on GitHub from this boot on (1-based, default 1: from the start).
+    #[serde(default = "one_u32")]
+    pub from_boot: u32,
 }
 
 fn default_size() -> usize {
@@ -150,6 +195,9 @@ pub enum FaultSpec {
         /// When the virtual clock passes T ms.
         #[serde(default)]
         at_time_ms: Option<u64>,
+        /// Only behind this bootloader model (default: every model).
+        #[serde(default)]
+        bootloader: Option<Model>,
     },
     /// No WiFi in a window of virtual time.
     WifiDown {
@@ -233,6 +281,51 @@ pub struct Expect {
     /// What each power cut interrupted: `erase`, `write` or `between`, in order.
     #[serde(default)]
     pub cuts: Vec<String>,
+    /// Boots at which the bootloader may refuse the image otadata selects and fall back to
+    /// another one (a release the core cannot check). Any other fallback is a failure.
+    #[serde(default)]
+    pub fallbacks: Vec<u32>,
+}
+
+/// Fields of [`Expect`] that differ under one bootloader model; the others are `[expect]`'s.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectOverride {
+    /// See [`Expect::final_version`].
+    pub final_version: Option<String>,
+    /// See [`Expect::outcomes`].
+    pub outcomes: Option<Vec<String>>,
+    /// See [`Expect::leds`].
+    pub leds: Option<Vec<String>>,
+    /// See [`Expect::log`].
+    pub log: Option<Vec<String>>,
+    /// See [`Expect::errors`].
+    pub errors: Option<Vec<String>>,
+    /// See [`Expect::cuts`].
+    pub cuts: Option<Vec<String>>,
+    /// See [`Expect::fallbacks`].
+    pub fallbacks: Option<Vec<u32>>,
+}
+
+impl Expect {
+    /// These expectations with `o`'s fields in place of theirs.
+    fn overridden(&self, o: &ExpectOverride) -> Expect {
+        Expect {
+            final_version: o
+                .final_version
+                .clone()
+                .unwrap_or_else(|| self.final_version.clone()),
+            outcomes: o.outcomes.clone().unwrap_or_else(|| self.outcomes.clone()),
+            leds: o.leds.clone().unwrap_or_else(|| self.leds.clone()),
+            log: o.log.clone().unwrap_or_else(|| self.log.clone()),
+            errors: o.errors.clone().unwrap_or_else(|| self.errors.clone()),
+            cuts: o.cuts.clone().unwrap_or_else(|| self.cuts.clone()),
+            fallbacks: o
+                .fallbacks
+                .clone()
+                .unwrap_or_else(|| self.fallbacks.clone()),
+        }
+    }
 }
 
 /// What a run produced.
@@ -240,6 +333,8 @@ pub struct Expect {
 pub struct Report {
     /// Scenario name.
     pub name: String,
+    /// The bootloader model it ran behind.
+    pub model: Model,
     /// Seed used.
     pub seed: u64,
     /// Failed expectations and broken invariants (empty: passed).
@@ -262,6 +357,8 @@ pub struct Report {
     pub trace: Vec<TraceLine>,
     /// What each power cut interrupted: (boot, description).
     pub cuts: Vec<(u32, String)>,
+    /// What the bootloader did at each boot that reached it: (boot, one line).
+    pub bootloader: Vec<(u32, String)>,
 }
 
 impl Report {
@@ -270,20 +367,35 @@ impl Report {
         self.failures.is_empty()
     }
 
-    /// The trace as the serial console would show it, boots separated.
+    /// `NAME [model]`.
+    pub fn label(&self) -> String {
+        format!("{} [{}]", self.name, self.model)
+    }
+
+    /// The trace as the serial console would show it, boots separated, each boot headed by
+    /// what the bootloader did (`# bootloader: …`, not a trace line: the HIL reader skips it).
     pub fn console(&self) -> String {
+        let boots = self
+            .trace
+            .iter()
+            .map(|l| l.boot)
+            .chain(self.cuts.iter().map(|(b, _)| *b))
+            .chain(self.bootloader.iter().map(|(b, _)| *b))
+            .max()
+            .unwrap_or(0);
         let mut out = String::new();
-        let mut boot = 0;
-        for line in &self.trace {
-            if line.boot != boot {
-                if let Some((_, what)) = self.cuts.iter().find(|(b, _)| *b == boot) {
-                    out.push_str(&format!("--- power cut: {what} ---\n"));
-                }
-                boot = line.boot;
-                out.push_str(&format!("--- boot {boot} ---\n"));
+        for boot in 1..=boots {
+            out.push_str(&format!("--- boot {boot} ---\n"));
+            if let Some((_, what)) = self.bootloader.iter().find(|(b, _)| *b == boot) {
+                out.push_str(&format!("# bootloader: {what}\n"));
             }
-            out.push_str(&line.render());
-            out.push('\n');
+            for line in self.trace.iter().filter(|l| l.boot == boot) {
+                out.push_str(&line.render());
+                out.push('\n');
+            }
+            if let Some((_, what)) = self.cuts.iter().find(|(b, _)| *b == boot) {
+                out.push_str(&format!("--- power cut: {what} ---\n"));
+            }
         }
         out
     }
@@ -307,6 +419,14 @@ pub enum ScenarioError {
         path: String,
         /// The error.
         source: toml::de::Error,
+    },
+    /// `bootloader` and `bootloaders` both given, or no model at all.
+    #[error("{path}: {what}")]
+    Models {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        what: &'static str,
     },
     /// A fault names something unknown.
     #[error("scenario {name}: unknown GitHub fault `{fault}`")]
@@ -341,7 +461,36 @@ impl Scenario {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
         }
+        let what = match (&s.bootloader, &s.bootloaders) {
+            (Some(_), Some(_)) => Some("give `bootloader` or `bootloaders`, not both"),
+            (_, Some(list)) if list.is_empty() => Some("`bootloaders` is empty"),
+            _ => None,
+        };
+        if let Some(what) = what {
+            return Err(ScenarioError::Models {
+                path: path.display().to_string(),
+                what,
+            });
+        }
         Ok(s)
+    }
+
+    /// The bootloader models this scenario runs under.
+    pub fn models(&self) -> Vec<Model> {
+        match (&self.bootloader, &self.bootloaders) {
+            (Some(one), _) => vec![*one],
+            (None, Some(list)) => list.clone(),
+            (None, None) => Model::ALL.to_vec(),
+        }
+    }
+
+    /// What must come out behind `model`.
+    pub fn expect_for(&self, model: Model) -> Expect {
+        let o = match model {
+            Model::Espflash => self.expect_espflash.as_ref(),
+            Model::IdfRollback => self.expect_idf_rollback.as_ref(),
+        };
+        o.map_or_else(|| self.expect.clone(), |o| self.expect.overridden(o))
     }
 
     /// Every scenario in a folder, by file name.
@@ -423,21 +572,31 @@ fn outcome_of(trace: &[TraceLine], boot: u32, end: &BootEnd) -> String {
         .unwrap_or_else(|| format!("{end:?}").to_lowercase())
 }
 
-/// Runs one scenario against fresh servers.
-pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, ScenarioError> {
+/// Runs one scenario against fresh servers, behind bootloader `model`.
+pub async fn run(
+    s: &Scenario,
+    model: Model,
+    broker: &BrokerChoice,
+) -> Result<Report, ScenarioError> {
     let started = std::time::Instant::now();
     let rate_limited = s
         .faults
         .iter()
         .any(|f| matches!(f, FaultSpec::RateLimit { .. }));
     let world = World::start(broker, rate_limited).await?;
-    let prefix = format!("sim/{}-{}", s.name, std::process::id());
+    let prefix = format!("sim/{}-{model}-{}", s.name, std::process::id());
     let collector = Collector::connect(&world.broker, &prefix).await?;
 
+    // (published from boot, release)
     let mut releases = Vec::new();
     for (i, r) in s.releases.iter().enumerate() {
         let version = r.image_version.clone().unwrap_or_else(|| r.tag.clone());
-        let bytes = image::build(&version, r.size, s.seed ^ i as u64);
+        let options = image::ImageOptions {
+            min_chip_rev: r.min_chip_rev,
+            max_chip_rev: r.max_chip_rev,
+            code_load_addr: r.code_load_addr,
+        };
+        let bytes = image::build_with(&version, r.size, s.seed ^ i as u64, options);
         let mut release = Release::new(&r.tag, 1_700_000_000 + i as u64 * 86_400)
             .with_asset(Asset::new(&r.asset, bytes));
         release.prerelease = r.prerelease;
@@ -447,12 +606,21 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
             r.tag,
             "- a change\n".repeat(40)
         );
-        releases.push(release);
+        releases.push((r.from_boot, release));
     }
-    world.github.set_releases("acme", "thermostat", releases);
+    let published = |boot: u32| -> Vec<Release> {
+        releases
+            .iter()
+            .filter(|(from, _)| *from <= boot)
+            .map(|(_, r)| r.clone())
+            .collect()
+    };
+    world
+        .github
+        .set_releases("acme", "thermostat", published(1));
 
-    let client_id = s
-        .name
+    // One MQTT client id per (scenario, model): both models of a scenario may run at once.
+    let client_id = format!("{}-{model}", s.name)
         .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
     let conf = match &s.board.conf {
         Some(raw) => raw.clone(),
@@ -468,10 +636,17 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
     };
     let running = image::build(&s.board.version, 32 * 1024, s.seed ^ 0xB007);
     let mut board = VirtualBoard::new(
-        image::provision(conf.as_bytes(), &running, s.seed),
+        image::provision_in_slot(conf.as_bytes(), &running, s.board.slot, s.seed),
         &client_id,
         s.seed,
     );
+    board.bootloader = Bootloader {
+        model,
+        chip: Chip {
+            revision: s.board.chip_revision.unwrap_or(DEFAULT_REVISION),
+            ..Chip::default()
+        },
+    };
 
     // The mock's rate limiter lives on the board's virtual clock.
     let clock = board.clock_handle.clone();
@@ -491,7 +666,11 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
                 occurrence,
                 then_op,
                 at_time_ms,
+                bootloader,
             } => {
+                if bootloader.is_some_and(|only| only != model) {
+                    continue;
+                }
                 if let Some(op) = at_flash_op {
                     board.flash.arm_cut(*op);
                 }
@@ -572,8 +751,14 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
     let mut failures = Vec::new();
     let mut ends = Vec::new();
     let mut apps = 0;
+    let mut on_github = published(1).len();
     while board.boots < 16 {
         let next = board.boots + 1;
+        let release_now = published(next);
+        if release_now.len() != on_github {
+            on_github = release_now.len();
+            world.github.set_releases("acme", "thermostat", release_now);
+        }
         world.broker_proxy.set_mode(if broker_down.contains(&next) {
             ProxyMode::Down
         } else {
@@ -636,18 +821,19 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
     let versions: Vec<String> = board
         .boot_choices
         .iter()
-        .map(|c| c.version.clone())
+        .map(|(_, c)| c.version.clone())
         .collect();
     let cut_boots: Vec<u32> = board.cuts.iter().map(|(b, _)| *b).collect();
+    let e = &s.expect_for(model);
     check_invariants(
         &board.boot_choices,
         &board.trace,
         &cut_boots,
         &log,
+        &e.fallbacks,
         &mut failures,
     );
 
-    let e = &s.expect;
     let final_version = versions.last().cloned().unwrap_or_default();
     if final_version != e.final_version {
         failures.push(format!(
@@ -694,6 +880,7 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
     }
     Ok(Report {
         name: s.name.clone(),
+        model,
         seed: s.seed,
         failures,
         outcomes: report_outcomes,
@@ -705,40 +892,101 @@ pub async fn run(s: &Scenario, broker: &BrokerChoice) -> Result<Report, Scenario
         wall_ms: started.elapsed().as_millis(),
         trace: board.trace,
         cuts: board.cuts,
+        bootloader: board
+            .boot_choices
+            .iter()
+            .map(|(b, c)| (*b, c.describe()))
+            .collect(),
     })
 }
 
-/// Checks that hold for every run, whatever the scenario.
+/// Checks that hold for every run, whatever the scenario. `allowed_fallbacks`: boots at which
+/// the bootloader may refuse the selected image (the scenario's `fallbacks`).
 pub fn check_invariants(
-    boot_choices: &[crate::bootloader::BootChoice],
+    boot_choices: &[(u32, BootChoice)],
     trace: &[TraceLine],
     cut_boots: &[u32],
     log: &[(u64, String, String)],
+    allowed_fallbacks: &[u32],
     failures: &mut Vec<String>,
 ) {
-    // The core only ever switches to a verified image: the bootloader never has to fall back.
-    for (i, choice) in boot_choices.iter().enumerate() {
-        if choice.selected != choice.slot {
+    // The core only ever switches to an image the bootloader accepts: no fallback.
+    let fallbacks: Vec<&(u32, BootChoice)> = boot_choices
+        .iter()
+        .filter(|(boot, choice)| choice.fell_back() && !allowed_fallbacks.contains(boot))
+        .collect();
+    if let Some((boot, choice)) = fallbacks.first() {
+        let refused: Vec<String> = choice
+            .refused
+            .iter()
+            .map(|(p, why)| format!("{p} ({why})"))
+            .collect();
+        let again = match fallbacks.len() - 1 {
+            0 => String::new(),
+            n => format!(" (and again at {n} later boots)"),
+        };
+        failures.push(format!(
+            "invariant: boot {boot}: the bootloader refused {} and fell back to {}{again}",
+            refused.join(", "),
+            choice.booted
+        ));
+    }
+    // Once otadata held a bootable entry, every write must leave one: ESP-IDF's own updater
+    // writes the sector of the entry that is *not* active, so a torn write cannot take both.
+    if let Some((first, _)) = boot_choices.iter().find(|(_, c)| c.had_entry()) {
+        for (boot, choice) in boot_choices.iter().filter(|(b, _)| b > first) {
+            let what = match choice.selection {
+                Selection::NoEntry => "both entries erased or aborted/invalid",
+                Selection::NoValidEntry => "no entry with a valid CRC",
+                _ => continue,
+            };
             failures.push(format!(
-                "invariant: boot {}: otadata selected slot {} but its image is not valid; the bootloader fell back to slot {}",
-                i + 1,
-                choice.selected,
-                choice.slot
+                "invariant: boot {boot}: otadata selects nothing any more ({what}; boot {first} found an entry), the bootloader boots {} by default",
+                choice.booted
             ));
         }
     }
-    // Every boot reports what it booted.
-    for boot in 1..=boot_choices.len() as u32 {
-        if !trace
-            .iter()
-            .any(|l| l.boot == boot && matches!(l.event, Event::Boot { .. }))
-        {
-            failures.push(format!("invariant: boot {boot} has no boot event"));
+    for (boot, choice) in boot_choices {
+        let boot = *boot;
+        let mut boot_events = trace.iter().filter_map(|l| match &l.event {
+            Event::Boot { slot, version, .. } if l.boot == boot => {
+                Some((*slot, version.to_string()))
+            }
+            _ => None,
+        });
+        // Every boot the core ran reports what it booted, and it is what the bootloader started.
+        match boot_events.next() {
+            None => failures.push(format!("invariant: boot {boot} has no boot event")),
+            Some((slot, version)) => {
+                if Some(slot) != choice.slot() {
+                    failures.push(format!(
+                        "invariant: boot {boot} reports slot {slot}, the bootloader started {}",
+                        choice.booted
+                    ));
+                }
+                if !choice.version.is_empty() && version != choice.version {
+                    failures.push(format!(
+                        "invariant: boot {boot} reports version {version}, booted image is {}",
+                        choice.version
+                    ));
+                }
+            }
+        }
+        // Only the image that runs can confirm itself.
+        for l in trace.iter().filter(|l| l.boot == boot) {
+            if let Event::Confirmed { version } = &l.event
+                && version.as_str() != choice.version
+            {
+                failures.push(format!(
+                    "invariant: boot {boot} confirms version {version}, but the bootloader started {} ({})",
+                    choice.booted, choice.version
+                ));
+            }
         }
     }
     // Records of boots that were not cut were stored; once a boot delivered the whole log
     // (no `log_kept` in the last boot), every one of them must have reached the broker.
-    let last = boot_choices.len() as u32;
+    let last = boot_choices.last().map_or(0, |(b, _)| *b);
     let last_delivered = trace
         .iter()
         .filter(|l| l.boot == last)
@@ -755,22 +1003,6 @@ pub fn check_invariants(
             "invariant: {stored} boots stored a log record but the broker got {}",
             log.len()
         ));
-    }
-    // The version the core reports is the version of the image the bootloader started.
-    for (i, choice) in boot_choices.iter().enumerate() {
-        let boot = i as u32 + 1;
-        let reported = trace.iter().find_map(|l| match &l.event {
-            Event::Boot { version, .. } if l.boot == boot => Some(version.to_string()),
-            _ => None,
-        });
-        if let Some(reported) = reported
-            && reported != choice.version
-        {
-            failures.push(format!(
-                "invariant: boot {boot} reports version {reported}, booted image is {}",
-                choice.version
-            ));
-        }
     }
     // Every record the board saw acknowledged reached the broker; sequence numbers have no gaps.
     let acked: std::collections::BTreeSet<u64> = trace

@@ -8,7 +8,8 @@
 //!    to completion, and check the invariants:
 //!    - every boot finds a complete image (the bootloader verifies checksum
 //!      and appended SHA-256): never bricked, never a mix;
-//!    - the version the core reports is the version of the image booted;
+//!    - the slot and version the core reports are those of the image booted;
+//!    - otadata never loses its last bootable entry;
 //!    - the board ends on the latest release, confirmed;
 //!    - the activity log has no gap and every acknowledged record arrived;
 //!    - bytes downloaded again after the cut stay within one flash sector
@@ -19,6 +20,7 @@
 //! A failure prints the seed and the cut points that reproduce it.
 
 use crate::board::{BootEnd, Triggers, VirtualBoard, Wiring};
+use crate::bootloader::{BootChoice, Bootloader, Model};
 use crate::broker::Collector;
 use crate::flash::SplitMix;
 use crate::github::{Asset, Release};
@@ -43,6 +45,8 @@ pub struct SweepOptions {
     pub jobs: usize,
     /// Only these cut points (for reproducing one failure).
     pub only: Option<Vec<u64>>,
+    /// The boards' bootloader build.
+    pub bootloader: Model,
 }
 
 /// One failed run.
@@ -112,6 +116,7 @@ struct Shared {
     image_size: u64,
     latest: String,
     prefix: String,
+    bootloader: Bootloader,
 }
 
 /// Where `conf.json` lives in the default partition table.
@@ -121,7 +126,7 @@ struct RunResult {
     client_id: String,
     /// What the board saw; the log is checked against the broker once every run is done.
     trace: Vec<crate::board::TraceLine>,
-    boot_choices: Vec<crate::bootloader::BootChoice>,
+    boot_choices: Vec<(u32, BootChoice)>,
     cut_boots: Vec<u32>,
     boots: u64,
     redownloaded: u64,
@@ -146,6 +151,7 @@ async fn run_one(shared: &Shared, id: u64, seed: u64, cuts: &[CutAt]) -> RunResu
     flash.load(CONFIG_OFFSET, &[0xFF; 0x1000]);
     flash.load(CONFIG_OFFSET, conf.as_bytes());
     let mut board = VirtualBoard::new(flash, &client_id, seed);
+    board.bootloader = shared.bootloader;
     let wiring = Wiring {
         broker: shared.world.board_broker(),
     };
@@ -206,7 +212,7 @@ async fn run_one(shared: &Shared, id: u64, seed: u64, cuts: &[CutAt]) -> RunResu
     let final_version = board
         .boot_choices
         .last()
-        .map(|c| c.version.clone())
+        .map(|(_, c)| c.version.clone())
         .unwrap_or_default();
     if final_version != shared.latest {
         what.push(format!(
@@ -245,7 +251,10 @@ pub async fn sweep(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepRe
         "thermostat",
         vec![Release::new("1.1", 1_700_000_000).with_asset(Asset::new("firmware.bin", image))],
     );
-    let prefix = format!("sweep/{}", std::process::id());
+    // Each sweep its own topics: boards of two sweeps in one process share client ids.
+    static SWEEPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nth = SWEEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let prefix = format!("sweep/{}-{}-{nth}", std::process::id(), opts.bootloader);
     let conf = conf_json(
         &world.api_base(),
         world.board_broker(),
@@ -266,11 +275,16 @@ pub async fn sweep(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepRe
         image_size,
         latest: "1.1".into(),
         prefix: prefix.clone(),
+        bootloader: Bootloader {
+            model: opts.bootloader,
+            ..Bootloader::default()
+        },
     });
 
     // 1. Count the operations of a clean update.
     let clean = {
         let mut board = VirtualBoard::new(shared.template.clone(), "sweep-clean", opts.seed);
+        board.bootloader = shared.bootloader;
         let wiring = Wiring {
             broker: shared.world.board_broker(),
         };
@@ -379,6 +393,7 @@ pub async fn sweep(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepRe
             &result.trace,
             &result.cut_boots,
             &log,
+            &[],
             &mut result.what,
         );
         report.runs += 1;

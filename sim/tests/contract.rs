@@ -408,7 +408,7 @@ impl Board {
 
     /// The version of the image the bootloader started last.
     fn running(&self) -> &str {
-        &self.board.boot_choices.last().expect("booted").version
+        &self.board.boot_choices.last().expect("booted").1.version
     }
 
     /// The bytes of ota_1 up to `len`.

@@ -1,5 +1,6 @@
-//! Every scenario in `fixtures/scenarios/` passes, and its serial console
-//! (every trace line of every boot) matches its snapshot.
+//! Every scenario in `fixtures/scenarios/` passes behind every bootloader model it runs
+//! under, and its serial console (what the bootloader did, every trace line of every boot)
+//! matches its snapshot, one per (scenario, model): `scenarios__NAME@MODEL.snap`.
 
 use sim::scenario::{self, Scenario};
 use sim::world::BrokerChoice;
@@ -12,24 +13,66 @@ async fn every_scenario_passes_and_its_trace_matches_the_snapshot() {
     assert!(scenarios.len() >= 17, "only {} scenarios", scenarios.len());
     let mut failed = Vec::new();
     for s in &scenarios {
-        let report = scenario::run(s, &BrokerChoice::Embedded)
-            .await
-            .expect("scenario runs");
-        if !report.passed() {
-            failed.push(format!(
-                "{} (seed {}): {:?}\n{}",
-                report.name,
-                report.seed,
-                report.failures,
-                report.console()
-            ));
+        for model in s.models() {
+            let report = scenario::run(s, model, &BrokerChoice::Embedded)
+                .await
+                .expect("scenario runs");
+            // A failing run's console is wrong by definition: it is shown, not snapshotted.
+            if !report.passed() {
+                failed.push(format!(
+                    "{} (seed {}): {:?}\n{}",
+                    report.label(),
+                    report.seed,
+                    report.failures,
+                    report.console()
+                ));
+                continue;
+            }
+            insta::with_settings!({ snapshot_suffix => model.name() }, {
+                insta::assert_snapshot!(s.name.clone(), report.console());
+            });
         }
-        insta::assert_snapshot!(s.name.clone(), report.console());
     }
     assert!(
         failed.is_empty(),
         "failed scenarios:\n{}",
         failed.join("\n")
+    );
+}
+
+#[test]
+fn bootloader_and_bootloaders_together_are_refused() {
+    let dir = std::env::temp_dir().join(format!("sim-models-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("both.toml");
+    std::fs::write(&path, "description = \"x\"\nbootloader = \"espflash\"\nbootloaders = [\"idf-rollback\"]\n[board]\nversion = \"1.0\"\n[expect]\nfinal_version = \"1.0\"\n").unwrap();
+    let err = Scenario::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("both.toml") && err.contains("not both"),
+        "{err}"
+    );
+    std::fs::write(&path, "description = \"x\"\nbootloader = \"uboot\"\n[board]\nversion = \"1.0\"\n[expect]\nfinal_version = \"1.0\"\n").unwrap();
+    let err = Scenario::load(&path).unwrap_err().to_string();
+    assert!(err.contains("uboot"), "{err}");
+}
+
+#[test]
+fn an_override_table_replaces_only_its_fields() {
+    let dir = std::env::temp_dir().join(format!("sim-override-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("o.toml");
+    std::fs::write(&path, "description = \"x\"\n[board]\nversion = \"1.0\"\n[expect]\nfinal_version = \"1.1\"\nlog = [\"a\"]\n[expect_idf_rollback]\nlog = [\"b\"]\n").unwrap();
+    let s = Scenario::load(&path).unwrap();
+    assert_eq!(s.models(), sim::bootloader::Model::ALL.to_vec());
+    let espflash = s.expect_for(sim::bootloader::Model::Espflash);
+    let rollback = s.expect_for(sim::bootloader::Model::IdfRollback);
+    assert_eq!(
+        (espflash.final_version.as_str(), espflash.log),
+        ("1.1", vec!["a".to_string()])
+    );
+    assert_eq!(
+        (rollback.final_version.as_str(), rollback.log),
+        ("1.1", vec!["b".to_string()])
     );
 }
 
