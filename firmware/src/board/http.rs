@@ -78,14 +78,19 @@ impl TransportError {
     }
 }
 
+/// Room for a response's status line and headers.
+pub const HEAD_LEN: usize = 16 * 1024;
+
 /// Buffers for one connection, reused by every request (and by MQTT).
 pub struct Buffers {
     /// TCP receive window.
     pub tcp_rx: [u8; 8192],
     /// TCP send buffer.
     pub tcp_tx: [u8; 2048],
-    /// Status line + headers (GitHub's API answers with ~2 KiB of headers).
-    pub head: [u8; 4096],
+    /// Status line + headers. github.com's 302 for a release download carries its whole page
+    /// header set (content-security-policy alone is ~2 KiB) plus a ~1 KiB signed Location:
+    /// about 4.9 KiB, more than the 4 KiB this once was. 16 KiB leaves room for GitHub to grow.
+    pub head: [u8; HEAD_LEN],
     /// One body chunk handed to the core.
     pub chunk: [u8; 2048],
 }
@@ -96,7 +101,7 @@ impl Buffers {
         Self {
             tcp_rx: [0; 8192],
             tcp_tx: [0; 2048],
-            head: [0; 4096],
+            head: [0; HEAD_LEN],
             chunk: [0; 2048],
         }
     }
