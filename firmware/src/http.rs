@@ -23,6 +23,8 @@ pub enum Transport {
     /// The server was reached but the TLS handshake failed (certificate, protocol): the
     /// image's roots, clock or TLS stack.
     Tls,
+    /// The board's own network stack could not start (WiFi driver, TLS context): the image's.
+    Board,
 }
 
 /// What the response should be.

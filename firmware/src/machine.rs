@@ -47,7 +47,7 @@ use crate::led::{Led, Pattern, Player};
 use crate::release::{ReleaseError, ReleaseParser, SelectedRelease, Url};
 use crate::storage::log::{LogStore, MAX_PAYLOAD, Record};
 use crate::storage::progress::{self, Progress, Target};
-use crate::storage::trial::{MAX_TRIALS, Trial, TrialRecord};
+use crate::storage::trial::{MAX_RETURNS, MAX_TRIALS, Trial, TrialRecord};
 use crate::storage::{self, FlashError, Layout, Region, SECTOR};
 use crate::trace::{self, Detail, ErrorCode, Event, Outcome, Purpose, Short, Value};
 use crate::version::Version;
@@ -183,10 +183,12 @@ struct Session {
     bytes: u32,
     resumed_from: u32,
     confirmed: bool,
-    /// This trial boot showed that the image itself cannot complete a check (a TLS failure,
-    /// an HTTP answer that is neither a release nor GitHub being unavailable), as opposed to
-    /// the network or GitHub being away.
-    image_at_fault: bool,
+    /// How the last attempt of this boot to reach GitHub failed: `Tls` or `Board` say the
+    /// image itself cannot get through (its roots, its clock, its network stack); `Network`
+    /// (or nothing) that the network or GitHub was away. Judged at a trial boot's deadline,
+    /// the last failure and not any earlier one: a connection reset once mid-handshake must
+    /// not count against a good image.
+    last_failure: Option<Transport>,
 }
 
 struct InFlightRequest {
@@ -403,6 +405,18 @@ impl<F: NorFlash> Updater<F> {
         }
     }
 
+    /// Bringing the network up failed at once, for a reason of the board's own (`Board`: the
+    /// WiFi driver did not start) or of the network's. The join is retried at its timeout as
+    /// usual; the kind counts when a trial boot is judged.
+    pub fn handle_join_error(&mut self, now: Instant, kind: Transport, what: &str) {
+        self.now = now;
+        self.session.last_failure = Some(kind);
+        self.event(Event::Error {
+            code: ErrorCode::Network,
+            detail: trace::detail(format_args!("{what}")),
+        });
+    }
+
     /// Response headers of request `id` arrived.
     pub fn handle_response_head(&mut self, now: Instant, id: u32, head: &ResponseHead) {
         self.now = now;
@@ -498,11 +512,7 @@ impl<F: NorFlash> Updater<F> {
             return;
         }
         self.request = None;
-        if kind == Transport::Tls {
-            // The server was reached and the handshake failed: this image's roots, clock or
-            // TLS stack, not the network.
-            self.session.image_at_fault = true;
-        }
+        self.session.last_failure = Some(kind);
         self.retry(
             ErrorCode::Network,
             Some(trace::detail(format_args!("{what}"))),
@@ -583,17 +593,16 @@ impl<F: NorFlash> Updater<F> {
             .map_err(|e| fail(ErrorCode::Layout, format_args!("{e}")))?;
         let mut otadata = layout.read_otadata(&mut self.flash)?;
         let count = layout.slot_count();
-        let slot = layout.slot_at(running_offset).ok_or_else(|| {
-            fail(
-                ErrorCode::Layout,
-                format_args!("running from {running_offset:#x}, which is no OTA slot"),
-            )
-        })?;
+        // Without the hardware's answer the core updates nothing (it could erase the running
+        // slot), but an image on trial is still judged by what otadata selects: an image whose
+        // glue cannot tell where it runs must still use up its trials and be rolled back.
+        let known_slot = layout.slot_at(running_offset);
+        let slot = known_slot.or(otadata.boot_slot(count)).unwrap_or(0);
         self.running.slot = slot;
         self.read_running_image(&layout, slot)?;
         if let Some(refused) = otadata
             .boot_slot(count)
-            .filter(|&selected| selected != slot)
+            .filter(|&selected| known_slot.is_some() && selected != slot)
         {
             otadata = self.bootloader_refused(&layout, &otadata, refused)?;
         }
@@ -610,6 +619,7 @@ impl<F: NorFlash> Updater<F> {
         self.log = Some(LogStore::open(&mut self.flash, layout.log)?);
         let trial_record = TrialRecord::new(layout.state);
         self.running.trial = trial_record.load(&mut self.flash)?;
+        self.count_aborted_boot(&trial_record, &otadata, count)?;
         self.layout = Some(layout);
         // A trial boot is counted before anything that could fail (conf.json included), so an
         // image that cannot get through its boot still uses up its trials and is rolled back.
@@ -621,6 +631,12 @@ impl<F: NorFlash> Updater<F> {
                 return Ok(()); // rolled back
             }
             self.trial_deadline = Some(self.now.plus_ms(TRIAL_DEADLINE_MS));
+        }
+        if known_slot.is_none() {
+            return Err(fail(
+                ErrorCode::Layout,
+                format_args!("running from {running_offset:#x}, which is no OTA slot"),
+            ));
         }
         match self.read_config() {
             Ok(config) => self.config = Some(config),
@@ -641,6 +657,43 @@ impl<F: NorFlash> Updater<F> {
             return Ok(());
         }
         self.wait_for_network(Step::Check);
+        Ok(())
+    }
+
+    /// Behind a bootloader with rollback, an image that died before its core ran leaves only
+    /// one trace: its otadata entry, marked `aborted` by the bootloader at the next boot. The
+    /// image running now counts that boot in the trial record (once per sequence number, and
+    /// not when the image's own core counted it), so such an image is not installed again
+    /// forever: after [`MAX_TRIALS`] its release is barred like any rolled-back one.
+    fn count_aborted_boot(
+        &mut self,
+        record: &TrialRecord,
+        otadata: &OtaData,
+        count: u8,
+    ) -> Result<(), Failure> {
+        let Some(trial) = self.running.trial.clone() else {
+            return Ok(());
+        };
+        let aborted = otadata.entries.iter().find(|e| {
+            e.is_valid()
+                && e.image_state() == ImageState::Aborted
+                && e.slot(count) == trial.slot
+                && trial.slot != self.running.slot
+        });
+        let Some(entry) = aborted else {
+            return Ok(());
+        };
+        if let Some(counted) = record.count_abort(&mut self.flash, &trial, entry.seq)? {
+            let detail = trace::detail(format_args!(
+                "the bootloader aborted a boot of {} the core never saw: trial {} of {}",
+                trial.version, counted.boots, MAX_TRIALS
+            ));
+            self.event(Event::Error {
+                code: ErrorCode::SelfCheck,
+                detail,
+            });
+            self.running.trial = Some(counted);
+        }
         Ok(())
     }
 
@@ -666,7 +719,7 @@ impl<F: NorFlash> Updater<F> {
                 _ => trace::short("unknown"),
             },
         );
-        let (sector, entry) = self.rewrite_towards(otadata, self.running.slot, count);
+        let (sector, entry) = self.rewrite_towards(otadata, self.running.slot, count)?;
         layout.write_otadata(&mut self.flash, sector, &entry)?;
         let mut now = *otadata;
         now.entries[sector] = entry;
@@ -681,15 +734,20 @@ impl<F: NorFlash> Updater<F> {
     /// entry for `slot` still bootable in the other sector, the active entry is marked invalid
     /// where it stands, as ESP-IDF does (a cut mid-rewrite leaves that other entry, which is
     /// where we are going); otherwise a new entry for `slot` goes into the other sector.
-    fn rewrite_towards(&self, otadata: &OtaData, slot: u8, count: u8) -> (usize, OtaEntry) {
+    fn rewrite_towards(
+        &self,
+        otadata: &OtaData,
+        slot: u8,
+        count: u8,
+    ) -> Result<(usize, OtaEntry), Failure> {
         let other_selects_slot = otadata.active().is_some_and(|active| {
             let other = otadata.entries[1 - active];
             other.is_bootable() && other.slot(count) == slot
         });
-        otadata
-            .invalidate()
-            .filter(|_| other_selects_slot)
-            .unwrap_or_else(|| otadata.select(slot, count, ImageState::Valid))
+        match otadata.invalidate().filter(|_| other_selects_slot) {
+            Some(rewrite) => Ok(rewrite),
+            None => select(otadata, slot, count, ImageState::Valid),
+        }
     }
 
     fn read_running_image(&mut self, layout: &Layout, slot: u8) -> Result<(), Failure> {
@@ -782,7 +840,11 @@ impl<F: NorFlash> Updater<F> {
         if trial.boots >= MAX_TRIALS {
             return self.roll_back(otadata);
         }
-        let counted = record.count_boot(&mut self.flash, &trial)?;
+        let seq = self
+            .running
+            .active_entry
+            .map_or(0, |i| otadata.entries[i].seq);
+        let counted = record.count_boot(&mut self.flash, &trial, seq)?;
         self.event(Event::Trial {
             boot: counted.boots,
             of: MAX_TRIALS,
@@ -805,7 +867,7 @@ impl<F: NorFlash> Updater<F> {
             .filter(|e| e.is_valid() && e.slot(count) != self.running.slot)
             .max_by_key(|e| e.seq)
             .map_or((self.running.slot + count - 1) % count, |e| e.slot(count));
-        let (sector, entry) = self.rewrite_towards(otadata, previous, count);
+        let (sector, entry) = self.rewrite_towards(otadata, previous, count)?;
         layout.write_otadata(&mut self.flash, sector, &entry)?;
         let mut now = *otadata;
         now.entries[sector] = entry;
@@ -848,25 +910,44 @@ impl<F: NorFlash> Updater<F> {
 
     /// An image on trial could not confirm itself in time.
     ///
-    /// When this boot showed the image at fault (a TLS failure, an HTTP answer that is neither
-    /// a release nor GitHub being unavailable), the boot ends with a reboot and the trial
-    /// stays used: three such boots roll the image back. When it only lacked the network (no
-    /// WiFi, no answer, GitHub's 5xx or rate limit), the trial counted at boot is given back
-    /// and the boot goes on retrying like any other: an outage after an update must not roll
-    /// a good image back, and the image confirms itself as soon as a release comes through.
+    /// When its last attempt failed for a reason of its own (a TLS handshake failure, a network
+    /// stack that did not start), or it has given back [`MAX_RETURNS`] boots already, the boot
+    /// ends with a reboot and the trial stays used: three such boots roll the image back. When
+    /// it only lacked the network (no WiFi, no answer, GitHub's 5xx or rate limit), the trial
+    /// counted at boot is given back and the boot goes on retrying like any other: an outage
+    /// after an update must not roll a good image back, and the image confirms itself as soon
+    /// as a release comes through.
     fn trial_deadline_passed(&mut self) {
         let seconds = TRIAL_DEADLINE_MS / 1000;
-        if self.session.image_at_fault {
+        let returned = self.running.trial.as_ref().map_or(0, |t| t.returned);
+        let own_fault = matches!(
+            self.session.last_failure,
+            Some(Transport::Tls | Transport::Board)
+        );
+        if own_fault || returned >= MAX_RETURNS {
             self.abort_request();
             self.reboot_after_outcome = true;
-            let detail = trace::detail(format_args!(
-                "no usable release within {seconds} s of a trial boot"
-            ));
+            let detail = if own_fault {
+                trace::detail(format_args!(
+                    "no release within {seconds} s of a trial boot: this image cannot connect"
+                ))
+            } else {
+                trace::detail(format_args!(
+                    "no release within {seconds} s of a trial boot, {returned} boots given back"
+                ))
+            };
             self.conclude(Outcome::Failed, ErrorCode::SelfCheck, Some(detail));
             return;
         }
+        self.give_trial_back(format_args!(
+            "network away {seconds} s into a trial boot: trial given back, still trying"
+        ));
+    }
+
+    /// Gives back the trial counted at this boot, which proved nothing about the image.
+    fn give_trial_back(&mut self, why: fmt::Arguments<'_>) {
         let given_back = match (self.layout.as_ref(), self.running.trial.as_ref()) {
-            (Some(layout), Some(trial)) => {
+            (Some(layout), Some(trial)) if trial.returned < MAX_RETURNS => {
                 TrialRecord::new(layout.state).give_back(&mut self.flash, trial)
             }
             _ => return,
@@ -878,12 +959,9 @@ impl<F: NorFlash> Updater<F> {
                     of: MAX_TRIALS,
                 });
                 self.running.trial = Some(trial);
-                let detail = trace::detail(format_args!(
-                    "network away {seconds} s into a trial boot: trial given back, still trying"
-                ));
                 self.event(Event::Error {
                     code: ErrorCode::Network,
-                    detail,
+                    detail: trace::detail(why),
                 });
             }
             Err(e) => self.flash_error(e),
@@ -998,11 +1076,8 @@ impl<F: NorFlash> Updater<F> {
     }
 
     fn on_head(&mut self, step: Step, head: &ResponseHead) -> Result<(), Failure> {
-        if step == Step::Check && !check_status_is_githubs_doing(head) {
-            // An answer that is neither a release, a redirect, nor GitHub being unavailable
-            // (401, a 403 without a rate limit, 404 …): on a trial boot, the image's fault.
-            self.session.image_at_fault = true;
-        }
+        // An HTTP answer: TLS and the network stack work.
+        self.session.last_failure = Some(Transport::Network);
         if (300..400).contains(&head.status) && head.status != 304 {
             return self.redirect(step, head);
         }
@@ -1245,8 +1320,10 @@ impl<F: NorFlash> Updater<F> {
         };
         let target_size = target.size;
         let written = match progress.durable_sectors(&mut self.flash, &target)? {
-            Some(sectors) => (sectors * SECTOR).min(target.size),
-            None => {
+            Some(sectors) if sectors > 0 => (sectors * SECTOR).min(target.size),
+            // From byte 0, a fresh record: an ETag kept by an attempt that made nothing
+            // durable must not outlive it (the file may have changed since).
+            _ => {
                 progress.start(&mut self.flash, &target)?;
                 0
             }
@@ -1499,7 +1576,7 @@ impl<F: NorFlash> Updater<F> {
                 TrialRecord::new(layout.state).begin(&mut self.flash, target.slot, &version)?;
                 let otadata = layout.read_otadata(&mut self.flash)?;
                 let (sector, entry) =
-                    otadata.select(target.slot, layout.slot_count(), ImageState::New);
+                    select(&otadata, target.slot, layout.slot_count(), ImageState::New)?;
                 layout.write_otadata(&mut self.flash, sector, &entry)?;
                 self.event(Event::Switch {
                     slot: target.slot,
@@ -1585,6 +1662,18 @@ impl<F: NorFlash> Updater<F> {
     fn conclude(&mut self, result: Outcome, error: ErrorCode, detail: Option<Detail>) {
         if matches!(self.phase, Phase::Finishing(_) | Phase::Done) {
             return;
+        }
+        use ErrorCode::{AssetMissing, BadRelease, BadTag, NoRelease, NotEligible};
+        let release_side = matches!(
+            error,
+            NoRelease | BadRelease | BadTag | AssetMissing | NotEligible
+        );
+        if self.running.on_trial && !self.session.confirmed && release_side {
+            // The release GitHub offers is unusable (no release, bad JSON, missing asset): the
+            // old image would see the same. That proves nothing about this image.
+            self.give_trial_back(format_args!(
+                "no usable release on GitHub: this trial boot is given back"
+            ));
         }
         self.wake_at = None;
         if let Some(detail) = detail {
@@ -1780,12 +1869,19 @@ impl From<Failure> for Retry {
     }
 }
 
-/// Whether a status on the release check says nothing about the image: a release or a
-/// redirect to one, or GitHub unavailable (rate limit, 5xx).
-fn check_status_is_githubs_doing(head: &ResponseHead) -> bool {
-    matches!(head.status, 200 | 300..=399)
-        || head.status >= 500
-        || head.rate_limit_wait_ms().is_some()
+/// [`OtaData::select`], or the error that no sequence number is left to switch with.
+fn select(
+    otadata: &OtaData,
+    slot: u8,
+    count: u8,
+    state: ImageState,
+) -> Result<(usize, OtaEntry), Failure> {
+    otadata.select(slot, count, state).ok_or_else(|| {
+        fail(
+            ErrorCode::Flash,
+            format_args!("otadata has no sequence number left to select slot {slot}"),
+        )
+    })
 }
 
 fn release_failure(e: &ReleaseError) -> Failure {

@@ -77,14 +77,14 @@ fn otadata_the_core_writes_matches_the_fixtures_byte_for_byte() {
     assert_eq!(whole(&blank), blank_raw);
 
     // First selection of ota_0 on blank otadata: seq 1 in sector 0.
-    let (sector_index, entry) = blank.select(0, 2, ImageState::Valid);
+    let (sector_index, entry) = blank.select(0, 2, ImageState::Valid).unwrap();
     let mut data = blank;
     data.entries[sector_index] = entry;
     let (raw, _) = otadata("seq1-valid");
     assert_eq!(whole(&data), raw);
 
     // Then switching to ota_1 as an update does: seq 2 NEW in sector 1.
-    let (sector_index, entry) = data.select(1, 2, ImageState::New);
+    let (sector_index, entry) = data.select(1, 2, ImageState::New).unwrap();
     data.entries[sector_index] = entry;
     let (raw, _) = otadata("seq2-new");
     assert_eq!(whole(&data), raw);

@@ -154,6 +154,8 @@ struct Boot {
     broker_up: bool,
     /// The power goes at this virtual time (`u64::MAX`: never).
     power_off_at_ms: u64,
+    /// The board's WiFi driver does not start (the glue reports it at each join).
+    wifi_broken: bool,
 }
 
 impl Boot {
@@ -165,6 +167,7 @@ impl Boot {
             network_from_ms: 0,
             broker_up: true,
             power_off_at_ms: u64::MAX,
+            wifi_broken: false,
         }
     }
 }
@@ -210,7 +213,9 @@ fn run_boot(
         };
         match action {
             Action::JoinNetwork => {
-                if now.0 >= boot.network_from_ms {
+                if boot.wifi_broken {
+                    core.handle_join_error(now, Transport::Board, "WiFi driver did not start");
+                } else if now.0 >= boot.network_from_ms {
                     core.handle_network(now, true)
                 }
             }
@@ -1124,4 +1129,155 @@ fn an_image_the_bootloader_refused_is_barred_and_otadata_points_back() {
         &mut github(&release, &new),
     );
     assert_eq!(outcome(&next.events), "failed/rolled_back_release");
+}
+
+/// A trial boot without network, cut by the power after 25 minutes.
+fn offline_trial_boot(
+    flash: Ram,
+    release: &str,
+    new: &[u8],
+    wifi_broken: bool,
+) -> (Ram, BootResult) {
+    let mut boot = Boot::as_selected(&flash);
+    boot.network_from_ms = u64::MAX;
+    boot.power_off_at_ms = 25 * 60 * 1000;
+    boot.wifi_broken = wifi_broken;
+    run_boot(flash, boot, &mut github(release, new))
+}
+
+fn returned(result: &BootResult) -> bool {
+    result
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::TrialReturned { .. }))
+}
+
+/// Review: the give-back must be bounded, or an image whose own networking is broken (or
+/// that crashes late in every offline boot) is never judged. After MAX_RETURNS boots given
+/// back, an offline trial boot keeps its trial and reboots; three of those roll back.
+#[test]
+fn trial_boots_given_back_are_bounded() {
+    use firmware::storage::trial::MAX_RETURNS;
+    let (mut flash, release, new) = installed_board();
+    for n in 0..MAX_RETURNS {
+        let (next, result) = offline_trial_boot(flash, &release, &new, false);
+        flash = next;
+        assert!(returned(&result), "boot {n}");
+    }
+    for n in 0..3 {
+        let (next, result) = offline_trial_boot(flash, &release, &new, false);
+        flash = next;
+        assert!(!returned(&result), "boot {n} after the bound");
+        assert!(result.rebooted);
+        assert_eq!(outcome(&result.events), "failed/self_check");
+    }
+    let (flash, last) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(1),
+        &mut github(&release, &new),
+    );
+    assert_eq!(outcome(&last.events), "rolled_back/self_check");
+    assert_eq!(otadata_slot(&flash), Some(0));
+}
+
+/// Review: a WiFi driver that does not start is the image's fault, not the network's.
+#[test]
+fn a_radio_that_does_not_start_uses_up_trials() {
+    let (mut flash, release, new) = installed_board();
+    for _ in 0..3 {
+        let (next, result) = offline_trial_boot(flash, &release, &new, true);
+        flash = next;
+        assert!(!returned(&result), "{:?}", result.events);
+        assert!(result.rebooted);
+    }
+    let (flash, last) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(1),
+        &mut github(&release, &new),
+    );
+    assert_eq!(outcome(&last.events), "rolled_back/self_check");
+    assert_eq!(otadata_slot(&flash), Some(0));
+}
+
+/// Review: a connection broken once mid-handshake (reported as TLS by a stack that cannot tell)
+/// must not count against a good image when the network then stays away: the last failure
+/// before the deadline is judged, not any earlier one.
+#[test]
+fn only_the_last_failure_before_the_deadline_is_judged() {
+    let (flash, release, new) = installed_board();
+    let mut calls = 0;
+    let mut boot = Boot::as_selected(&flash);
+    boot.power_off_at_ms = 25 * 60 * 1000;
+    let (_, result) = run_boot(flash, boot, &mut |_| {
+        calls += 1;
+        Reply::Transport(if calls == 1 {
+            Transport::Tls
+        } else {
+            Transport::Network
+        })
+    });
+    assert!(returned(&result), "{:?}", result.events);
+}
+
+/// Review: a release GitHub offers that nobody can use (no release, missing asset) proves
+/// nothing about the new image: the old one would see the same. The trial is given back.
+#[test]
+fn an_unusable_release_on_a_trial_boot_gives_the_trial_back() {
+    let (flash, release, new) = installed_board();
+    let (flash, result) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(1),
+        &mut |_| Reply::status(404, vec![]),
+    );
+    assert_eq!(outcome(&result.events), "failed/no_release");
+    assert!(returned(&result), "{:?}", result.events);
+    assert!(!result.rebooted);
+    let (_, next) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(1),
+        &mut github(&release, &new),
+    );
+    assert!(
+        next.events
+            .iter()
+            .any(|e| matches!(e, Event::Trial { boot: 1, of: 3 }))
+    );
+    assert_eq!(outcome(&next.events), "updated/none");
+}
+
+/// Review: behind a rollback bootloader, an image that dies before its core runs is only seen
+/// as an `aborted` otadata entry. The old image counts that boot (once per install), so the
+/// release is barred after three, instead of being installed again at every boot. ESP-IDF
+/// reuses the sequence number for the re-install (the aborted entry is not the base).
+#[test]
+fn boots_a_rollback_bootloader_aborted_are_counted_by_the_old_image() {
+    use firmware::format::otadata::{ImageState, OtaEntry};
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    // As the ESP-IDF bootloader leaves blank otadata after the first boot: seq 1, valid.
+    let mut flash = board("1.0");
+    set_otadata(&mut flash, 0, OtaEntry::new(1, ImageState::Valid));
+    for install in 1..=3 {
+        let (next, result) = boot(flash, &release, &new, true);
+        assert_eq!(
+            outcome(&result.events),
+            "installed/none",
+            "install {install}"
+        );
+        flash = next;
+        let [_, s1] = otadata_entries(&flash);
+        assert_eq!((s1.seq, s1.image_state()), (2, ImageState::New));
+        // 1.1 dies before its core runs; the bootloader marks it pending, then aborted.
+        set_otadata(&mut flash, 1, OtaEntry::new(2, ImageState::Aborted));
+    }
+    let (_, barred) = boot(flash, &release, &new, true);
+    assert!(
+        barred.events.iter().any(|e| matches!(
+            e,
+            Event::Error { detail, .. } if detail.contains("never saw: trial 3 of 3")
+        )),
+        "{:?}",
+        barred.events
+    );
+    assert_eq!(outcome(&barred.events), "failed/rolled_back_release");
 }

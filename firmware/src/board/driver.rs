@@ -30,12 +30,12 @@ use esp_println::println;
 use esp_storage::FlashStorage;
 use firmware::Instant;
 use firmware::config::Config;
-use firmware::http::HttpRequest;
+use firmware::http::{HttpRequest, Transport};
 use firmware::machine::{Action, Payload, Topic, Updater};
 use heapless::{Deque, String};
 use static_cell::StaticCell;
 
-use super::http::{self, Buffers, Event, Flow, TransportError};
+use super::http::{self, Buffers, Event, Flow};
 use super::leds::Leds;
 use super::mqtt::{self, Broker};
 use super::net;
@@ -248,7 +248,11 @@ fn join(core: &mut Core, board: &mut Board) {
     let (ssid, password) = wifi_credentials(config);
     match net::start(board.spawner, wifi, ssid, password, board.seed) {
         Ok(stack) => board.stack = Some(stack),
-        Err(e) => println!("# wifi: {:?}", e),
+        Err(e) => {
+            println!("# wifi: {:?}", e);
+            // The radio of this image did not start: its own fault, not the network's.
+            core.handle_join_error(now(), Transport::Board, "WiFi driver did not start");
+        }
     }
 }
 
@@ -262,13 +266,8 @@ async fn run_http(
 ) {
     let id = req.id;
     let (Some(stack), Some(tls)) = (board.stack, tls) else {
-        // No TLS context on this board: the image's own fault, not the network's.
-        let e = if tls.is_none() {
-            TransportError::Tls
-        } else {
-            TransportError::Connect
-        };
-        core.handle_transport_error(now(), id, e.kind(), e.name());
+        // No network stack or no TLS context on this board: the image's own fault.
+        core.handle_transport_error(now(), id, Transport::Board, "no network stack or TLS");
         return;
     };
     let mut token_buf: String<128> = String::new();

@@ -209,27 +209,28 @@ impl OtaData {
     /// `(slot + 1) % count + i * count` that is not below `s` and writes it into the sector the
     /// active entry is *not* in; with none, sequence `slot + 1` goes to sector 0. For another
     /// slot than the active entry's this is the next number above `s` that selects `slot`.
-    pub fn select(&self, slot: u8, slot_count: u8, state: ImageState) -> (usize, OtaEntry) {
+    ///
+    /// `None` when no such number is left below `FFFFFFFF` (hostile or worn-out otadata):
+    /// a smaller number would not take over from the active entry, and the switch would
+    /// silently not happen.
+    pub fn select(&self, slot: u8, slot_count: u8, state: ImageState) -> Option<(usize, OtaEntry)> {
         let count = u32::from(slot_count.max(1));
         let first = u32::from(slot) + 1;
-        match self.active() {
-            Some(active) => {
-                let current = self.entries[active].seq;
-                let base = first % count;
-                // i = ceil((current - base) / count); `current >= 1` for an active entry. Checked
-                // arithmetic keeps hostile otadata from panicking the core: a number past the top
-                // starts the count again (ESP-IDF's loop would not end there).
-                let seq = current
-                    .checked_sub(base)
-                    .map(|above| above.div_ceil(count))
-                    .and_then(|i| i.checked_mul(count))
-                    .and_then(|n| n.checked_add(base))
-                    .filter(|&seq| seq != u32::MAX && seq != 0)
-                    .unwrap_or(first);
-                (1 - active, OtaEntry::new(seq, state))
-            }
-            None => (0, OtaEntry::new(first, state)),
+        let Some(active) = self.active() else {
+            return Some((0, OtaEntry::new(first, state)));
+        };
+        let current = self.entries[active].seq;
+        let base = first % count;
+        // i = ceil((current - base) / count), or 0 when `current` is below `base`.
+        let seq = match current.checked_sub(base) {
+            None => Some(base),
+            Some(above) => above
+                .div_ceil(count)
+                .checked_mul(count)
+                .and_then(|n| n.checked_add(base)),
         }
+        .filter(|&seq| seq != u32::MAX && seq != 0)?;
+        Some((1 - active, OtaEntry::new(seq, state)))
     }
 
     /// `esp_ota_mark_app_valid_cancel_rollback`: the active entry, state `Valid`, rewritten
@@ -285,11 +286,11 @@ mod tests {
         let blank = OtaData::from_sectors(&[0xFF; 32], &[0xFF; 32]);
         assert_eq!(blank.boot_slot(2), None);
         assert_eq!(
-            blank.select(1, 2, ImageState::New),
+            blank.select(1, 2, ImageState::New).unwrap(),
             (0, OtaEntry::new(2, ImageState::New))
         );
         assert_eq!(
-            blank.select(0, 2, ImageState::New),
+            blank.select(0, 2, ImageState::New).unwrap(),
             (0, OtaEntry::new(1, ImageState::New))
         );
     }
@@ -299,15 +300,15 @@ mod tests {
         let mut d =
             OtaData::from_sectors(&OtaEntry::new(1, ImageState::Valid).to_bytes(), &[0xFF; 32]);
         assert_eq!(d.boot_slot(2), Some(0));
-        let (sector, entry) = d.select(1, 2, ImageState::New);
+        let (sector, entry) = d.select(1, 2, ImageState::New).unwrap();
         assert_eq!((sector, entry.seq), (1, 2));
         d.entries[sector] = entry;
         assert_eq!(d.boot_slot(2), Some(1));
-        let (sector, entry) = d.select(0, 2, ImageState::New);
+        let (sector, entry) = d.select(0, 2, ImageState::New).unwrap();
         assert_eq!((sector, entry.seq), (0, 3));
         d.entries[sector] = entry;
         // Re-selecting the slot the active entry boots keeps its number, as ESP-IDF does.
-        let (sector, entry) = d.select(0, 2, ImageState::Valid);
+        let (sector, entry) = d.select(0, 2, ImageState::Valid).unwrap();
         assert_eq!((sector, entry.seq), (1, 3));
         // Confirming and invalidating rewrite the active entry where it is.
         assert_eq!(d.confirm(), Some((0, OtaEntry::new(3, ImageState::Valid))));
@@ -330,8 +331,11 @@ mod tests {
             &OtaEntry::new(u32::MAX - 1, ImageState::Valid).to_bytes(),
             &[0xFF; 32],
         );
-        let (_, entry) = top.select(0, 2, ImageState::New);
-        assert_ne!(entry.seq, u32::MAX);
+        assert_eq!(
+            top.select(0, 2, ImageState::New),
+            None,
+            "no number left above the active one: refused, not a silent no-op"
+        );
     }
 
     #[test]
@@ -356,12 +360,12 @@ mod tests {
     fn a_rewrite_never_overwrites_the_last_bootable_entry() {
         let mut d =
             OtaData::from_sectors(&[0xFF; 32], &OtaEntry::new(4, ImageState::Valid).to_bytes());
-        let (sector, entry) = d.select(0, 2, ImageState::New);
+        let (sector, entry) = d.select(0, 2, ImageState::New).unwrap();
         assert_eq!((sector, entry.seq), (0, 5));
         d.entries[sector] = entry;
         d.entries[0].state = ImageState::Aborted as u32;
         assert_eq!(d.boot_slot(2), Some(1));
-        let (sector, entry) = d.select(0, 2, ImageState::New);
+        let (sector, entry) = d.select(0, 2, ImageState::New).unwrap();
         assert_eq!(
             (sector, entry.seq),
             (0, 5),
@@ -388,7 +392,7 @@ mod tests {
                         let mut raw = [[0xFFu8; 32]; 2];
                         raw[active_sector] = OtaEntry::new(current, ImageState::Valid).to_bytes();
                         let d = OtaData::from_sectors(&raw[0], &raw[1]);
-                        let (sector, entry) = d.select(slot, count, ImageState::New);
+                        let (sector, entry) = d.select(slot, count, ImageState::New).unwrap();
                         assert_eq!(
                             (sector, entry.seq),
                             (1 - active_sector, expected),

@@ -9,8 +9,12 @@
 //! 0x08  version (32, NUL padded)  the image's esp_app_desc_t version
 //! 0x28  CRC-32 of 0x00..0x28
 //! 0x40  one pair of words per boot of the unconfirmed image, in boot order:
-//!         +0 counted   programmed 00000000 as the boot starts, before anything can fail
+//!         +0 counted   programmed as the boot starts, before anything can fail, with the
+//!                      otadata sequence number the image booted under (any value but
+//!                      FFFFFFFF counts)
 //!         +4 returned  programmed 00000000 when that boot ended only for lack of network
+//!       a pair whose first word is INSTALLED (FFFFFFFE) is no boot but a re-install of the
+//!       same version: boots before it keep counting, aborted boots are looked for after it
 //! ```
 //!
 //! espflash's default bootloader has no automatic rollback, so the core
@@ -19,8 +23,16 @@
 //! self-check) is rolled back, and the same version is not installed again.
 //! A boot that ends cleanly because WiFi or GitHub could not be reached gives
 //! its trial back: a network outage after an update must not roll back a good
-//! image. A torn `counted` word counts; a torn `returned` word does not give
-//! the trial back (the conservative reading of both).
+//! image. At most [`MAX_RETURNS`] boots are given back, so that an image whose
+//! own networking is broken, or one that crashes late in a boot without
+//! network, is still judged. A torn `counted` word counts; a torn `returned`
+//! word does not give the trial back (the conservative reading of both).
+//!
+//! Behind a bootloader with rollback, a boot the core never saw (the image died
+//! before the core ran) is only visible to the previous image, as an otadata
+//! entry the bootloader marked `aborted`: [`TrialRecord::count_abort`] counts it
+//! once per install, by its sequence number, unless the image counted that boot
+//! itself. (A re-install can reuse the sequence number, hence the install mark.)
 //!
 //! Re-installing the same version keeps its count, so a crash-looping release
 //! cannot make the board download it forever, even behind a bootloader that
@@ -39,6 +51,10 @@ const PAIRS_AT: u32 = 0x40;
 const PAIRS: u32 = (SECTOR - PAIRS_AT) / 8;
 /// Boots an unconfirmed image gets before it is rolled back.
 pub const MAX_TRIALS: u32 = 3;
+/// Boots of one image that may give their trial back (each ran 10 minutes without network).
+pub const MAX_RETURNS: u32 = 10;
+/// The first word of a pair that marks a re-install rather than a boot.
+const INSTALLED: u32 = 0xFFFF_FFFE;
 
 /// A trial record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,8 +65,12 @@ pub struct Trial {
     pub version: String<32>,
     /// Boots used so far: counted and not given back.
     pub boots: u32,
-    /// Boot pairs written so far (the next boot's pair index).
+    /// Boots that gave their trial back.
+    pub returned: u32,
+    /// Pairs written so far (the next pair's index).
     pub pairs: u32,
+    /// Index of the first pair after the last re-install mark (0 without one).
+    pub since_install: u32,
 }
 
 /// The trial record in the second sector of `otastate`.
@@ -83,7 +103,7 @@ impl TrialRecord {
         let end = h[8..40].iter().position(|&b| b == 0).unwrap_or(32);
         let mut version = String::new();
         let _ = version.push_str(core::str::from_utf8(&h[8..8 + end]).unwrap_or(""));
-        let (mut boots, mut pairs) = (0, 0);
+        let (mut boots, mut returned, mut pairs, mut since_install) = (0, 0, 0, 0);
         let mut pair = [0u8; 8];
         while pairs < PAIRS {
             read(flash, self.pair_at(pairs), &mut pair)?;
@@ -91,7 +111,11 @@ impl TrialRecord {
                 break;
             }
             pairs += 1;
-            if pair[4..] != [0; 4] {
+            if pair[..4] == INSTALLED.to_le_bytes() {
+                since_install = pairs;
+            } else if pair[4..] == [0; 4] {
+                returned += 1;
+            } else {
                 boots += 1;
             }
         }
@@ -99,7 +123,9 @@ impl TrialRecord {
             slot: h[4],
             version,
             boots,
+            returned,
             pairs,
+            since_install,
         }))
     }
 
@@ -115,7 +141,12 @@ impl TrialRecord {
             && t.slot == slot
             && t.version == version
         {
-            return Ok(());
+            // Same version again: keep its count, and mark the re-install so that an abort
+            // of this install is told from one of the last (they may share a sequence number).
+            let t = self.make_room(flash, &t)?;
+            let mut mark = [0u8; 8];
+            mark[..4].copy_from_slice(&INSTALLED.to_le_bytes());
+            return write(flash, self.pair_at(t.pairs), &mark);
         }
         self.rewrite(flash, slot, version, 0)
     }
@@ -144,20 +175,33 @@ impl TrialRecord {
         Ok(())
     }
 
-    /// Uses up one boot (programs the next `counted` word); returns the record as it now is.
+    /// Uses up one boot (programs the next `counted` word with `seq`, the otadata sequence
+    /// number the image boots under); returns the record as it now is.
     pub fn count_boot<F: NorFlash>(
         &self,
         flash: &mut F,
         trial: &Trial,
+        seq: u32,
     ) -> Result<Trial, FlashError> {
+        let mut trial = self.make_room(flash, trial)?;
+        // FFFFFFFF would read as "not counted", FFFFFFFE as a re-install; no valid otadata
+        // entry has either.
+        let word = if seq >= INSTALLED { 0 } else { seq };
+        write(flash, self.pair_at(trial.pairs), &word.to_le_bytes())?;
+        trial.pairs += 1;
+        trial.boots += 1;
+        Ok(trial)
+    }
+
+    /// The record with at least one free pair: a full one is rewritten with its used boots.
+    fn make_room<F: NorFlash>(&self, flash: &mut F, trial: &Trial) -> Result<Trial, FlashError> {
         let mut trial = trial.clone();
         if trial.pairs >= PAIRS {
             self.rewrite(flash, trial.slot, &trial.version, trial.boots)?;
             trial.pairs = trial.boots.min(PAIRS);
+            trial.returned = 0;
+            trial.since_install = 0;
         }
-        write(flash, self.pair_at(trial.pairs), &[0; 4])?;
-        trial.pairs += 1;
-        trial.boots += 1;
         Ok(trial)
     }
 
@@ -173,6 +217,7 @@ impl TrialRecord {
         }
         write(flash, self.pair_at(trial.pairs - 1) + 4, &[0; 4])?;
         trial.boots -= 1;
+        trial.returned += 1;
         Ok(trial)
     }
 
@@ -180,9 +225,28 @@ impl TrialRecord {
     pub fn exhaust<F: NorFlash>(&self, flash: &mut F, trial: &Trial) -> Result<(), FlashError> {
         let mut trial = trial.clone();
         while trial.boots < MAX_TRIALS {
-            trial = self.count_boot(flash, &trial)?;
+            trial = self.count_boot(flash, &trial, 0)?;
         }
         Ok(())
+    }
+
+    /// Counts the boot a rollback bootloader aborted under otadata sequence number `seq`,
+    /// unless a boot under that number is counted already (the image's core saw it).
+    /// Returns the record when it counted.
+    pub fn count_abort<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        trial: &Trial,
+        seq: u32,
+    ) -> Result<Option<Trial>, FlashError> {
+        let mut word = [0u8; 4];
+        for i in trial.since_install..trial.pairs.min(PAIRS) {
+            read(flash, self.pair_at(i), &mut word)?;
+            if u32::from_le_bytes(word) == seq {
+                return Ok(None);
+            }
+        }
+        self.count_boot(flash, trial, seq).map(Some)
     }
 }
 
@@ -205,7 +269,7 @@ mod tests {
         assert_eq!(t.load(&mut f).unwrap(), None);
         t.begin(&mut f, 1, "1.1").unwrap();
         let trial = t.load(&mut f).unwrap().unwrap();
-        t.count_boot(&mut f, &trial).unwrap();
+        t.count_boot(&mut f, &trial, 2).unwrap();
         assert_eq!(t.load(&mut f).unwrap().unwrap().boots, 1);
         t.begin(&mut f, 1, "1.1").unwrap();
         assert_eq!(t.load(&mut f).unwrap().unwrap().boots, 1);
@@ -222,12 +286,12 @@ mod tests {
         t.begin(&mut f, 0, "2.0").unwrap();
         let mut trial = t.load(&mut f).unwrap().unwrap();
         for _ in 0..10 {
-            trial = t.count_boot(&mut f, &trial).unwrap();
+            trial = t.count_boot(&mut f, &trial, 2).unwrap();
             trial = t.give_back(&mut f, &trial).unwrap();
         }
         let read = t.load(&mut f).unwrap().unwrap();
-        assert_eq!((read.boots, read.pairs), (0, 10));
-        trial = t.count_boot(&mut f, &read).unwrap();
+        assert_eq!((read.boots, read.returned, read.pairs), (0, 10, 10));
+        trial = t.count_boot(&mut f, &read, 2).unwrap();
         // A cut while programming the give-back leaves a torn word: the boot stays used.
         let at = t.pair_at(trial.pairs - 1) + 4;
         f.write(at, &[0x00, 0x00, 0xFF, 0xFF]).unwrap();
@@ -239,14 +303,37 @@ mod tests {
         let (mut f, t) = record();
         t.begin(&mut f, 1, "3.0").unwrap();
         let mut trial = t.load(&mut f).unwrap().unwrap();
-        trial = t.count_boot(&mut f, &trial).unwrap();
+        trial = t.count_boot(&mut f, &trial, 2).unwrap();
         for _ in 0..PAIRS + 5 {
-            trial = t.count_boot(&mut f, &trial).unwrap();
+            trial = t.count_boot(&mut f, &trial, 2).unwrap();
             trial = t.give_back(&mut f, &trial).unwrap();
         }
         let read = t.load(&mut f).unwrap().unwrap();
         assert_eq!(read.boots, 1, "the used boot survived the rewrite");
         assert_eq!(read, trial);
         assert_eq!(read.version, "3.0");
+    }
+
+    #[test]
+    fn an_aborted_boot_is_counted_once_and_not_when_the_image_counted_it() {
+        let (mut f, t) = record();
+        t.begin(&mut f, 1, "1.1").unwrap();
+        let trial = t.load(&mut f).unwrap().unwrap();
+        // The image booted under seq 5 and counted it; the bootloader then aborted seq 5.
+        let trial = t.count_boot(&mut f, &trial, 5).unwrap();
+        assert_eq!(t.count_abort(&mut f, &trial, 5).unwrap(), None);
+        // Reinstalled under seq 7, it died before its core ran: only the abort shows it.
+        let counted = t.count_abort(&mut f, &trial, 7).unwrap().unwrap();
+        assert_eq!(counted.boots, 2);
+        assert_eq!(t.count_abort(&mut f, &counted, 7).unwrap(), None, "once");
+        assert_eq!(t.load(&mut f).unwrap().unwrap().boots, 2);
+        assert_eq!(counted.returned, 0);
+        // Installed again under the same seq 7 (ESP-IDF reuses it when the aborted entry is
+        // not the base): its abort counts again.
+        t.begin(&mut f, 1, "1.1").unwrap();
+        let again = t.load(&mut f).unwrap().unwrap();
+        assert_eq!(again.boots, 2, "a re-install keeps the count");
+        let counted = t.count_abort(&mut f, &again, 7).unwrap().unwrap();
+        assert_eq!(counted.boots, 3);
     }
 }
