@@ -24,6 +24,36 @@
 //! errors = []                    # error codes that must appear in the trace
 //! ```
 //!
+//! GitHub can change between boots, and faults can start with a later boot (boots are
+//! 1-based; a boot is one power-on, whatever it ends in):
+//!
+//! ```toml
+//! [[releases]]                # build 1 of 1.1, on GitHub during boot 1 only
+//! tag = "1.1"
+//! digest = false              # `"digest": null`, as for assets uploaded before GitHub had digests
+//! until_boot = 1
+//! [[releases]]                # re-uploaded: new asset id and updated_at, other bytes
+//! tag = "1.1"
+//! build = 2
+//! from_boot = 2
+//! # rebuilt_from_boot = 2     # or: other bytes under the *same* asset (only the ETag changes)
+//! [[faults]]
+//! kind = "github"
+//! fault = "status"            # the API answers 403, no rate limit …
+//! status = 403
+//! times = 1                   # … once …
+//! from_boot = 2               # … armed when boot 2 starts (the new image's first boot)
+//! [[faults]]
+//! kind = "wifi_down"
+//! from_boot = 2               # from_ms / until_ms count from the start of boot 2
+//! from_ms = 0
+//! until_ms = 2400000
+//! [expect]
+//! final_version = "1.1"
+//! final_build = 2                                  # the last boot runs build 2, byte for byte
+//! events = ["trial", "trial_returned", "confirmed"] # in this order, anything between
+//! ```
+//!
 //! Every scenario runs once per bootloader model ([`Model`]: `espflash`, espflash 4.x's
 //! bundled bootloader without rollback, and `idf-rollback`, ESP-IDF's with
 //! `CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE`). `bootloaders = ["idf-rollback"]` (or
@@ -157,6 +187,26 @@ pub struct ReleaseSpec {
     /// Published on GitHub from this boot on (1-based, default 1: from the start).
     #[serde(default = "one_u32")]
     pub from_boot: u32,
+    /// Published up to and including this boot, then taken down (default: never). Followed by
+    /// an entry of the same tag with `from_boot` one higher, it models a re-upload: a new asset
+    /// id and `updated_at`, other bytes.
+    #[serde(default)]
+    pub until_boot: Option<u32>,
+    /// Whether the asset shows its `digest` (default true); `false` gives `"digest": null`, as
+    /// for assets uploaded before GitHub computed digests. Then only the asset's identity and
+    /// the `If-Range` ETag keep a resumed download from mixing two builds.
+    #[serde(default = "yes")]
+    pub digest: bool,
+    /// Which build of the tag this is (default 1), for `expect.final_build`. Every
+    /// `[[releases]]` entry has its own bytes, whatever its tag.
+    #[serde(default = "one_u32")]
+    pub build: u32,
+    /// From this boot on the asset host serves build `build + 1` (other bytes, same size) under
+    /// the same asset: same ids, `updated_at` and `Last-Modified`, only the ETag differs, as if
+    /// the file were replaced in storage. (If another release appears or goes at that same
+    /// boot, GitHub is republished and every asset gets a new id anyway.)
+    #[serde(default)]
+    pub rebuilt_from_boot: Option<u32>,
 }
 
 fn default_size() -> usize {
@@ -201,10 +251,14 @@ pub enum FaultSpec {
     },
     /// No WiFi in a window of virtual time.
     WifiDown {
-        /// Start (ms since the first boot).
+        /// Start, in ms since the start of boot `from_boot`.
         from_ms: u64,
-        /// End.
+        /// End, in ms since the start of boot `from_boot`.
         until_ms: u64,
+        /// The boot whose start the window counts from (1-based, default 1: the first boot,
+        /// so the times are ms of virtual time since the start).
+        #[serde(default = "one_u32")]
+        from_boot: u32,
     },
     /// WiFi drops mid-download.
     WifiDrop {
@@ -215,10 +269,12 @@ pub enum FaultSpec {
     },
     /// A misbehaving GitHub.
     Github {
-        /// `no_release`, `server_error`, `truncated_json`, `cut_body_after`, `stall`,
-        /// `redirect_loop`, `wrong_size`, `wrong_hash`, `secondary_rate_limit`.
+        /// `no_release`, `server_error` (5xx on the API), `status` (the API answers `status`
+        /// with GitHub's JSON error shape and no rate limit: 401 bad credentials, a 403 …),
+        /// `download_error`, `truncated_json`, `cut_body_after`, `stall`, `redirect_loop`,
+        /// `wrong_size`, `wrong_hash`, `secondary_rate_limit`.
         fault: String,
-        /// HTTP status for `server_error`.
+        /// HTTP status for `server_error`, `status` and `download_error`.
         #[serde(default)]
         status: Option<u16>,
         /// Bytes for `cut_body_after` / `stall`.
@@ -230,6 +286,10 @@ pub enum FaultSpec {
         /// Firings before it disarms (default: always).
         #[serde(default)]
         times: Option<u32>,
+        /// Armed at the start of this boot (1-based, default 1: from the start), e.g. to hit
+        /// the first boot of a new image only.
+        #[serde(default = "one_u32")]
+        from_boot: u32,
     },
     /// GitHub's primary rate limit with this many requests an hour.
     RateLimit {
@@ -285,6 +345,15 @@ pub struct Expect {
     /// another one (a release the core cannot check). Any other fallback is a failure.
     #[serde(default)]
     pub fallbacks: Vec<u32>,
+    /// Trace events, by name (`trial_returned`, `confirmed`, `resume` …), that must appear in
+    /// this order over the whole run; other events may come between.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// The build (`[[releases]]`' `build`, or `build + 1` for `rebuilt_from_boot`) whose image
+    /// the last boot runs, compared byte for byte: a download stitched from two builds is
+    /// none of them.
+    #[serde(default)]
+    pub final_build: Option<u32>,
 }
 
 /// Fields of [`Expect`] that differ under one bootloader model; the others are `[expect]`'s.
@@ -305,6 +374,10 @@ pub struct ExpectOverride {
     pub cuts: Option<Vec<String>>,
     /// See [`Expect::fallbacks`].
     pub fallbacks: Option<Vec<u32>>,
+    /// See [`Expect::events`].
+    pub events: Option<Vec<String>>,
+    /// See [`Expect::final_build`].
+    pub final_build: Option<u32>,
 }
 
 impl Expect {
@@ -324,6 +397,8 @@ impl Expect {
                 .fallbacks
                 .clone()
                 .unwrap_or_else(|| self.fallbacks.clone()),
+            events: o.events.clone().unwrap_or_else(|| self.events.clone()),
+            final_build: o.final_build.or(self.final_build),
         }
     }
 }
@@ -428,6 +503,14 @@ pub enum ScenarioError {
         /// What is wrong.
         what: &'static str,
     },
+    /// A field's value makes no sense (a boot number 0, a window that ends before it starts …).
+    #[error("{path}: {what}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong, naming the field.
+        what: String,
+    },
     /// A fault names something unknown.
     #[error("scenario {name}: unknown GitHub fault `{fault}`")]
     UnknownFault {
@@ -472,7 +555,43 @@ impl Scenario {
                 what,
             });
         }
+        if let Some(what) = s.invalid_field() {
+            return Err(ScenarioError::Invalid {
+                path: path.display().to_string(),
+                what,
+            });
+        }
         Ok(s)
+    }
+
+    /// The first field whose value cannot work, described.
+    fn invalid_field(&self) -> Option<String> {
+        for (i, r) in self.releases.iter().enumerate() {
+            let at = format!("releases[{i}] (tag {})", r.tag);
+            if r.from_boot == 0 || r.rebuilt_from_boot == Some(0) {
+                return Some(format!("{at}: boots count from 1"));
+            }
+            if r.until_boot.is_some_and(|until| until < r.from_boot) {
+                return Some(format!("{at}: `until_boot` is before `from_boot`"));
+            }
+        }
+        for (i, f) in self.faults.iter().enumerate() {
+            let what = match f {
+                FaultSpec::Github { from_boot: 0, .. }
+                | FaultSpec::WifiDown { from_boot: 0, .. } => "`from_boot`: boots count from 1",
+                FaultSpec::WifiDown {
+                    from_ms, until_ms, ..
+                } if until_ms <= from_ms => "`until_ms` must be after `from_ms`",
+                FaultSpec::Github {
+                    fault,
+                    status: None,
+                    ..
+                } if fault == "status" => "fault `status` needs `status = N`",
+                _ => continue,
+            };
+            return Some(format!("faults[{i}]: {what}"));
+        }
+        None
     }
 
     /// The bootloader models this scenario runs under.
@@ -525,6 +644,10 @@ fn github_fault(name: &str, spec: &FaultSpec) -> Option<Fault> {
             status: status.unwrap_or(503),
             on: Route::Api,
         },
+        "status" => Fault::ServerError {
+            status: (*status)?,
+            on: Route::Api,
+        },
         "download_error" => Fault::ServerError {
             status: status.unwrap_or(503),
             on: Route::Download,
@@ -572,6 +695,34 @@ fn outcome_of(trace: &[TraceLine], boot: u32, end: &BootEnd) -> String {
         .unwrap_or_else(|| format!("{end:?}").to_lowercase())
 }
 
+/// A `[[releases]]` entry as the runner publishes it.
+struct Published {
+    /// First boot it is on GitHub.
+    from: u32,
+    /// Last boot it is on GitHub, if it is taken down.
+    until: Option<u32>,
+    /// From this boot on, these bytes under the same asset.
+    rebuilt: Option<(u32, Vec<u8>)>,
+    /// The release with its first build.
+    release: Release,
+}
+
+impl Published {
+    /// Whether it is on GitHub during `boot`.
+    fn shown_at(&self, boot: u32) -> bool {
+        self.from <= boot && self.until.is_none_or(|until| boot <= until)
+    }
+
+    /// The release as GitHub has it during `boot`.
+    fn as_at(&self, boot: u32) -> Release {
+        let mut release = self.release.clone();
+        if let Some((_, bytes)) = self.rebuilt.as_ref().filter(|(from, _)| *from <= boot) {
+            release.assets[0].bytes = bytes.clone().into();
+        }
+        release
+    }
+}
+
 /// Runs one scenario against fresh servers, behind bootloader `model`.
 pub async fn run(
     s: &Scenario,
@@ -587,8 +738,9 @@ pub async fn run(
     let prefix = format!("sim/{}-{model}-{}", s.name, std::process::id());
     let collector = Collector::connect(&world.broker, &prefix).await?;
 
-    // (published from boot, release)
     let mut releases = Vec::new();
+    // Every build a release entry serves: (tag, build, image), for `final_build`.
+    let mut builds: Vec<(String, u32, Vec<u8>)> = Vec::new();
     for (i, r) in s.releases.iter().enumerate() {
         let version = r.image_version.clone().unwrap_or_else(|| r.tag.clone());
         let options = image::ImageOptions {
@@ -597,8 +749,19 @@ pub async fn run(
             code_load_addr: r.code_load_addr,
         };
         let bytes = image::build_with(&version, r.size, s.seed ^ i as u64, options);
-        let mut release = Release::new(&r.tag, 1_700_000_000 + i as u64 * 86_400)
-            .with_asset(Asset::new(&r.asset, bytes));
+        let rebuilt = r.rebuilt_from_boot.map(|from| {
+            let other = image::build_with(&version, r.size, s.seed ^ i as u64 ^ 0x0B17D, options);
+            builds.push((r.tag.clone(), r.build + 1, other.clone()));
+            (from, other)
+        });
+        builds.push((r.tag.clone(), r.build, bytes.clone()));
+        let asset = Asset::new(&r.asset, bytes);
+        let asset = if r.digest {
+            asset
+        } else {
+            asset.without_digest()
+        };
+        let mut release = Release::new(&r.tag, 1_700_000_000 + i as u64 * 86_400).with_asset(asset);
         release.prerelease = r.prerelease;
         release.draft = r.draft;
         release.body = format!(
@@ -606,18 +769,26 @@ pub async fn run(
             r.tag,
             "- a change\n".repeat(40)
         );
-        releases.push((r.from_boot, release));
+        releases.push(Published {
+            from: r.from_boot,
+            until: r.until_boot,
+            rebuilt,
+            release,
+        });
     }
-    let published = |boot: u32| -> Vec<Release> {
-        releases
-            .iter()
-            .filter(|(from, _)| *from <= boot)
-            .map(|(_, r)| r.clone())
+    // Which entries are on GitHub at a boot, and as what.
+    let on_github_at = |boot: u32| -> Vec<usize> {
+        (0..releases.len())
+            .filter(|&i| releases[i].shown_at(boot))
             .collect()
     };
-    world
-        .github
-        .set_releases("acme", "thermostat", published(1));
+    let publish = |boot: u32| -> Vec<Release> {
+        on_github_at(boot)
+            .into_iter()
+            .map(|i| releases[i].as_at(boot))
+            .collect()
+    };
+    world.github.set_releases("acme", "thermostat", publish(1));
 
     // One MQTT client id per (scenario, model): both models of a scenario may run at once.
     let client_id = format!("{}-{model}", s.name)
@@ -655,6 +826,9 @@ pub async fn run(
     }));
     let mut triggers = Triggers::default();
     let mut broker_down = Vec::new();
+    // GitHub faults and WiFi outages that start with a later boot: (boot, what).
+    let mut later_faults = Vec::new();
+    let mut later_outages = Vec::new();
     let dns = SimDns::default();
     for f in &s.faults {
         match f {
@@ -698,23 +872,32 @@ pub async fn run(
                 }
                 triggers.at_time_ms = at_time_ms.or(triggers.at_time_ms);
             }
-            FaultSpec::WifiDown { from_ms, until_ms } => board.outages.push(Outage {
-                from: *from_ms,
-                until: *until_ms,
-            }),
+            FaultSpec::WifiDown {
+                from_ms,
+                until_ms,
+                from_boot,
+            } => later_outages.push((*from_boot, *from_ms, *until_ms)),
             FaultSpec::WifiDrop {
                 at_download_byte,
                 for_ms,
             } => triggers.wifi_drop_at_byte = Some((*at_download_byte, *for_ms)),
-            FaultSpec::Github { fault, times, .. } => {
+            FaultSpec::Github {
+                fault,
+                times,
+                from_boot,
+                ..
+            } => {
                 let armed = github_fault(fault, f).ok_or_else(|| ScenarioError::UnknownFault {
                     name: s.name.clone(),
                     fault: fault.clone(),
                 })?;
-                world.github.arm(match times {
-                    Some(n) => armed.times(*n),
-                    None => armed.always(),
-                });
+                later_faults.push((
+                    *from_boot,
+                    match times {
+                        Some(n) => armed.times(*n),
+                        None => armed.always(),
+                    },
+                ));
             }
             FaultSpec::RateLimit { per_hour } => world.github.set_rate_limit(RateLimit {
                 anonymous: *per_hour,
@@ -751,13 +934,40 @@ pub async fn run(
     let mut failures = Vec::new();
     let mut ends = Vec::new();
     let mut apps = 0;
-    let mut on_github = published(1).len();
+    let mut on_github = on_github_at(1);
     while board.boots < 16 {
         let next = board.boots + 1;
-        let release_now = published(next);
-        if release_now.len() != on_github {
-            on_github = release_now.len();
-            world.github.set_releases("acme", "thermostat", release_now);
+        let now_on_github = on_github_at(next);
+        if now_on_github != on_github {
+            on_github = now_on_github;
+            world
+                .github
+                .set_releases("acme", "thermostat", publish(next));
+        } else {
+            for r in releases.iter().filter(|r| r.shown_at(next)) {
+                if let Some((_, bytes)) = r.rebuilt.as_ref().filter(|(from, _)| *from == next) {
+                    let (tag, asset) = (&r.release.tag_name, &r.release.assets[0].name);
+                    let replaced = world.github.replace_asset_bytes(
+                        "acme",
+                        "thermostat",
+                        tag,
+                        asset,
+                        bytes.clone(),
+                    );
+                    if !replaced {
+                        failures.push(format!("setup: asset {asset} of {tag} not on GitHub"));
+                    }
+                }
+            }
+        }
+        for (_, armed) in later_faults.iter().filter(|(from, _)| *from == next) {
+            world.github.arm(armed.clone());
+        }
+        for (_, from_ms, until_ms) in later_outages.iter().filter(|(b, _, _)| *b == next) {
+            board.outages.push(Outage {
+                from: board.clock + from_ms,
+                until: board.clock + until_ms,
+            });
         }
         world.broker_proxy.set_mode(if broker_down.contains(&next) {
             ProxyMode::Down
@@ -864,6 +1074,30 @@ pub async fn run(
             "power cuts hit {cut_kinds:?}, expected {:?}",
             e.cuts
         ));
+    }
+    let names: Vec<&str> = board.trace.iter().map(|l| l.event.name()).collect();
+    let mut rest = names.iter();
+    if let Some(wanted) = e.events.iter().find(|w| !rest.any(|n| n == w)) {
+        failures.push(format!(
+            "events {:?} not in this order in the trace (missing from `{wanted}` on)",
+            e.events,
+        ));
+    }
+    if let Some(build) = e.final_build {
+        let ran = board.boot_choices.last().map(|(_, c)| c.offset as usize);
+        let flash = board.flash.contents();
+        let found = builds.iter().find(|(_, _, image)| {
+            ran.and_then(|at| flash.get(at..at + image.len())) == Some(image.as_slice())
+        });
+        match found {
+            Some((_, b, _)) if *b == build => {}
+            Some((tag, b, _)) => failures.push(format!(
+                "the last boot runs build {b} of {tag}, expected build {build}"
+            )),
+            None => failures.push(format!(
+                "the last boot runs no build of any release (expected build {build}): a mix of two?"
+            )),
+        }
     }
     for code in &e.errors {
         let seen = board.trace.iter().any(|l| matches!(&l.event, Event::Error { code: c, .. } | Event::Retry { reason: c, .. } if c.name() == code));

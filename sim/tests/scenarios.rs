@@ -85,3 +85,38 @@ fn a_scenario_with_an_unknown_field_is_refused_with_its_name() {
     let err = Scenario::load(&path).unwrap_err().to_string();
     assert!(err.contains("bad.toml") && err.contains("vershun"), "{err}");
 }
+
+#[test]
+fn boot_numbers_and_windows_that_cannot_work_are_refused_by_field() {
+    let dir = std::env::temp_dir().join(format!("sim-invalid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("invalid.toml");
+    let head =
+        "description = \"x\"\n[board]\nversion = \"1.0\"\n[expect]\nfinal_version = \"1.0\"\n";
+    for (tail, says) in [
+        (
+            "[[releases]]\ntag = \"1.1\"\nfrom_boot = 3\nuntil_boot = 2\n",
+            "releases[0] (tag 1.1): `until_boot` is before `from_boot`",
+        ),
+        (
+            "[[releases]]\ntag = \"1.1\"\nrebuilt_from_boot = 0\n",
+            "releases[0] (tag 1.1): boots count from 1",
+        ),
+        (
+            "[[faults]]\nkind = \"github\"\nfault = \"status\"\n",
+            "faults[0]: fault `status` needs `status = N`",
+        ),
+        (
+            "[[faults]]\nkind = \"github\"\nfault = \"no_release\"\nfrom_boot = 0\n",
+            "faults[0]: `from_boot`: boots count from 1",
+        ),
+        (
+            "[[faults]]\nkind = \"wifi_down\"\nfrom_ms = 5\nuntil_ms = 5\n",
+            "faults[0]: `until_ms` must be after `from_ms`",
+        ),
+    ] {
+        std::fs::write(&path, format!("{head}{tail}")).unwrap();
+        let err = Scenario::load(&path).unwrap_err().to_string();
+        assert!(err.contains("invalid.toml") && err.ends_with(says), "{err}");
+    }
+}

@@ -422,6 +422,64 @@ async fn assets_carry_validators_and_honour_if_range() {
 }
 
 #[tokio::test]
+async fn an_asset_replaced_in_storage_keeps_its_ids_and_changes_only_its_etag() {
+    let gh = github().await;
+    let before = latest(&gh).await;
+    let url = signed_url(&gh).await;
+    let client = reqwest::Client::new();
+    let old = client.get(&url).send().await.expect("get");
+    let (old_etag, old_modified) = (
+        old.headers()[ETAG].clone(),
+        old.headers()[LAST_MODIFIED].clone(),
+    );
+
+    let rebuilt: Vec<u8> = image(100_000).iter().map(|b| b ^ 0x5A).collect();
+    assert!(gh.replace_asset_bytes(OWNER, REPO, "1.1", "firmware.bin", rebuilt.clone()));
+    assert!(!gh.replace_asset_bytes(OWNER, REPO, "1.1", "firmware.elf", rebuilt.clone()));
+    let after = latest(&gh).await;
+    for field in ["id", "updated_at", "size", "url"] {
+        assert_eq!(
+            before["assets"][0][field], after["assets"][0][field],
+            "{field}"
+        );
+    }
+    assert_eq!(before["id"], after["id"]);
+
+    // The URL issued before the replacement serves the new bytes, under a new ETag only.
+    let r = client
+        .get(&url)
+        .header(RANGE, "bytes=40000-")
+        .header(IF_RANGE, &old_etag)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "If-Range with the old ETag: the whole new file"
+    );
+    assert_ne!(r.headers()[ETAG], old_etag);
+    assert_eq!(r.headers()[LAST_MODIFIED], old_modified);
+    assert_eq!(r.bytes().await.expect("body").as_ref(), rebuilt.as_slice());
+}
+
+#[tokio::test]
+async fn an_asset_without_digest_shows_null_as_github_does_for_old_uploads() {
+    let gh = github().await;
+    gh.set_releases(
+        OWNER,
+        REPO,
+        vec![
+            Release::new("1.1", 1_700_100_000)
+                .with_asset(Asset::new("firmware.bin", image(1000)).without_digest()),
+        ],
+    );
+    let asset = &latest(&gh).await["assets"][0];
+    assert!(asset.get("digest").is_some_and(Value::is_null), "{asset}");
+    assert_eq!(asset["size"], 1000);
+}
+
+#[tokio::test]
 async fn etag_gives_304_which_costs_no_rate_limit() {
     let gh = github().await;
     let url = format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url());

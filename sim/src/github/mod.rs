@@ -278,6 +278,33 @@ impl GithubHandle {
         }
     }
 
+    /// Serves `bytes` for the asset `name` of `owner/repo`'s release `tag` from now on, keeping
+    /// its release and asset ids, its `updated_at` and its `Last-Modified`: the file was replaced
+    /// in storage, and only its `ETag` (and `digest`, if shown) tell. Returns whether the asset
+    /// exists. (A re-upload through GitHub gets a new asset id: publish another release.)
+    pub fn replace_asset_bytes(
+        &self,
+        owner: &str,
+        repo: &str,
+        tag: &str,
+        name: &str,
+        bytes: impl Into<Bytes>,
+    ) -> bool {
+        let mut releases = lock(&self.shared.releases);
+        let asset = releases
+            .iter_mut()
+            .filter(|r| r.owner == owner && r.repo == repo && r.release.tag_name == tag)
+            .flat_map(|r| r.release.assets.iter_mut())
+            .find(|a| a.name == name);
+        match asset {
+            Some(a) => {
+                a.bytes = bytes.into();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Replaces the armed faults (`Fault` converts to "always").
     pub fn set_faults(&self, faults: impl IntoIterator<Item = impl Into<Armed>>) {
         lock(&self.shared.faults).set(faults.into_iter().map(Into::into).collect());

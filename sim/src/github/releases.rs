@@ -56,6 +56,9 @@ pub struct Asset {
     pub content_type: String,
     /// The file contents.
     pub bytes: Bytes,
+    /// Whether the JSON carries its `digest`; `false` renders `"digest": null`, as GitHub
+    /// shows assets uploaded before it computed digests (June 2025).
+    pub has_digest: bool,
 }
 
 impl Asset {
@@ -65,7 +68,15 @@ impl Asset {
             name: name.to_owned(),
             content_type: "application/octet-stream".to_owned(),
             bytes: bytes.into(),
+            has_digest: true,
         }
+    }
+
+    /// Builder-style: shown without a `digest` (`null`), as an asset uploaded before GitHub
+    /// computed digests.
+    pub fn without_digest(mut self) -> Self {
+        self.has_digest = false;
+        self
     }
 
     /// `sha256:<hex>` as GitHub's `digest` field spells it.
@@ -163,14 +174,16 @@ impl StoredRelease {
         let id = self.asset_ids[index];
         let real = asset.bytes.len() as i64;
         let size = real.saturating_add(r.size_delta).max(0);
-        let digest = if r.wrong_hash {
+        let digest = if !asset.has_digest {
+            Value::Null
+        } else if r.wrong_hash {
             // The hash of other bytes: well-formed, so only a client that checks it notices.
             let mut wrong = Sha256::new();
             wrong.update(b"not the asset");
             wrong.update(&asset.bytes);
-            format!("sha256:{}", hex::encode(wrong.finalize()))
+            Value::from(format!("sha256:{}", hex::encode(wrong.finalize())))
         } else {
-            asset.digest()
+            Value::from(asset.digest())
         };
         let t = iso8601(self.release.published_at.saturating_sub(30));
         json!({
