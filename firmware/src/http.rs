@@ -362,4 +362,55 @@ mod tests {
         h.header("ETag", "W/\"weak\"");
         assert_eq!(h.etag, None);
     }
+
+    #[test]
+    fn accept_headers_are_githubs() {
+        // The API asset URL answers JSON unless asked for octet-stream.
+        assert_eq!(
+            Accept::OctetStream.header_value(),
+            "application/octet-stream"
+        );
+        assert_eq!(Accept::Json.header_value(), "application/vnd.github+json");
+    }
+
+    #[test]
+    fn an_origin_needs_a_host() {
+        assert_eq!(origin("https:///path"), None);
+        assert_eq!(origin("https://h"), Some("https://h"));
+        assert_eq!(origin("https://h:1/x?y"), Some("https://h:1"));
+    }
+
+    #[test]
+    fn every_month_and_every_field_bound_of_a_date() {
+        let months = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let mut last = 0;
+        for m in months {
+            let t = parse_http_date(&std::format!("Mon, 01 {m} 2026 00:00:00 GMT")).unwrap();
+            assert!(t > last, "{m}");
+            last = t;
+        }
+        assert_eq!(
+            parse_http_date("Sun, 01 Feb 2026 00:00:00 GMT"),
+            Some(1_769_904_000)
+        );
+        for bad in [
+            "Mon, 00 Jan 2026 00:00:00 GMT",
+            "Mon, 32 Jan 2026 00:00:00 GMT",
+            "Mon, 01 Jan 2026 24:00:00 GMT",
+            "Mon, 01 Jan 2026 00:60:00 GMT",
+            "Mon, 01 Jan 2026 00:00:61 GMT",
+            "Mon, 01 Jan 2026 00:00:00 UTC",
+            "Mon, 01 Foo 2026 00:00:00 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
+        for good in [
+            "Mon, 31 Jan 2026 23:59:60 GMT",
+            "Mon, 01 Jan 2026 23:59:59 GMT",
+        ] {
+            assert!(parse_http_date(good).is_some(), "{good}");
+        }
+    }
 }

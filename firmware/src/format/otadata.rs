@@ -403,4 +403,29 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn states_read_and_print_as_esp_idf_names_them() {
+        for (raw, state, name) in [
+            (0, ImageState::New, "new"),
+            (1, ImageState::PendingVerify, "pending_verify"),
+            (2, ImageState::Valid, "valid"),
+            (3, ImageState::Invalid, "invalid"),
+            (4, ImageState::Aborted, "aborted"),
+            (5, ImageState::Undefined, "undefined"),
+            (0xFFFF_FFFF, ImageState::Undefined, "undefined"),
+        ] {
+            assert_eq!(ImageState::from_raw(raw), state, "{raw}");
+            assert_eq!(state.name(), name);
+        }
+    }
+
+    #[test]
+    fn equal_sequence_numbers_pick_sector_0_as_esp_idf_does() {
+        let d = OtaData::from_sectors(
+            &OtaEntry::new(3, ImageState::Valid).to_bytes(),
+            &OtaEntry::new(3, ImageState::New).to_bytes(),
+        );
+        assert_eq!(d.active(), Some(0));
+    }
 }

@@ -292,4 +292,49 @@ mod tests {
         f.write(0x2000 + 8, &[0, 0, 0, 0]).unwrap();
         assert_eq!(p.durable_sectors(&mut f, &target()).unwrap(), None);
     }
+
+    #[test]
+    fn the_record_tracks_up_to_960_sectors() {
+        assert_eq!(MAX_SECTORS, 960);
+    }
+
+    #[test]
+    fn a_header_needs_its_magic_and_its_crc() {
+        let mut h = target().header();
+        assert_eq!(Target::from_header(&h), Some(target()));
+        h[0] = b'X';
+        let crc = RECORD_CRC.checksum(&h[..HEADER_CRC_AT]);
+        h[HEADER_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(Target::from_header(&h), None, "right CRC, wrong magic");
+    }
+
+    #[test]
+    fn a_complete_download_counts_its_sectors_and_no_more() {
+        let mut f = RamFlash::new(0x4000);
+        let p = Progress::new(Region {
+            offset: 0x2000,
+            size: 0x2000,
+        });
+        p.start(&mut f, &target()).unwrap();
+        for i in 0..=target().sectors() {
+            p.mark(&mut f, i).unwrap();
+        }
+        assert_eq!(p.durable_sectors(&mut f, &target()).unwrap(), Some(4));
+    }
+
+    #[test]
+    fn a_hostile_validator_length_is_no_validator() {
+        let mut f = RamFlash::new(0x4000);
+        let p = Progress::new(Region {
+            offset: 0x2000,
+            size: 0x2000,
+        });
+        p.start(&mut f, &target()).unwrap();
+        let mut raw = [b'a'; VALIDATOR_LEN];
+        raw[0] = 255;
+        let crc = RECORD_CRC.checksum(&raw[..VALIDATOR_LEN - 4]);
+        raw[VALIDATOR_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+        f.write(0x2000 + VALIDATOR_AT, &raw).unwrap();
+        assert_eq!(p.validator(&mut f).unwrap(), None);
+    }
 }

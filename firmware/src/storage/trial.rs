@@ -336,4 +336,52 @@ mod tests {
         let counted = t.count_abort(&mut f, &again, 7).unwrap().unwrap();
         assert_eq!(counted.boots, 3);
     }
+
+    #[test]
+    fn a_record_needs_its_magic_and_its_crc() {
+        let (mut f, t) = record();
+        t.begin(&mut f, 1, "1.1").unwrap();
+        let mut h = [0u8; HEADER_LEN];
+        read(&mut f, 0x3000, &mut h).unwrap();
+        // Wrong magic under a CRC that matches it: still no record.
+        h[0..4].copy_from_slice(b"OTTX");
+        let crc = RECORD_CRC.checksum(&h[..0x28]);
+        h[0x28..0x2c].copy_from_slice(&crc.to_le_bytes());
+        f.erase(0x3000, 0x4000).unwrap();
+        f.write(0x3000, &h).unwrap();
+        assert_eq!(t.load(&mut f).unwrap(), None);
+    }
+
+    #[test]
+    fn nothing_to_give_back_gives_nothing() {
+        let (mut f, t) = record();
+        t.begin(&mut f, 1, "1.1").unwrap();
+        let fresh = t.load(&mut f).unwrap().unwrap();
+        assert_eq!(
+            t.give_back(&mut f, &fresh).unwrap(),
+            fresh,
+            "no boot counted yet"
+        );
+        let counted = t.count_boot(&mut f, &fresh, 2).unwrap();
+        let back = t.give_back(&mut f, &counted).unwrap();
+        assert_eq!(
+            t.give_back(&mut f, &back).unwrap(),
+            back,
+            "no used boot left"
+        );
+        assert_eq!(t.load(&mut f).unwrap().unwrap().returned, 1);
+    }
+
+    #[test]
+    fn a_full_record_is_read_to_its_last_pair() {
+        let (mut f, t) = record();
+        t.begin(&mut f, 1, "1.1").unwrap();
+        let mut trial = t.load(&mut f).unwrap().unwrap();
+        for _ in 0..PAIRS {
+            trial = t.count_boot(&mut f, &trial, 2).unwrap();
+            trial = t.give_back(&mut f, &trial).unwrap();
+        }
+        let read = t.load(&mut f).unwrap().unwrap();
+        assert_eq!((read.pairs, read.returned, read.boots), (PAIRS, PAIRS, 0));
+    }
 }
