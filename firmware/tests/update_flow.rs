@@ -1204,7 +1204,7 @@ fn a_radio_that_does_not_start_uses_up_trials() {
 /// before the deadline is judged, not any earlier one.
 #[test]
 fn only_the_last_failure_before_the_deadline_is_judged() {
-    let (flash, release, new) = installed_board();
+    let (flash, _, _) = installed_board();
     let mut calls = 0;
     let mut boot = Boot::as_selected(&flash);
     boot.power_off_at_ms = 25 * 60 * 1000;
