@@ -817,13 +817,7 @@ fn tls_failures_use_up_trials_and_roll_back() {
                 .any(|e| matches!(e, Event::TrialReturned { .. }))
         );
     }
-    let (flash, last) = run_boot(
-        flash,
-        Boot::as_selected(&board("1.0")).running(1),
-        &mut github(&release, &new),
-    );
-    assert_eq!(outcome(&last.events), "rolled_back/self_check");
-    assert_eq!(otadata_slot(&flash), Some(0));
+    the_next_boot_rolls_back(flash, &release, &new);
 }
 
 /// Defect 5: hostile numbers in headers must not overflow (debug builds panic on overflow).
@@ -1171,13 +1165,7 @@ fn trial_boots_given_back_are_bounded() {
         assert!(result.rebooted);
         assert_eq!(outcome(&result.events), "failed/self_check");
     }
-    let (flash, last) = run_boot(
-        flash,
-        Boot::as_selected(&board("1.0")).running(1),
-        &mut github(&release, &new),
-    );
-    assert_eq!(outcome(&last.events), "rolled_back/self_check");
-    assert_eq!(otadata_slot(&flash), Some(0));
+    the_next_boot_rolls_back(flash, &release, &new);
 }
 
 /// Review: a WiFi driver that does not start is the image's fault, not the network's.
@@ -1190,13 +1178,7 @@ fn a_radio_that_does_not_start_uses_up_trials() {
         assert!(!returned(&result), "{:?}", result.events);
         assert!(result.rebooted);
     }
-    let (flash, last) = run_boot(
-        flash,
-        Boot::as_selected(&board("1.0")).running(1),
-        &mut github(&release, &new),
-    );
-    assert_eq!(outcome(&last.events), "rolled_back/self_check");
-    assert_eq!(otadata_slot(&flash), Some(0));
+    the_next_boot_rolls_back(flash, &release, &new);
 }
 
 /// Review: a connection broken once mid-handshake (reported as TLS by a stack that cannot tell)
@@ -1280,4 +1262,12 @@ fn boots_a_rollback_bootloader_aborted_are_counted_by_the_old_image() {
         barred.events
     );
     assert_eq!(outcome(&barred.events), "failed/rolled_back_release");
+}
+
+/// The image on trial in slot 1 boots once more and is rolled back to slot 0.
+fn the_next_boot_rolls_back(flash: Ram, release: &str, new: &[u8]) {
+    let boot = Boot::as_selected(&board("1.0")).running(1);
+    let (flash, last) = run_boot(flash, boot, &mut github(release, new));
+    assert_eq!(outcome(&last.events), "rolled_back/self_check");
+    assert_eq!(otadata_slot(&flash), Some(0));
 }
