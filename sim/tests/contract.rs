@@ -616,6 +616,13 @@ async fn resumes_with_range_and_githubs_206() {
         .map(|r| header_of(r, "range").map(str::to_owned))
         .collect();
     assert_eq!(ranges, [None, Some("bytes=8192-".to_owned())]);
+    // The resume names the file it continues: the ETag the asset host's 200 carried.
+    let validators: Vec<Option<String>> = received(&hosts.assets)
+        .await
+        .iter()
+        .map(|r| header_of(r, "if-range").map(str::to_owned))
+        .collect();
+    assert_eq!(validators, [None, Some("\"0x8DE3E1C0F2A7B55\"".to_owned())]);
 }
 
 #[tokio::test]
