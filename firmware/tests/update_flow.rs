@@ -213,6 +213,10 @@ fn run_boot(
         };
         match action {
             Action::JoinNetwork => {
+                assert!(
+                    core.config().is_some(),
+                    "no network before conf.json was read"
+                );
                 if boot.wifi_broken {
                     core.handle_join_error(now, Transport::Board, "WiFi driver did not start");
                 } else if now.0 >= boot.network_from_ms {
@@ -266,6 +270,7 @@ fn run_boot(
                 while let Some((_, e)) = core.poll_event() {
                     result.events.push(e);
                 }
+                assert!(core.is_done(), "Reboot and RunApplication end the routine");
                 result.rebooted = action == Action::Reboot;
                 return (core.into_flash(), result);
             }
@@ -1270,4 +1275,238 @@ fn the_next_boot_rolls_back(flash: Ram, release: &str, new: &[u8]) {
     let (flash, last) = run_boot(flash, boot, &mut github(release, new));
     assert_eq!(outcome(&last.events), "rolled_back/self_check");
     assert_eq!(otadata_slot(&flash), Some(0));
+}
+
+/// The figures the README gives: a trial boot is judged after 10 minutes, a request that
+/// delivers nothing for 30 s is a stall, a release response over 4 MiB is refused.
+#[test]
+fn the_documented_limits() {
+    use firmware::machine::{MAX_RELEASE_RESPONSE, STALL_MS, TRIAL_DEADLINE_MS};
+    assert_eq!(TRIAL_DEADLINE_MS, 600_000);
+    assert_eq!(STALL_MS, 30_000);
+    assert_eq!(MAX_RELEASE_RESPONSE, 4_194_304);
+}
+
+/// As the ESP-IDF bootloader leaves blank otadata after its first boot: seq 1, valid, slot 0.
+fn board_after_first_boot(running: &str) -> Ram {
+    use firmware::format::otadata::{ImageState, OtaEntry};
+    let mut flash = board(running);
+    set_otadata(&mut flash, 0, OtaEntry::new(1, ImageState::Valid));
+    flash
+}
+
+/// A rollback marks the failed image's entry invalid where it stands (ESP-IDF's way), leaving
+/// the previous image's entry untouched: a cut during the rewrite can only land on the old image.
+#[test]
+fn a_rollback_invalidates_the_trial_entry_in_place() {
+    use firmware::format::otadata::{ImageState, OtaEntry};
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let (mut flash, first) = boot(board_after_first_boot("1.0"), &release, &new, true);
+    assert_eq!(outcome(&first.events), "installed/none");
+    for _ in 0..3 {
+        let mut boot = Boot::as_selected(&flash);
+        boot.wifi_broken = true;
+        boot.power_off_at_ms = 25 * 60 * 1000;
+        flash = run_boot(flash, boot, &mut github(&release, &new)).0;
+    }
+    let [before0, before1] = otadata_entries(&flash);
+    assert_eq!((before1.seq, before1.image_state()), (2, ImageState::New));
+    let (flash, last) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(1),
+        &mut github(&release, &new),
+    );
+    assert_eq!(outcome(&last.events), "rolled_back/self_check");
+    let [after0, after1] = otadata_entries(&flash);
+    assert_eq!(after0, before0, "the previous image's entry is not touched");
+    assert_eq!(
+        after1,
+        OtaEntry {
+            state: ImageState::Invalid as u32,
+            ..before1
+        }
+    );
+    assert_eq!(otadata_slot(&flash), Some(0));
+}
+
+/// When the new image's own core counted its trial boot, the abort the rollback bootloader then
+/// writes is that same boot: the old image must not count it twice.
+#[test]
+fn an_abort_the_core_saw_is_not_counted_twice() {
+    use firmware::format::otadata::{ImageState, OtaEntry};
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let (flash, _) = boot(board_after_first_boot("1.0"), &release, &new, true);
+    // 1.1's trial boot: counted under seq 2, then the power goes before it confirms.
+    let mut trial = Boot::as_selected(&flash);
+    trial.power_off_at_ms = 0;
+    let (mut flash, cut) = run_boot(flash, trial, &mut github(&release, &new));
+    assert!(
+        cut.events
+            .iter()
+            .any(|e| matches!(e, Event::Trial { boot: 1, of: 3 }))
+    );
+    // The rollback bootloader marks it aborted and starts 1.0.
+    set_otadata(&mut flash, 1, OtaEntry::new(2, ImageState::Aborted));
+    let (flash, old) = boot(flash, &release, &new, true);
+    assert!(
+        !old.events
+            .iter()
+            .any(|e| matches!(e, Event::Error { detail, .. } if detail.contains("never saw"))),
+        "{:?}",
+        old.events
+    );
+    assert_eq!(outcome(&old.events), "installed/none");
+    let (_, second) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(1),
+        &mut github(&release, &new),
+    );
+    assert!(
+        second
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Trial { boot: 2, of: 3 })),
+        "{:?}",
+        second.events
+    );
+}
+
+/// An attempt from byte 0 that made nothing durable must not leave its ETag behind: the next
+/// attempt from byte 0 may get another file, and its resume must name that one.
+#[test]
+fn a_fresh_start_forgets_the_etag_of_an_attempt_that_kept_nothing() {
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let mut asset_calls = 0;
+    let mut first = ranged_github(&release, &new, "\"A\"", Some(100));
+    let mut second = ranged_github(&release, &new, "\"B\"", Some(3 * 4096 + 100));
+    let (flash, _) = run_boot(board("1.0"), Boot::as_selected(&board("1.0")), &mut |req| {
+        if !req.url.starts_with("https://cdn.test") {
+            return first(req);
+        }
+        asset_calls += 1;
+        match asset_calls {
+            1 => first(req),
+            2 => second(req),
+            _ => Reply::PowerCut,
+        }
+    });
+    let (_, result) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")),
+        &mut ranged_github(&release, &new, "\"B\"", None),
+    );
+    let resume = result
+        .requests
+        .iter()
+        .find(|r| r.url.starts_with("https://cdn.test"))
+        .unwrap();
+    assert_eq!(resume.range_from, Some(3 * 4096));
+    assert_eq!(resume.if_range.as_deref(), Some("\"B\""));
+    assert_eq!(outcome(&result.events), "installed/none");
+}
+
+/// A release response cut short is the network's doing, retried; not a bad release.
+#[test]
+fn a_release_response_cut_short_is_retried() {
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    for with_length in [true, false] {
+        let mut calls = 0;
+        let mut script = github(&release, &new);
+        let (_, result) = run_boot(board("1.0"), Boot::as_selected(&board("1.0")), &mut |req| {
+            calls += 1;
+            if calls == 1 {
+                let headers = if with_length {
+                    vec![("content-length", release.len().to_string())]
+                } else {
+                    vec![]
+                };
+                return Reply::Http {
+                    status: 200,
+                    headers,
+                    body: release.as_bytes().to_vec(),
+                    cut_at: Some(500),
+                };
+            }
+            script(req)
+        });
+        assert!(
+            result
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::Retry { .. })),
+            "{with_length}"
+        );
+        assert_eq!(outcome(&result.events), "installed/none", "{with_length}");
+    }
+}
+
+/// WiFi that drops mid-download: the request is dropped, and the download resumes from what
+/// is durable once the network is back.
+#[test]
+fn wifi_lost_mid_download_resumes_when_it_returns() {
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let mut core = Updater::new(board("1.0"), 7);
+    let now = Instant(0);
+    core.handle_boot(
+        now,
+        BootInfo {
+            running_offset: SLOT_OFFSETS[0],
+            chip_revision: 4,
+        },
+    );
+    let mut actions = Vec::new();
+    let mut drain = |core: &mut Updater<Ram>| {
+        while core.poll_event().is_some() {}
+        let mut out = Vec::new();
+        while let Some(a) = core.poll_action() {
+            out.push(a);
+        }
+        out
+    };
+    actions.extend(drain(&mut core));
+    core.handle_network(now, true);
+    let check = drain(&mut core)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Http(r) => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    let mut head = ResponseHead::new(200);
+    head.header("content-length", &release.len().to_string());
+    core.handle_response_head(now, check.id, &head);
+    core.handle_response_body(now, check.id, release.as_bytes());
+    core.handle_response_end(now, check.id);
+    let download = drain(&mut core)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Http(r) => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    let mut head = ResponseHead::new(200);
+    head.header("content-length", &new.len().to_string());
+    core.handle_response_head(now, download.id, &head);
+    core.handle_response_body(now, download.id, &new[..2 * 4096 + 10]);
+    core.handle_network(now, false);
+    let dropped = drain(&mut core);
+    assert!(
+        dropped.contains(&Action::AbortHttp { id: download.id }),
+        "{dropped:?}"
+    );
+    assert!(dropped.contains(&Action::JoinNetwork), "{dropped:?}");
+    core.handle_network(now, true);
+    let resume = drain(&mut core)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Http(r) => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(resume.range_from, Some(2 * 4096));
 }
