@@ -1460,7 +1460,7 @@ fn wifi_lost_mid_download_resumes_when_it_returns() {
         },
     );
     let mut actions = Vec::new();
-    let mut drain = |core: &mut Updater<Ram>| {
+    let drain = |core: &mut Updater<Ram>| {
         while core.poll_event().is_some() {}
         let mut out = Vec::new();
         while let Some(a) = core.poll_action() {
