@@ -189,6 +189,8 @@ struct Session {
     /// the last failure and not any earlier one: a connection reset once mid-handshake must
     /// not count against a good image.
     last_failure: Option<Transport>,
+    /// Why the last retry of this boot was needed (network, GitHub's 5xx, rate limit).
+    last_retry: Option<ErrorCode>,
 }
 
 struct InFlightRequest {
@@ -939,13 +941,20 @@ impl<F: NorFlash> Updater<F> {
             self.conclude(Outcome::Failed, ErrorCode::SelfCheck, Some(detail));
             return;
         }
-        self.give_trial_back(format_args!(
-            "network away {seconds} s into a trial boot: trial given back, still trying"
-        ));
+        // Say what kept GitHub away: the network, or GitHub itself.
+        let (code, what) = match self.session.last_retry {
+            Some(ErrorCode::RateLimited) => (ErrorCode::RateLimited, "GitHub's rate limit"),
+            Some(ErrorCode::HttpStatus) => (ErrorCode::HttpStatus, "GitHub unavailable"),
+            _ => (ErrorCode::Network, "network away"),
+        };
+        self.give_trial_back(
+            code,
+            format_args!("{what} {seconds} s into a trial boot: trial given back, still trying"),
+        );
     }
 
     /// Gives back the trial counted at this boot, which proved nothing about the image.
-    fn give_trial_back(&mut self, why: fmt::Arguments<'_>) {
+    fn give_trial_back(&mut self, code: ErrorCode, why: fmt::Arguments<'_>) {
         let given_back = match (self.layout.as_ref(), self.running.trial.as_ref()) {
             (Some(layout), Some(trial)) if trial.returned < MAX_RETURNS => {
                 TrialRecord::new(layout.state).give_back(&mut self.flash, trial)
@@ -960,7 +969,7 @@ impl<F: NorFlash> Updater<F> {
                 });
                 self.running.trial = Some(trial);
                 self.event(Event::Error {
-                    code: ErrorCode::Network,
+                    code,
                     detail: trace::detail(why),
                 });
             }
@@ -1191,6 +1200,7 @@ impl<F: NorFlash> Updater<F> {
         let backoff = backoff::delay_ms(self.session.attempt, &mut self.rng);
         let delay = delay.map_or(backoff, |wait| wait.max(backoff));
         self.session.attempt += 1;
+        self.session.last_retry = Some(code);
         self.session.retries += 1;
         self.event(Event::Retry {
             attempt: self.session.retries,
@@ -1671,9 +1681,10 @@ impl<F: NorFlash> Updater<F> {
         if self.running.on_trial && !self.session.confirmed && release_side {
             // The release GitHub offers is unusable (no release, bad JSON, missing asset): the
             // old image would see the same. That proves nothing about this image.
-            self.give_trial_back(format_args!(
-                "no usable release on GitHub: this trial boot is given back"
-            ));
+            self.give_trial_back(
+                error,
+                format_args!("no usable release on GitHub: this trial boot is given back"),
+            );
         }
         self.wake_at = None;
         if let Some(detail) = detail {
