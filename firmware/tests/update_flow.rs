@@ -977,11 +977,7 @@ fn a_resume_sends_if_range_with_the_assets_etag() {
         Boot::as_selected(&board("1.0")),
         &mut ranged_github(&release, &new, "\"0x8DD0A1\"", None),
     );
-    let asset_request = result
-        .requests
-        .iter()
-        .find(|r| r.url.starts_with("https://cdn.test"))
-        .unwrap();
+    let asset_request = first_asset_request(&result);
     assert_eq!(asset_request.range_from, Some(3 * 4096));
     assert_eq!(asset_request.if_range.as_deref(), Some("\"0x8DD0A1\""));
     assert_eq!(outcome(&result.events), "installed/none");
@@ -1005,11 +1001,7 @@ fn a_replaced_asset_is_downloaded_from_zero_not_stitched() {
         Boot::as_selected(&board("1.0")),
         &mut ranged_github(&release, &rebuilt, "\"second\"", None),
     );
-    let asset_request = result
-        .requests
-        .iter()
-        .find(|r| r.url.starts_with("https://cdn.test"))
-        .unwrap();
+    let asset_request = first_asset_request(&result);
     assert_eq!(asset_request.if_range.as_deref(), Some("\"first\""));
     // The server answered 200 with the whole new file: the core took all of it from byte 0
     // (nothing resumed), and verification refused it, instead of a silent mix.
@@ -1075,11 +1067,7 @@ fn a_replaced_asset_is_downloaded_from_zero_not_stitched() {
         Boot::as_selected(&board("1.0")),
         &mut ranged_github(&reuploaded, &new, "\"v\"", None),
     );
-    let asset_request = result
-        .requests
-        .iter()
-        .find(|r| r.url.starts_with("https://cdn.test"))
-        .unwrap();
+    let asset_request = first_asset_request(&result);
     assert_eq!(
         asset_request.range_from, None,
         "a new asset starts at byte 0"
@@ -1400,11 +1388,7 @@ fn a_fresh_start_forgets_the_etag_of_an_attempt_that_kept_nothing() {
         Boot::as_selected(&board("1.0")),
         &mut ranged_github(&release, &new, "\"B\"", None),
     );
-    let resume = result
-        .requests
-        .iter()
-        .find(|r| r.url.starts_with("https://cdn.test"))
-        .unwrap();
+    let resume = first_asset_request(&result);
     assert_eq!(resume.range_from, Some(3 * 4096));
     assert_eq!(resume.if_range.as_deref(), Some("\"B\""));
     assert_eq!(outcome(&result.events), "installed/none");
@@ -1560,4 +1544,13 @@ fn an_unknown_running_slot_still_counts_trials() {
         "{events:?}"
     );
     assert_eq!(otadata_slot(&flash), Some(0));
+}
+
+/// The first request of a boot that went to the asset host.
+fn first_asset_request(result: &BootResult) -> &HttpRequest {
+    result
+        .requests
+        .iter()
+        .find(|r| r.url.starts_with("https://cdn.test"))
+        .expect("a request to the asset host")
 }
