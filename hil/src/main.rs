@@ -1,4 +1,4 @@
-//! `hil`: for now, `hil console FILE` summarises a captured serial console.
+//! `hil`: see `hil --help`.
 
 use std::process::ExitCode;
 
@@ -9,7 +9,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     if cmd != "console" {
-        eprintln!("unknown command `{cmd}`; flashing and power-cut replays are not built yet");
+        eprintln!("unknown command `{cmd}`");
         return ExitCode::from(2);
     }
     let text = match std::fs::read_to_string(path) {
@@ -21,17 +21,8 @@ fn main() -> ExitCode {
     };
     match hil::read_console(&text) {
         Ok(boots) => {
-            println!("boot  slot  version    outcome        error                LEDs");
-            for (i, b) in boots.iter().enumerate() {
-                println!(
-                    "{:<5} {:<5} {:<10} {:<14} {:<20} {}",
-                    i + 1,
-                    b.slot.map_or("?".into(), |s| s.to_string()),
-                    b.version,
-                    b.outcome.as_deref().unwrap_or("-"),
-                    b.error.as_deref().unwrap_or("-"),
-                    b.leds
-                );
+            for b in boots {
+                println!("{} {:?} {}", b.version, b.outcome, b.leds);
             }
             ExitCode::SUCCESS
         }

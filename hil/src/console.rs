@@ -1,0 +1,310 @@
+//! The board's serial console: read live from a port that may disappear and come back
+//! (the ESP32-C3's USB-Serial-JTAG re-enumerates after every reset and power cut), kept raw
+//! in the run's folder, and read back into boots with the core's own trace parser.
+
+use firmware::trace::{Event, ParseError};
+use std::fmt;
+
+/// One boot as its console shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Boot {
+    /// Slot and version from the `boot` event.
+    pub slot: Option<u8>,
+    /// Version the core reported running.
+    pub version: String,
+    /// `result` of the `outcome` event, if the boot got that far.
+    pub outcome: Option<String>,
+    /// `error` of the `outcome` event.
+    pub error: Option<String>,
+    /// LED sequence (`Y`/`y` yellow, `.`/`-` green blinks).
+    pub leds: String,
+    /// Every event with its time.
+    pub events: Vec<(u64, Event)>,
+}
+
+/// A console line that starts like a trace line but does not parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadLine {
+    /// 1-based line number.
+    pub line: usize,
+    /// Why.
+    pub error: ParseError,
+    /// The line.
+    pub text: String,
+}
+
+impl fmt::Display for BadLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}: {}", self.line, self.error, self.text)
+    }
+}
+
+impl std::error::Error for BadLine {}
+
+/// Splits a console capture into boots. Other output (ROM banner, bootloader,
+/// the glue's `# ` lines, the application) is skipped; a new boot starts with
+/// the yellow LED going on (the core's first event), or where the time since
+/// boot goes back.
+pub fn read_console(text: &str) -> Result<Vec<Boot>, BadLine> {
+    let mut boots: Vec<Boot> = Vec::new();
+    let mut last_ms = None;
+    for (i, line) in text.lines().enumerate() {
+        let Some(parsed) = Event::parse_line(line.trim_start()) else {
+            continue;
+        };
+        let (ms, event) = parsed.map_err(|error| BadLine {
+            line: i + 1,
+            error,
+            text: line.to_string(),
+        })?;
+        // The core's first event of every boot is the yellow LED going on.
+        let yellow_on = matches!(
+            event,
+            Event::Led {
+                led: firmware::led::Led::Yellow,
+                on: true
+            }
+        );
+        let second_boot_event = matches!(event, Event::Boot { .. }) && has_boot(boots.last());
+        if boots.is_empty() || yellow_on || last_ms.is_some_and(|l| ms < l) || second_boot_event {
+            boots.push(Boot::default());
+        }
+        last_ms = Some(ms);
+        if let Some(boot) = boots.last_mut() {
+            boot.events.push((ms, event));
+        }
+    }
+    for boot in &mut boots {
+        for (_, e) in &boot.events {
+            match e {
+                Event::Boot { slot, version, .. } => {
+                    boot.slot = Some(*slot);
+                    boot.version = version.to_string();
+                }
+                Event::Outcome { result, error, .. } => {
+                    boot.outcome = Some(result.name().to_string());
+                    boot.error = Some(error.name().to_string());
+                }
+                _ => {}
+            }
+        }
+        boot.leds = firmware::led::sequence(boot.events.iter().map(|(ms, e)| (*ms, e))).to_string();
+    }
+    Ok(boots)
+}
+
+fn has_boot(boot: Option<&Boot>) -> bool {
+    boot.is_some_and(|b| {
+        b.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Boot { .. }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The simulator's recorded console of an update (an insta snapshot) reads back as two boots.
+    #[test]
+    fn the_simulators_update_console_reads_back() {
+        let text = include_str!("../../sim/tests/snapshots/scenarios__02-update@espflash.snap");
+        let boots = read_console(text).unwrap();
+        assert_eq!(boots.len(), 2);
+        assert_eq!(
+            (
+                boots[0].version.as_str(),
+                boots[0].outcome.as_deref(),
+                boots[0].leds.as_str()
+            ),
+            ("1.0", Some("installed"), "Y")
+        );
+        assert_eq!(
+            (
+                boots[1].version.as_str(),
+                boots[1].outcome.as_deref(),
+                boots[1].leds.as_str()
+            ),
+            ("1.1", Some("updated"), "Y..y")
+        );
+    }
+
+    #[test]
+    fn board_noise_is_skipped_and_a_broken_trace_line_is_reported() {
+        let console = "ESP-ROM:esp32c3-api1-20210207\nI (30) boot: ESP-IDF v5.1\n# wifi: associating\nOTA 0 led led=yellow on=true\nOTA 0 boot slot=0 version=1.0 state=valid\nhello from the app\n";
+        let boots = read_console(console).unwrap();
+        assert_eq!((boots.len(), boots[0].slot), (1, Some(0)));
+        let err = read_console("OTA 0 boot slot=x\n").unwrap_err();
+        assert_eq!(err.line, 1);
+    }
+}
+
+/// The line the board glue prints once the application task runs: the end of a boot's
+/// update routine (the trace has no event for it).
+pub const APP_RUNNING: &str = "# app: running";
+
+/// Where console bytes come from.
+pub enum Source {
+    /// A serial device by path, reopened whenever it disappears (USB re-enumeration).
+    Device {
+        /// `/dev/ttyACM0`, …
+        path: String,
+        /// Baud rate (115200 for the ESP32-C3's ROM and the firmware).
+        baud: u32,
+    },
+    /// An already open port (the virtual board's pty): never reopened.
+    Open(Box<dyn std::io::Read + Send>),
+}
+
+/// One console line as the harness saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    /// Milliseconds since the console was opened (host time).
+    pub at_ms: u64,
+    /// The text, without the line end.
+    pub text: String,
+}
+
+/// A console being read on its own thread: lines arrive on [`Console::lines`], raw bytes
+/// go to the run's `console.log`, and reconnections are noted in it as `# hil: …` lines.
+pub struct Console {
+    /// The lines, in order.
+    pub lines: std::sync::mpsc::Receiver<Line>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Why the console could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// The raw log could not be created.
+    #[error("console log {path}: {source}")]
+    Log {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The serial device could not be opened.
+    #[error("serial port {path}: {source}")]
+    Open {
+        /// The device.
+        path: String,
+        /// The cause.
+        source: serialport::Error,
+    },
+}
+
+/// How long a vanished USB serial device may stay away before the console gives up.
+const REAPPEAR_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Console {
+    /// Starts reading `source`, appending everything raw to `log`.
+    pub fn start(source: Source, log: &std::path::Path) -> Result<Console, ConsoleError> {
+        use std::io::Write;
+        let mut raw = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|source| ConsoleError::Log {
+                path: log.display().to_string(),
+                source,
+            })?;
+        let (mut reader, reopen) = match source {
+            Source::Open(r) => (r, None),
+            Source::Device { path, baud } => (open_device(&path, baud)?, Some((path, baud))),
+        };
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let started = std::time::Instant::now();
+        let thread = std::thread::spawn(move || {
+            let mut pending = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                match reader.read(&mut buf) {
+                    Ok(0) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                    Ok(n) => {
+                        let _ = raw.write_all(&buf[..n]);
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                            let line: Vec<u8> = pending.drain(..=end).collect();
+                            let text = String::from_utf8_lossy(&line)
+                                .trim_end_matches(['\r', '\n'])
+                                .to_string();
+                            let at_ms = started.elapsed().as_millis() as u64;
+                            if tx.send(Line { at_ms, text }).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::TimedOut
+                                | std::io::ErrorKind::WouldBlock
+                                | std::io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(e) => {
+                        // The USB device went away (reset, power cut): wait for it to come back.
+                        let Some((path, baud)) = &reopen else {
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            continue;
+                        };
+                        let _ = writeln!(raw, "\n# hil: console lost ({e}); waiting for {path}");
+                        let gone = std::time::Instant::now();
+                        loop {
+                            if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                                return;
+                            }
+                            if gone.elapsed() > REAPPEAR_WITHIN {
+                                let _ = writeln!(
+                                    raw,
+                                    "# hil: {path} did not come back within {}s",
+                                    REAPPEAR_WITHIN.as_secs()
+                                );
+                                return;
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                            if let Ok(r) = open_device(path, *baud) {
+                                reader = r;
+                                let _ = writeln!(
+                                    raw,
+                                    "# hil: console back after {} ms",
+                                    gone.elapsed().as_millis()
+                                );
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Console {
+            lines,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            // The reader wakes at least every read timeout (100 ms) to see the flag.
+            let _ = t.join();
+        }
+    }
+}
+
+fn open_device(path: &str, baud: u32) -> Result<Box<dyn std::io::Read + Send>, ConsoleError> {
+    let port = serialport::new(path, baud)
+        .timeout(std::time::Duration::from_millis(100))
+        .open()
+        .map_err(|source| ConsoleError::Open {
+            path: path.to_string(),
+            source,
+        })?;
+    Ok(Box::new(port))
+}

@@ -1,0 +1,342 @@
+//! Flashing with espflash's library: what `just flash` does with the CLI, region by region
+//! with a progress bar each, over a real USB serial port or the virtual board's pty.
+//!
+//! A board is left as a user's first flash leaves it: bootloader and partition table,
+//! `conf.json` in the config partition, the old firmware in `ota_0`, and otadata, otastate
+//! and otalog erased (written with `FF`, which the ROM's erase-before-write does).
+
+use espflash::connection::{Connection, ResetAfterOperation, ResetBeforeOperation};
+use espflash::flasher::Flasher;
+use espflash::image_format::Segment;
+use espflash::target::{Chip, ProgressCallbacks};
+use firmware::format::partition;
+use std::borrow::Cow;
+
+/// The ESP32-C3's USB-Serial-JTAG product id (Espressif's vendor id 0x303a).
+pub const USB_SERIAL_JTAG_PID: u16 = 0x1001;
+
+/// One stretch of flash to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// What it is (`bootloader`, `partition table`, `config`, `ota_0`, `otadata` …).
+    pub name: String,
+    /// Flash offset.
+    pub offset: u32,
+    /// The bytes (a multiple of 4).
+    pub data: Vec<u8>,
+}
+
+/// Why flashing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlashError {
+    /// The serial port could not be opened.
+    #[error("serial port {path}: {source}")]
+    Port {
+        /// The device.
+        path: String,
+        /// The cause.
+        source: serialport::Error,
+    },
+    /// espflash could not talk to the chip's ROM loader or write.
+    #[error("espflash: {0}")]
+    Espflash(#[from] espflash::Error),
+    /// conf.json does not fit the config partition.
+    #[error("conf.json is {len} bytes; the config partition holds {room}")]
+    ConfTooLarge {
+        /// Its length.
+        len: usize,
+        /// The partition's size.
+        room: u32,
+    },
+    /// An image does not fit its slot.
+    #[error("{what} is {len} bytes; slot {slot} holds {room}")]
+    ImageTooLarge {
+        /// Which image.
+        what: String,
+        /// Its length.
+        len: usize,
+        /// The slot.
+        slot: String,
+        /// The slot's size.
+        room: u32,
+    },
+    /// The firmware ELF could not be turned into an image.
+    #[error("firmware ELF {path}: {why}")]
+    Elf {
+        /// The file.
+        path: String,
+        /// What espflash said.
+        why: String,
+    },
+    /// A partition the harness writes is not in the table.
+    #[error("partition `{0}` missing from the partition table")]
+    NoPartition(&'static str),
+    /// The flash does not hold what was written.
+    #[error("{region} at 0x{offset:x}: MD5 on the chip {chip:032x}, expected {host:032x}")]
+    Verify {
+        /// The region.
+        region: String,
+        /// Its offset.
+        offset: u32,
+        /// MD5 the ROM computed.
+        chip: u128,
+        /// MD5 of the bytes sent.
+        host: u128,
+    },
+}
+
+fn part(label: &'static str) -> Result<partition::Partition, FlashError> {
+    partition::default_table()
+        .by_label(label)
+        .cloned()
+        .ok_or(FlashError::NoPartition(label))
+}
+
+/// The config partition's contents: `conf.json`, then erased flash (the core reads up to the
+/// first `FF`).
+pub fn config_region(conf_json: &[u8]) -> Result<Region, FlashError> {
+    let p = part("config")?;
+    // The core reads at most 4 KiB of conf.json.
+    let room = p.size.min(4096);
+    if conf_json.len() > room as usize || conf_json.contains(&0xFF) {
+        return Err(FlashError::ConfTooLarge {
+            len: conf_json.len(),
+            room,
+        });
+    }
+    let mut data = vec![0xFF; p.size as usize];
+    data[..conf_json.len()].copy_from_slice(conf_json);
+    Ok(Region {
+        name: "config".into(),
+        offset: p.offset,
+        data,
+    })
+}
+
+/// otadata, otastate and otalog as a first flash leaves them: erased.
+pub fn erased_regions() -> Result<Vec<Region>, FlashError> {
+    ["otadata", "otastate", "otalog"]
+        .into_iter()
+        .map(|label| {
+            let p = part(label)?;
+            Ok(Region {
+                name: label.into(),
+                offset: p.offset,
+                data: vec![0xFF; p.size as usize],
+            })
+        })
+        .collect()
+}
+
+/// An app image in OTA slot `ota_N`, padded to a multiple of 4 with `FF`.
+pub fn slot_region(slot: &'static str, image: &[u8], what: &str) -> Result<Region, FlashError> {
+    let p = part(slot)?;
+    if image.len() > p.size as usize {
+        return Err(FlashError::ImageTooLarge {
+            what: what.into(),
+            len: image.len(),
+            slot: slot.into(),
+            room: p.size,
+        });
+    }
+    let mut data = image.to_vec();
+    data.resize(image.len().next_multiple_of(4), 0xFF);
+    Ok(Region {
+        name: slot.into(),
+        offset: p.offset,
+        data,
+    })
+}
+
+/// The partition table (firmware/partitions.csv, as the core and espflash encode it).
+pub fn table_region() -> Region {
+    let mut table = [0xFF; partition::TABLE_LEN];
+    // The default table is valid by construction: encoding it cannot fail.
+    let _ = partition::default_table().write(&mut table);
+    Region {
+        name: "partition table".into(),
+        offset: partition::TABLE_OFFSET,
+        data: table.to_vec(),
+    }
+}
+
+/// Bootloader, partition table and app (for `ota_0`) from a firmware ELF, as `espflash flash`
+/// builds them: espflash's bundled ESP-IDF bootloader for the ESP32-C3.
+pub fn regions_from_elf(elf_path: &std::path::Path, csv: &std::path::Path) -> Result<Vec<Region>, FlashError> {
+    use espflash::flasher::{FlashData, FlashSettings};
+    use espflash::image_format::idf::IdfBootloaderFormat;
+    let elf_err = |why: String| FlashError::Elf {
+        path: elf_path.display().to_string(),
+        why,
+    };
+    let elf = std::fs::read(elf_path).map_err(|e| elf_err(e.to_string()))?;
+    let data = FlashData::new(
+        FlashSettings::default(),
+        0,
+        None,
+        Chip::Esp32c3,
+        Default::default(),
+    );
+    let image = IdfBootloaderFormat::new(&elf, &data, Some(csv), None, None, Some("ota_0"))
+        .map_err(|e| elf_err(e.to_string()))?;
+    let names = ["bootloader", "partition table", "ota_0"];
+    Ok(image
+        .flash_segments()
+        .enumerate()
+        .map(|(i, s)| Region {
+            name: names.get(i).map_or("segment", |n| n).to_string(),
+            offset: s.addr,
+            data: s.data.into_owned(),
+        })
+        .collect())
+}
+
+/// How the harness reaches the chip's ROM loader.
+pub enum Link {
+    /// A board on USB: DTR/RTS reset it into the loader (USB-Serial-JTAG's sequence when the
+    /// port is one), and a hard reset after flashing starts the firmware.
+    Usb {
+        /// `/dev/ttyACM0`, `/dev/ttyUSB0` …
+        path: String,
+    },
+    /// The virtual board's pty: no modem lines, the chip is put into download mode over the
+    /// side channel first, and nothing is reset afterwards.
+    Pty(serialport::TTYPort),
+}
+
+/// Connects to the ROM loader. The stub is used on real boards (faster), not on the
+/// virtual one (it answers the ROM's own protocol only).
+pub fn connect(link: Link) -> Result<Flasher, FlashError> {
+    let (port, info, before, after, stub) = match link {
+        Link::Usb { path } => {
+            let port = serialport::new(&path, 115_200)
+                .timeout(std::time::Duration::from_secs(3))
+                .open_native()
+                .map_err(|source| FlashError::Port {
+                    path: path.clone(),
+                    source,
+                })?;
+            let info = usb_info(&path);
+            let before = if info.pid == USB_SERIAL_JTAG_PID {
+                ResetBeforeOperation::UsbReset
+            } else {
+                ResetBeforeOperation::DefaultReset
+            };
+            (port, info, before, ResetAfterOperation::HardReset, true)
+        }
+        Link::Pty(port) => (
+            port,
+            serialport::UsbPortInfo {
+                vid: 0,
+                pid: 0,
+                serial_number: None,
+                manufacturer: Some("sim".into()),
+                product: Some("virtual ESP32-C3".into()),
+            },
+            ResetBeforeOperation::NoReset,
+            ResetAfterOperation::NoReset,
+            false,
+        ),
+    };
+    let connection = Connection::new(port, info, after, before, 115_200);
+    Ok(Flasher::connect(
+        connection,
+        stub,
+        true,
+        false,
+        Some(Chip::Esp32c3),
+        None,
+    )?)
+}
+
+/// The USB identity of a serial device, from the system's port list (empty when unknown).
+pub fn usb_info(path: &str) -> serialport::UsbPortInfo {
+    let found = serialport::available_ports()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.port_name == path);
+    match found.map(|p| p.port_type) {
+        Some(serialport::SerialPortType::UsbPort(info)) => info,
+        _ => serialport::UsbPortInfo {
+            vid: 0,
+            pid: 0,
+            serial_number: None,
+            manufacturer: None,
+            product: None,
+        },
+    }
+}
+
+/// Writes every region with a progress bar, then checks each against the chip's MD5.
+pub fn write(flasher: &mut Flasher, regions: &[Region], quiet: bool) -> Result<(), FlashError> {
+    for region in regions {
+        let mut bar = Bar::new(&region.name, quiet);
+        let segment = Segment {
+            addr: region.offset,
+            data: Cow::Borrowed(&region.data),
+        };
+        flasher.write_bins_to_flash(&[segment], &mut bar)?;
+        let chip = flasher.checksum_md5(region.offset, region.data.len() as u32)?;
+        let host = md5_of(&region.data);
+        if chip != host {
+            return Err(FlashError::Verify {
+                region: region.name.clone(),
+                offset: region.offset,
+                chip,
+                host,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// MD5 as espflash returns it (the digest's bytes, big-endian).
+pub fn md5_of(data: &[u8]) -> u128 {
+    use md5::{Digest, Md5};
+    u128::from_be_bytes(Md5::digest(data).into())
+}
+
+/// One progress bar per region (indicatif), hidden when quiet.
+struct Bar {
+    name: String,
+    bar: indicatif::ProgressBar,
+}
+
+impl Bar {
+    fn new(name: &str, quiet: bool) -> Bar {
+        let bar = if quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(0)
+        };
+        Bar {
+            name: name.to_string(),
+            bar,
+        }
+    }
+}
+
+impl ProgressCallbacks for Bar {
+    fn init(&mut self, addr: u32, total: usize) {
+        self.bar.set_length(total as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg:<28} [{bar:30}] {pos:>5}/{len:5} blocks",
+        ) {
+            self.bar.set_style(style.progress_chars("=> "));
+        }
+        self.bar.set_message(format!("{} @0x{addr:06x}", self.name));
+    }
+    fn update(&mut self, current: usize) {
+        self.bar.set_position(current as u64);
+    }
+    fn verifying(&mut self) {
+        self.bar.set_message(format!("{} (verifying)", self.name));
+    }
+    fn finish(&mut self, skipped: bool) {
+        if skipped {
+            self.bar.finish_with_message(format!("{} (unchanged)", self.name));
+        } else {
+            self.bar.finish();
+        }
+    }
+}
