@@ -88,10 +88,28 @@ serve addr="127.0.0.1:0":
 console-summary FILE:
     cargo run -q -p hil -- console {{FILE}}
 
-# Hardware in the loop with a board on USB: not built yet (see README, "What is missing").
-hil:
-    @echo "Flashing a board and replaying power-cut scenarios is not built yet; see README.md, 'What is missing'." >&2
-    @exit 1
+# Hardware in the loop. Without PORT: how to connect a board. With one: builds firmware 1.0 and
+# 1.1, flashes 1.0 (espflash's library), publishes 1.1 on the mock GitHub and runs the HIL
+# scenario set (extra flags: --power uhubctl:1-1:2, --probe /dev/ttyUSB1, --junit FILE, --json).
+hil PORT="" *FLAGS:
+    #!/usr/bin/env sh
+    set -eu
+    if [ -z "{{PORT}}" ]; then exec cargo run -q -p hil -- run; fi
+    FIRMWARE_VERSION=1.1 just firmware
+    FIRMWARE_VERSION=1.0 just firmware
+    cargo run -q -p hil -- run --port {{PORT}} --elf {{fw_elf}} \
+        --image 1.0={{fw_target_dir}}/firmware-esp32c3-1.0.bin \
+        --image 1.1={{fw_target_dir}}/firmware-esp32c3-1.1.bin {{FLAGS}}
+
+# The same harness against the simulator's virtual ESP32-C3 behind a pty (what CI runs): espflash
+# flashes it over the pty, the HIL scenario set runs, then every recording in fixtures/recordings.
+hil-virtual:
+    cargo run -q -p hil -- run --virtual --quiet --junit target/hil/junit-run.xml
+    cargo run -q -p hil -- replay --virtual --quiet --junit target/hil/junit-replay.xml fixtures/recordings/*/
+
+# Replay recorded power cuts on a board (a recording made with your own firmware images).
+hil-replay PORT +RECORDINGS:
+    cargo run -q -p hil -- replay --port {{PORT}} {{RECORDINGS}}
 
 # What a board running 1.0 would do with a repository's latest release, against the real server
 # (extra flags: --from 1.1, --api-base URL, --token-env GITHUB_TOKEN, --json, --trace).

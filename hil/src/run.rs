@@ -1,0 +1,711 @@
+//! One scenario (or one recording's replay) on one board: stage the servers, flash the board
+//! with espflash, boot it, drive its faults, read its console, LEDs and MQTT log, and judge
+//! what happened with the simulator's own expectations ([`sim::scenario::Expect::check`]).
+
+use crate::console::{self, APP_RUNNING, Console, Line};
+use crate::flashing::{self, Link, Region};
+use crate::power::PowerControl;
+use crate::probe::{self, ModemProbe};
+use crate::report::{BootRow, CaseReport};
+use firmware::trace::Event;
+use sim::bootloader::Model;
+use sim::chip::{ChipFaults, ChipHandle, ChipOptions, ChipState};
+use sim::scenario::{Expect, Observed, Scenario, Stage};
+use sim::world::BrokerChoice;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why a case could not run at all (as opposed to running and failing its expectations).
+#[derive(Debug, thiserror::Error)]
+pub enum HilError {
+    /// The scenario's world could not be staged.
+    #[error("staging: {0}")]
+    Stage(#[from] sim::scenario::ScenarioError),
+    /// Flashing failed.
+    #[error("flashing: {0}")]
+    Flash(#[from] flashing::FlashError),
+    /// The console could not be read.
+    #[error("console: {0}")]
+    Console(#[from] console::ConsoleError),
+    /// The virtual chip failed.
+    #[error("virtual board: {0}")]
+    Chip(#[from] sim::chip::ChipError),
+    /// The power backend failed.
+    #[error("power: {0}")]
+    Power(#[from] crate::power::PowerError),
+    /// The pty pair for the virtual board.
+    #[error("pty: {0}")]
+    Pty(serialport::Error),
+    /// The run's folder.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A fault this board cannot be given.
+    #[error("{scenario}: {why}")]
+    Unsupported {
+        /// The scenario.
+        scenario: String,
+        /// Why.
+        why: String,
+    },
+    /// A recording that does not replay here.
+    #[error("recording {name}: {why}")]
+    Recording {
+        /// The recording.
+        name: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// The board a case runs on.
+pub enum Target {
+    /// The simulator's virtual ESP32-C3 behind a pty.
+    Virtual {
+        /// Its bootloader build.
+        model: Model,
+    },
+    /// A real ESP32-C3 on USB.
+    Board(BoardSetup),
+}
+
+/// A real board and what the harness has around it.
+pub struct BoardSetup {
+    /// The board's serial port.
+    pub port: String,
+    /// The firmware ELF of the old version (bootloader, partition table and `ota_0` come from
+    /// it, as `espflash flash` builds them).
+    pub elf: PathBuf,
+    /// firmware/partitions.csv.
+    pub partitions: PathBuf,
+    /// Release images by tag (`FIRMWARE_VERSION=1.1 just firmware` builds them).
+    pub images: Vec<(String, Vec<u8>)>,
+    /// Power and reset.
+    pub power: Box<dyn PowerControl>,
+    /// The LED probe, if wired.
+    pub probe: Option<probe::ProbeSpec>,
+    /// The user's WiFi (from their conf.json).
+    pub wifi: (String, String),
+    /// This host's address as the board reaches it.
+    pub host_ip: std::net::IpAddr,
+}
+
+/// How long a case may take in real time before it is stopped and judged as it stands.
+pub struct Limits {
+    /// Virtual board (virtual time runs fast; this is real time).
+    pub virtual_case: Duration,
+    /// Real board (WiFi joins, downloads at a few hundred kB/s, outages in real time).
+    pub board_case: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            virtual_case: Duration::from_secs(120),
+            board_case: Duration::from_secs(20 * 60),
+        }
+    }
+}
+
+/// What a case starts from.
+pub enum Start<'a> {
+    /// A fresh flash as `just flash` leaves it.
+    Fresh,
+    /// A recording: the base, then its sectors; the boots count from the boot after the cut.
+    Recording(&'a sim::recording::Recording),
+}
+
+/// The most boots a case may take (the simulator's bound).
+const MAX_BOOTS: u32 = 16;
+
+/// Runs scenario `s` (or a recording's recovery) on `target`; `folder` receives the raw
+/// console. Returns the verdict; an error only when the case could not run at all.
+pub async fn run_case(
+    s: &Scenario,
+    expect: &Expect,
+    start: Start<'_>,
+    target: &mut Target,
+    broker: &BrokerChoice,
+    folder: &Path,
+    limits: &Limits,
+    quiet: bool,
+) -> Result<CaseReport, HilError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(folder).map_err(|source| HilError::Io {
+        path: folder.display().to_string(),
+        source,
+    })?;
+    let model = match target {
+        Target::Virtual { model } => *model,
+        // espflash flashes ESP-IDF's bootloader built without app rollback.
+        Target::Board(_) => Model::Espflash,
+    };
+    let (triggers, flash_cuts) = sim::scenario::triggers_of(s, model)?;
+    let replaying = matches!(start, Start::Recording(_));
+    if !flash_cuts.is_empty() && !replaying {
+        return Err(HilError::Unsupported {
+            scenario: s.name.clone(),
+            why: "a cut at one exact flash operation cannot be timed from outside a board; \
+                  such cuts are replayed from recordings (`hil replay`)"
+                .into(),
+        });
+    }
+    let stage = match &start {
+        Start::Fresh => Stage::new(s, model, broker).await?,
+        Start::Recording(_) => {
+            let id = format!("hil-replay-{}", std::process::id());
+            Stage::without_faults(s, model, broker, &id).await?
+        }
+    };
+    let first_boot = match &start {
+        Start::Fresh => 1,
+        Start::Recording(r) => r.cut.boot + 1,
+    };
+    let stage = Arc::new(Mutex::new(stage));
+    let (board_name, mut regions) = {
+        let st = lock(&stage);
+        let mut regions = vec![flashing::table_region()];
+        regions.push(flashing::slot_region(
+            if st.slot == 0 { "ota_0" } else { "ota_1" },
+            &st.running,
+            "the running image",
+        )?);
+        (String::new(), regions)
+    };
+    let _ = board_name;
+
+    match target {
+        Target::Virtual { model } => {
+            let (chip, master) = {
+                let st = lock(&stage);
+                let (master, slave) = serialport::TTYPort::pair().map_err(HilError::Pty)?;
+                let board = st.board_with(sim::flash::SimFlash::new(st.seed));
+                let chip = sim::chip::spawn(
+                    Box::new(slave),
+                    board,
+                    ChipOptions {
+                        seed: st.seed,
+                        model: *model,
+                        chip_revision: st.chip_revision,
+                    },
+                )?;
+                regions.push(flashing::config_region(st.conf.as_bytes())?);
+                (chip, master)
+            };
+            regions.extend(flashing::erased_regions()?);
+            if let Start::Recording(r) = &start {
+                regions.extend(recording_regions(r));
+            }
+            // Power on straight into the ROM's download mode (GPIO9 held low), as a harness
+            // with a BOOT line does.
+            chip.power(true);
+            chip.reset(true);
+            let flash_port = master
+                .try_clone_native()
+                .map_err(HilError::Pty)?;
+            let stage_hook = stage.clone();
+            chip.before_boot(Box::new(move |boot| {
+                lock(&stage_hook).before_boot(boot + first_boot - 1)
+            }));
+            let flashing_started = Instant::now();
+            let mut flasher = flashing::connect(Link::Pty(flash_port))?;
+            flashing::write(&mut flasher, &regions, quiet)?;
+            drop(flasher);
+            let flash_secs = flashing_started.elapsed().as_secs_f64();
+            chip.arm(ChipFaults {
+                triggers,
+                wifi_down: Vec::new(),
+            });
+            let console = Console::start(
+                console::Source::Open(Box::new(master)),
+                &folder.join("console.log"),
+            )?;
+            chip.reset(false);
+            let mut watch = Watch::new(s.extra_boots);
+            let deadline = started + limits.virtual_case;
+            let mut cuts = 0u32;
+            while !watch.done() && Instant::now() < deadline {
+                match console.lines.recv_timeout(Duration::from_millis(50)) {
+                    Ok(line) => watch.line(&line),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        // An armed cut left the board dark: the power comes back, as in
+                        // the simulator, where the next boot follows a cut at once.
+                        if chip.state() == ChipState::Dark && !watch.bricked {
+                            cuts += 1;
+                            watch.cut();
+                            chip.power(false);
+                            chip.power(true);
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                if watch.boots > MAX_BOOTS {
+                    break;
+                }
+            }
+            let edges = chip.led_edges();
+            chip.shutdown();
+            drop(console);
+            let probe_leds = sequences_by_boot(&edges);
+            let stage = take_stage(stage)?;
+            let text = read_log(folder)?;
+            let mut report = judge(
+                s,
+                expect,
+                stage,
+                &text,
+                Some(probe_leds),
+                &watch,
+                first_boot,
+                folder,
+            )
+            .await;
+            report.board = "virtual ESP32-C3 (pty)".into();
+            report.led_source = "probe (the glue's GPIO writes, over the side channel)".into();
+            report.power = format!(
+                "virtual power line, {cuts} cut(s); flashed in {flash_secs:.1} s over the pty"
+            );
+            report.seconds = started.elapsed().as_secs_f64();
+            Ok(report)
+        }
+        Target::Board(setup) => {
+            run_on_board(
+                s, expect, start, setup, stage, regions, triggers, first_boot, folder, limits,
+                quiet, started,
+            )
+            .await
+        }
+    }
+}
+
+/// The recording's sectors as regions written after the base.
+fn recording_regions(r: &sim::recording::Recording) -> Vec<Region> {
+    r.sectors
+        .iter()
+        .map(|(offset, bytes)| Region {
+            name: format!("recorded sector 0x{offset:06x}"),
+            offset: *offset,
+            data: bytes.clone(),
+        })
+        .collect()
+}
+
+fn lock(stage: &Arc<Mutex<Stage>>) -> std::sync::MutexGuard<'_, Stage> {
+    // A panic in a hook leaves plain data behind: keep using it.
+    stage.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn take_stage(stage: Arc<Mutex<Stage>>) -> Result<Stage, HilError> {
+    // The chip's hook holds the other reference until the chip thread drops it.
+    for _ in 0..200 {
+        match Arc::try_unwrap(stage.clone()) {
+            Ok(m) => return Ok(m.into_inner().unwrap_or_else(|e| e.into_inner())),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    Err(HilError::Unsupported {
+        scenario: "stage".into(),
+        why: "the virtual board still holds the servers after shutdown".into(),
+    })
+}
+
+fn read_log(folder: &Path) -> Result<String, HilError> {
+    let path = folder.join("console.log");
+    std::fs::read(&path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .map_err(|source| HilError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Follows the console as it comes: boots, the application starting, bricks.
+struct Watch {
+    extra_boots: u32,
+    /// Boots seen (ROM banners of a boot from flash).
+    boots: u32,
+    apps: u32,
+    bricked: bool,
+    /// Boots (1-based, of this case) the harness cut.
+    cut_boots: Vec<u32>,
+    /// Trace events by name so far, for cuts a real board's backend times itself.
+    counts: std::collections::HashMap<String, u32>,
+    /// The last trace event (name and its count).
+    last_event: Option<(String, u32)>,
+    /// Bytes of the image the trace reported written.
+    progress_bytes: u64,
+}
+
+impl Watch {
+    fn new(extra_boots: u32) -> Watch {
+        Watch {
+            extra_boots,
+            boots: 0,
+            apps: 0,
+            bricked: false,
+            cut_boots: Vec::new(),
+            counts: Default::default(),
+            last_event: None,
+            progress_bytes: 0,
+        }
+    }
+
+    fn line(&mut self, line: &Line) {
+        let text = line.text.trim_start();
+        if text.starts_with("rst:") && !text.contains("DOWNLOAD") {
+            self.boots += 1;
+        } else if text.starts_with(APP_RUNNING) {
+            self.apps += 1;
+        } else if text.starts_with("# bricked") || text.starts_with("# stuck") {
+            self.bricked = true;
+        } else if let Some(Ok((_, event))) = Event::parse_line(text) {
+            let name = event.name().to_string();
+            let n = self.counts.entry(name.clone()).or_insert(0);
+            *n += 1;
+            self.last_event = Some((name, *n));
+            if let Event::Progress { written, .. } = event {
+                self.progress_bytes = u64::from(written);
+            }
+        }
+    }
+
+    fn cut(&mut self) {
+        self.cut_boots.push(self.boots);
+    }
+
+    fn done(&self) -> bool {
+        self.bricked || self.apps > self.extra_boots
+    }
+}
+
+/// LED sequences per boot from the virtual board's GPIO writes.
+fn sequences_by_boot(edges: &[sim::board::LedEdge]) -> Vec<(u32, String)> {
+    let mut boots: Vec<u32> = edges.iter().map(|e| e.boot).collect();
+    boots.dedup();
+    boots
+        .into_iter()
+        .map(|b| {
+            let events: Vec<(u64, Event)> = edges
+                .iter()
+                .filter(|e| e.boot == b)
+                .map(|e| (e.ms, Event::Led { led: e.led, on: e.on }))
+                .collect();
+            (
+                b,
+                firmware::led::sequence(events.iter().map(|(ms, e)| (*ms, e))).to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Reads the console back, collects the MQTT log and judges.
+#[allow(clippy::too_many_arguments)]
+async fn judge(
+    s: &Scenario,
+    expect: &Expect,
+    stage: Stage,
+    console_text: &str,
+    probe_leds: Option<Vec<(u32, String)>>,
+    watch: &Watch,
+    first_boot: u32,
+    folder: &Path,
+) -> CaseReport {
+    let mut failures = Vec::new();
+    let boots = match crate::read_console(console_text) {
+        Ok(b) => b,
+        Err(e) => {
+            failures.push(format!("console: {e}"));
+            Vec::new()
+        }
+    };
+    let acked: Vec<u64> = boots
+        .iter()
+        .flat_map(|b| &b.events)
+        .filter_map(|(_, e)| match e {
+            Event::Published { seq } => Some(u64::from(*seq)),
+            _ => None,
+        })
+        .collect();
+    let log = stage.finish(&acked).await;
+    let log_results: Vec<String> = log.iter().map(|(_, r, _)| r.clone()).collect();
+    // A boot the harness cut shows no outcome.
+    let rows: Vec<BootRow> = boots
+        .iter()
+        .enumerate()
+        .map(|b| BootRow {
+            version: if b.version.is_empty() {
+                "?".into()
+            } else {
+                b.version.clone()
+            },
+            // A boot without an outcome was cut (by the harness, or by an armed cut of the
+            // virtual board). Console boots and power cycles need not line up one to one (a
+            // boot cut before the core printed shows nothing), so any cut in the case counts;
+            // without one, `-`, which no scenario expects.
+            outcome: b.outcome.clone().unwrap_or_else(|| {
+                if watch.cut_boots.is_empty() {
+                    "-".into()
+                } else {
+                    "cut".into()
+                }
+            }),
+            leds: b.leds.clone(),
+            probe_leds: None,
+            error: b.error.clone().unwrap_or_else(|| "-".into()),
+        })
+        .collect();
+    let mut rows = rows;
+    if let Some(probe) = &probe_leds {
+        // The probe's boots are the board's boots, numbered over the chip's life.
+        for (boot, seq) in probe {
+            if let Some(row) = rows.get_mut((*boot as usize).saturating_sub(1)) {
+                row.probe_leds = Some(seq.clone());
+            }
+        }
+        for (i, row) in rows.iter().enumerate() {
+            match &row.probe_leds {
+                Some(p) if *p != row.leds => failures.push(format!(
+                    "boot {}: the LEDs did `{p}` but the trace says `{}`",
+                    i + 1,
+                    row.leds
+                )),
+                None => failures.push(format!(
+                    "boot {}: the LED probe saw nothing, the trace says `{}`",
+                    i + 1,
+                    row.leds
+                )),
+                _ => {}
+            }
+        }
+    }
+    let observed = Observed {
+        versions: rows.iter().map(|r| r.version.clone()).collect(),
+        outcomes: rows.iter().map(|r| r.outcome.clone()).collect(),
+        // The probe when there is one: what the LEDs did, not what the firmware says.
+        leds: rows
+            .iter()
+            .map(|r| r.probe_leds.clone().unwrap_or_else(|| r.leds.clone()))
+            .collect(),
+        log: log_results.clone(),
+        error_codes_seen: boots
+            .iter()
+            .flat_map(|b| &b.events)
+            .filter_map(|(_, e)| match e {
+                Event::Error { code, .. } | Event::Retry { reason: code, .. } => {
+                    Some(code.name().to_string())
+                }
+                _ => None,
+            })
+            .collect(),
+        event_names: boots
+            .iter()
+            .flat_map(|b| &b.events)
+            .map(|(_, e)| e.name().to_string())
+            .collect(),
+        cut_kinds: None,
+    };
+    let _ = first_boot;
+    failures.extend(expect.check(&observed).iter().map(|m| m.to_string()));
+    if watch.bricked {
+        failures.push("invariant: the board bricked (see the console)".into());
+    }
+    if watch.apps == 0 {
+        failures.push("invariant: the application never ran".into());
+    }
+    CaseReport {
+        name: s.name.clone(),
+        board: String::new(),
+        passed: failures.is_empty(),
+        failures,
+        boots: rows,
+        log: log_results,
+        led_source: String::new(),
+        power: String::new(),
+        folder: folder.display().to_string(),
+        seconds: 0.0,
+    }
+}
+
+/// The real board: flash over USB, reset into the firmware, follow the console, cut power
+/// where the scenario says (as soon as the console shows the moment), restore it.
+#[allow(clippy::too_many_arguments)]
+async fn run_on_board(
+    s: &Scenario,
+    expect: &Expect,
+    start: Start<'_>,
+    setup: &mut BoardSetup,
+    stage: Arc<Mutex<Stage>>,
+    mut regions: Vec<Region>,
+    triggers: sim::board::Triggers,
+    first_boot: u32,
+    folder: &Path,
+    limits: &Limits,
+    quiet: bool,
+    started: Instant,
+) -> Result<CaseReport, HilError> {
+    if triggers.op_after_event.is_some() || triggers.wifi_drop_at_byte.is_some() {
+        return Err(HilError::Unsupported {
+            scenario: s.name.clone(),
+            why: "cuts at the n-th flash operation after an event and WiFi drops mid-download \
+                  need the virtual board or a recording"
+                .into(),
+        });
+    }
+    // Bootloader, partition table and the old firmware from the ELF; the running image of
+    // the stage is the simulator's, replaced by the user's own.
+    regions.retain(|r| r.name == "config");
+    let mut from_elf = flashing::regions_from_elf(&setup.elf, &setup.partitions)?;
+    from_elf.append(&mut regions);
+    let mut regions = from_elf;
+    {
+        let mut st = lock(&stage);
+        let conf = board_conf(&st, setup);
+        regions.push(flashing::config_region(conf.as_bytes())?);
+        for (tag, bytes) in &setup.images {
+            st.world
+                .github
+                .replace_asset_bytes("acme", "thermostat", tag, "firmware.bin", bytes.clone());
+        }
+    }
+    regions.extend(flashing::erased_regions()?);
+    if let Start::Recording(r) = &start {
+        if r.images_are_simulated() {
+            return Err(HilError::Recording {
+                name: r.name.clone(),
+                why: "it was made with the simulator's images, which a real ESP32-C3 cannot \
+                      run; record one with your own firmware (README, 'Recordings for your \
+                      board')"
+                    .into(),
+            });
+        }
+        regions.extend(recording_regions(r));
+    }
+    let mut flasher = flashing::connect(Link::Usb {
+        path: setup.port.clone(),
+    })?;
+    flashing::write(&mut flasher, &regions, quiet)?;
+    // espflash's hard reset after flashing starts the firmware.
+    let mut connection = flasher.into_connection();
+    connection
+        .reset_after(true, espflash::target::Chip::Esp32c3)
+        .map_err(flashing::FlashError::from)?;
+    drop(connection);
+    let probe = match &setup.probe {
+        Some(spec) => Some(ModemProbe::start(spec).map_err(|e| HilError::Unsupported {
+            scenario: s.name.clone(),
+            why: e.to_string(),
+        })?),
+        None => None,
+    };
+    let console = Console::start(
+        console::Source::Device {
+            path: setup.port.clone(),
+            baud: 115_200,
+        },
+        &folder.join("console.log"),
+    )?;
+    let mut watch = Watch::new(s.extra_boots);
+    let deadline = started + limits.board_case;
+    let mut pending_events = triggers.at_events.clone();
+    let mut at_byte = triggers.at_download_byte;
+    let mut cuts = Vec::new();
+    let mut seen_boots = 0;
+    while !watch.done() && Instant::now() < deadline && watch.boots <= MAX_BOOTS {
+        let Ok(line) = console.lines.recv_timeout(Duration::from_millis(50)) else {
+            continue;
+        };
+        watch.line(&line);
+        if watch.boots > seen_boots {
+            seen_boots = watch.boots;
+            // The board needs seconds to join WiFi: time enough to change the world.
+            let outages = lock(&stage).before_boot(watch.boots + first_boot - 1);
+            for (from, until) in outages {
+                // No radio to switch off: the board's way to GitHub goes down instead.
+                let proxy = lock(&stage).world.github_proxy.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(from)).await;
+                    proxy.set_mode(sim::proxy::ProxyMode::Down);
+                    tokio::time::sleep(Duration::from_millis(until.saturating_sub(from))).await;
+                    proxy.set_mode(sim::proxy::ProxyMode::Pass);
+                });
+            }
+        }
+        let hit_event = watch.last_event.as_ref().and_then(|(name, n)| {
+            pending_events
+                .iter()
+                .position(|(e, k)| e == name && k == n)
+        });
+        let hit_byte = at_byte.is_some_and(|b| watch.progress_bytes >= b);
+        if hit_event.is_some() || hit_byte {
+            if let Some(i) = hit_event {
+                pending_events.remove(i);
+            }
+            if hit_byte {
+                at_byte = None;
+            }
+            watch.last_event = None;
+            setup.power.cut()?;
+            watch.cut();
+            cuts.push(line.text.clone());
+            // Long enough for the rails to drop and the USB device to go away.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            setup.power.restore()?;
+        }
+    }
+    let edges = probe.as_ref().map(|p| p.edges());
+    drop(console);
+    drop(probe);
+    let probe_leds = edges.map(|e| {
+        probe::sequences(&e)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut s)| {
+                // The line drops with the power at a cut: not the firmware's doing.
+                if watch.cut_boots.contains(&(i as u32 + 1)) && s.ends_with('y') {
+                    s.pop();
+                }
+                (i as u32 + 1, s)
+            })
+            .collect()
+    });
+    let stage = take_stage(stage)?;
+    let text = read_log(folder)?;
+    let has_probe = probe_leds.is_some();
+    let mut report = judge(s, expect, stage, &text, probe_leds, &watch, first_boot, folder).await;
+    report.board = format!("ESP32-C3 on {}", setup.port);
+    report.led_source = if has_probe {
+        "probe (modem lines)".into()
+    } else {
+        "trace (no LED probe)".into()
+    };
+    report.power = format!("{}, {} cut(s)", setup.power.name(), cuts.len());
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// conf.json for a real board: the user's WiFi, this host's mock GitHub and broker.
+fn board_conf(stage: &Stage, setup: &BoardSetup) -> String {
+    let api_base = format!(
+        "http://{}:{}",
+        setup.host_ip,
+        stage.world.github_proxy.addr().port()
+    );
+    let broker = std::net::SocketAddr::new(setup.host_ip, stage.world.board_broker().port());
+    let conf = sim::world::conf_json(
+        &api_base,
+        broker,
+        &stage.client_id,
+        &stage.prefix,
+        false,
+        false,
+        false,
+    );
+    let quoted = |v: &str| serde_json::to_string(v).unwrap_or_default();
+    conf.replace("\"sim-wifi-secret\"", &quoted(&setup.wifi.1))
+        .replace("\"sim-wifi\"", &quoted(&setup.wifi.0))
+}
