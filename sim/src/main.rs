@@ -190,7 +190,8 @@ fn print_table(reports: &[Report]) {
     for r in reports.iter().filter(|r| !r.passed()) {
         println!("\n{} FAILED (seed {}):", r.label(), r.seed);
         for f in &r.failures {
-            println!("  - {f}");
+            // A list's diff spans several lines: keep them under their dash.
+            println!("  - {}", f.replace('\n', "\n    "));
         }
         println!(
             "  console:\n{}",

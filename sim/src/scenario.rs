@@ -403,6 +403,190 @@ impl Expect {
     }
 }
 
+/// What a run showed, as far as [`Expect::check`] needs it: everything but the flash. The
+/// simulator fills it from the virtual board; the HIL harness from a board's serial console.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The version the bootloader started at each boot that reached an image.
+    pub versions: Vec<String>,
+    /// Outcome of each boot (`cut` for a boot that lost power).
+    pub outcomes: Vec<String>,
+    /// LED sequence of each boot.
+    pub leds: Vec<String>,
+    /// Results of the MQTT activity log the broker received, by sequence number.
+    pub log: Vec<String>,
+    /// Every error and retry reason that appeared in the trace, by name.
+    pub error_codes_seen: Vec<String>,
+    /// Every trace event's name, in order.
+    pub event_names: Vec<String>,
+    /// What each power cut interrupted (`erase`, `write`, `between`), when known: a board cut
+    /// by a reset line cannot tell, and then `cuts` is not checked.
+    pub cut_kinds: Option<Vec<String>>,
+}
+
+impl Observed {
+    /// The version running at the end (empty when no boot reached an image).
+    pub fn final_version(&self) -> &str {
+        self.versions.last().map_or("", String::as_str)
+    }
+}
+
+/// One expectation that did not hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The `[expect]` field (`final_version`, `outcomes`, `leds`, `log`, `cuts`, `events`,
+    /// `errors`).
+    pub field: &'static str,
+    /// What it expected, on one line.
+    pub expected: String,
+    /// What came out, on one line.
+    pub actual: String,
+    /// For a list: both lists, item by item, for the side-by-side table.
+    pub items: Option<ListDiff>,
+}
+
+/// Two lists compared item by item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListDiff {
+    /// What an item's number is (`boot`, `seq`, `cut`).
+    pub key: &'static str,
+    /// Expected items.
+    pub expected: Vec<String>,
+    /// Items that came out.
+    pub actual: Vec<String>,
+}
+
+impl Mismatch {
+    fn list(
+        field: &'static str,
+        key: &'static str,
+        expected: &[String],
+        actual: &[String],
+    ) -> Self {
+        Mismatch {
+            field,
+            expected: format!("{expected:?}"),
+            actual: format!("{actual:?}"),
+            items: Some(ListDiff {
+                key,
+                expected: expected.to_vec(),
+                actual: actual.to_vec(),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Mismatch {
+    /// One line for a single value; for a list, a table with one row per item, the rows that
+    /// differ marked:
+    ///
+    /// ```text
+    /// outcomes:
+    ///   boot  expected   actual
+    ///   1     installed  installed
+    ///   2     updated    failed     <-- differs
+    /// ```
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(items) = &self.items else {
+            return write!(
+                f,
+                "{}: expected {}, actual {}",
+                self.field, self.expected, self.actual
+            );
+        };
+        const NONE: &str = "-";
+        let rows = items.expected.len().max(items.actual.len());
+        let cell = |list: &[String], i: usize| list.get(i).map_or(NONE, String::as_str).to_string();
+        let width = |list: &[String], head: &str| {
+            list.iter()
+                .map(|s| s.chars().count())
+                .chain([head.len(), NONE.len()])
+                .max()
+                .unwrap_or(0)
+        };
+        let kw = items.key.len().max(rows.to_string().len());
+        let ew = width(&items.expected, "expected");
+        let aw = width(&items.actual, "actual");
+        write!(f, "{}:", self.field)?;
+        let head = format!("{:<kw$}  {:<ew$}  {:<aw$}", items.key, "expected", "actual");
+        write!(f, "\n  {}", head.trim_end())?;
+        for i in 0..rows {
+            let (e, a) = (cell(&items.expected, i), cell(&items.actual, i));
+            let mark = if items.expected.get(i) == items.actual.get(i) {
+                ""
+            } else {
+                "  <-- differs"
+            };
+            let row = format!("{:<kw$}  {e:<ew$}  {a:<aw$}{mark}", i + 1);
+            write!(f, "\n  {}", row.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+impl Expect {
+    /// Every expectation that `observed` does not meet, except `final_build` (which needs the
+    /// flash) and the invariants ([`check_invariants`]). Empty: all met.
+    pub fn check(&self, observed: &Observed) -> Vec<Mismatch> {
+        let mut out = Vec::new();
+        if observed.final_version() != self.final_version {
+            let shown = |v: &str| {
+                if v.is_empty() {
+                    "(no image ran)".to_string()
+                } else {
+                    v.to_string()
+                }
+            };
+            out.push(Mismatch {
+                field: "final_version",
+                expected: shown(&self.final_version),
+                actual: shown(observed.final_version()),
+                items: None,
+            });
+        }
+        if !self.outcomes.is_empty() && observed.outcomes != self.outcomes {
+            out.push(Mismatch::list(
+                "outcomes",
+                "boot",
+                &self.outcomes,
+                &observed.outcomes,
+            ));
+        }
+        if !self.leds.is_empty() && observed.leds != self.leds {
+            out.push(Mismatch::list("leds", "boot", &self.leds, &observed.leds));
+        }
+        if observed.log != self.log {
+            out.push(Mismatch::list("log", "seq", &self.log, &observed.log));
+        }
+        if let Some(kinds) = &observed.cut_kinds
+            && !self.cuts.is_empty()
+            && *kinds != self.cuts
+        {
+            out.push(Mismatch::list("cuts", "cut", &self.cuts, kinds));
+        }
+        let mut rest = observed.event_names.iter();
+        if let Some(wanted) = self.events.iter().find(|w| !rest.any(|n| n == *w)) {
+            out.push(Mismatch {
+                field: "events",
+                expected: format!("{:?} in this order", self.events),
+                actual: format!("missing from `{wanted}` on"),
+                items: None,
+            });
+        }
+        for code in &self.errors {
+            if !observed.error_codes_seen.contains(code) {
+                out.push(Mismatch {
+                    field: "errors",
+                    expected: format!("`{code}` in the trace"),
+                    actual: "never appeared".into(),
+                    items: None,
+                });
+            }
+        }
+        out
+    }
+}
+
 /// What a run produced.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -693,6 +877,56 @@ fn outcome_of(trace: &[TraceLine], boot: u32, end: &BootEnd) -> String {
             _ => None,
         })
         .unwrap_or_else(|| format!("{end:?}").to_lowercase())
+}
+
+/// What each power cut interrupted, as `[expect] cuts` names it: `erase`, `write` or `between`.
+pub fn cut_kinds_of(cuts: &[(u32, String)]) -> Vec<String> {
+    cuts.iter()
+        .map(|(_, what)| what.split_whitespace().next().unwrap_or("").to_lowercase())
+        .collect()
+}
+
+impl Observed {
+    /// What a virtual board showed: `ends` holds how each of its boots ended, `log` the
+    /// activity-log results the broker got, `cut_kinds` what its power cuts interrupted.
+    pub fn of_run(
+        board: &VirtualBoard,
+        ends: &[BootEnd],
+        log: Vec<String>,
+        cut_kinds: Option<Vec<String>>,
+    ) -> Observed {
+        let trace = &board.trace;
+        let boots = ends.len() as u32;
+        Observed {
+            versions: board
+                .boot_choices
+                .iter()
+                .map(|(_, c)| c.version.clone())
+                .collect(),
+            outcomes: (1..=boots)
+                .map(|b| outcome_of(trace, b, &ends[(b - 1) as usize]))
+                .collect(),
+            leds: (1..=boots).map(|b| led_string(trace, b)).collect(),
+            log,
+            error_codes_seen: error_codes_seen(trace),
+            event_names: trace.iter().map(|l| l.event.name().to_string()).collect(),
+            cut_kinds,
+        }
+    }
+}
+
+/// Every error code and retry reason in the trace, by name, once each, in order of appearance.
+pub fn error_codes_seen(trace: &[TraceLine]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for l in trace {
+        if let Event::Error { code: c, .. } | Event::Retry { reason: c, .. } = &l.event {
+            let name = c.name().to_string();
+            if !seen.contains(&name) {
+                seen.push(name);
+            }
+        }
+    }
+    seen
 }
 
 /// A `[[releases]]` entry as the runner publishes it.
@@ -1023,16 +1257,6 @@ pub async fn run(
     log.sort();
     log.dedup_by_key(|e| e.0); // QoS 1 is at-least-once
 
-    let boots = board.boots;
-    let report_outcomes: Vec<String> = (1..=boots)
-        .map(|b| outcome_of(&board.trace, b, &ends[(b - 1) as usize]))
-        .collect();
-    let leds: Vec<String> = (1..=boots).map(|b| led_string(&board.trace, b)).collect();
-    let versions: Vec<String> = board
-        .boot_choices
-        .iter()
-        .map(|(_, c)| c.version.clone())
-        .collect();
     let cut_boots: Vec<u32> = board.cuts.iter().map(|(b, _)| *b).collect();
     let e = &s.expect_for(model);
     check_invariants(
@@ -1044,45 +1268,14 @@ pub async fn run(
         &mut failures,
     );
 
-    let final_version = versions.last().cloned().unwrap_or_default();
-    if final_version != e.final_version {
-        failures.push(format!(
-            "final version {final_version}, expected {}",
-            e.final_version
-        ));
-    }
-    if !e.outcomes.is_empty() && report_outcomes != e.outcomes {
-        failures.push(format!(
-            "outcomes {report_outcomes:?}, expected {:?}",
-            e.outcomes
-        ));
-    }
-    if !e.leds.is_empty() && leds != e.leds {
-        failures.push(format!("LEDs {leds:?}, expected {:?}", e.leds));
-    }
     let log_results: Vec<String> = log.iter().map(|(_, r, _)| r.clone()).collect();
-    if log_results != e.log {
-        failures.push(format!("MQTT log {log_results:?}, expected {:?}", e.log));
-    }
-    let cut_kinds: Vec<String> = board
-        .cuts
-        .iter()
-        .map(|(_, what)| what.split_whitespace().next().unwrap_or("").to_lowercase())
-        .collect();
-    if !e.cuts.is_empty() && cut_kinds != e.cuts {
-        failures.push(format!(
-            "power cuts hit {cut_kinds:?}, expected {:?}",
-            e.cuts
-        ));
-    }
-    let names: Vec<&str> = board.trace.iter().map(|l| l.event.name()).collect();
-    let mut rest = names.iter();
-    if let Some(wanted) = e.events.iter().find(|w| !rest.any(|n| n == w)) {
-        failures.push(format!(
-            "events {:?} not in this order in the trace (missing from `{wanted}` on)",
-            e.events,
-        ));
-    }
+    let observed = Observed::of_run(
+        &board,
+        &ends,
+        log_results.clone(),
+        Some(cut_kinds_of(&board.cuts)),
+    );
+    failures.extend(e.check(&observed).iter().map(Mismatch::to_string));
     if let Some(build) = e.final_build {
         let ran = board.boot_choices.last().map(|(_, c)| c.offset as usize);
         let flash = board.flash.contents();
@@ -1099,12 +1292,6 @@ pub async fn run(
             )),
         }
     }
-    for code in &e.errors {
-        let seen = board.trace.iter().any(|l| matches!(&l.event, Event::Error { code: c, .. } | Event::Retry { reason: c, .. } if c.name() == code));
-        if !seen {
-            failures.push(format!("error `{code}` never appeared in the trace"));
-        }
-    }
     for (_, _, payload) in &log {
         for secret in ["sim-wifi-secret", "sim-mqtt-secret", "sim-token"] {
             if payload.contains(secret) {
@@ -1117,11 +1304,11 @@ pub async fn run(
         model,
         seed: s.seed,
         failures,
-        outcomes: report_outcomes,
-        leds,
+        outcomes: observed.outcomes,
+        leds: observed.leds,
         log: log_results,
         log_payloads: log.into_iter().map(|(_, _, p)| p).collect(),
-        versions,
+        versions: observed.versions,
         virtual_ms: board.clock,
         wall_ms: started.elapsed().as_millis(),
         trace: board.trace,
@@ -1286,5 +1473,96 @@ pub async fn wait_for_log(
             return messages;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn observed() -> Observed {
+        Observed {
+            versions: strings(&["1.0", "1.1"]),
+            outcomes: strings(&["installed", "updated"]),
+            leds: strings(&["Y", "Y..y"]),
+            log: strings(&["installed", "updated"]),
+            error_codes_seen: strings(&["network"]),
+            event_names: strings(&["boot", "trial", "confirmed", "app"]),
+            cut_kinds: None,
+        }
+    }
+
+    fn expect() -> Expect {
+        Expect {
+            final_version: "1.1".into(),
+            outcomes: strings(&["installed", "updated"]),
+            leds: strings(&["Y", "Y..y"]),
+            log: strings(&["installed", "updated"]),
+            errors: strings(&["network"]),
+            cuts: strings(&["erase"]),
+            events: strings(&["trial", "confirmed"]),
+            ..Expect::default()
+        }
+    }
+
+    #[test]
+    fn met_expectations_give_no_mismatch_and_unknown_cuts_are_not_checked() {
+        assert_eq!(expect().check(&observed()), vec![]);
+    }
+
+    #[test]
+    fn a_wrong_outcome_is_shown_boot_by_boot_with_the_differing_rows_marked() {
+        let mut o = observed();
+        o.outcomes = strings(&["installed", "failed", "updated"]);
+        let found = expect().check(&o);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].to_string(),
+            "outcomes:\n  boot  expected   actual\n  1     installed  installed\n  2     updated    failed     <-- differs\n  3     -          updated    <-- differs"
+        );
+    }
+
+    #[test]
+    fn every_field_that_differs_is_reported_by_name() {
+        let o = Observed {
+            versions: vec![],
+            outcomes: strings(&["cut"]),
+            leds: strings(&["Y"]),
+            log: vec![],
+            error_codes_seen: vec![],
+            event_names: strings(&["confirmed", "trial"]),
+            cut_kinds: Some(strings(&["write"])),
+        };
+        let found = expect().check(&o);
+        let fields: Vec<&str> = found.iter().map(|m| m.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "final_version",
+                "outcomes",
+                "leds",
+                "log",
+                "cuts",
+                "events",
+                "errors"
+            ]
+        );
+        assert_eq!(
+            found[0].to_string(),
+            "final_version: expected 1.1, actual (no image ran)"
+        );
+        assert_eq!(
+            found[5].to_string(),
+            "events: expected [\"trial\", \"confirmed\"] in this order, actual missing from `confirmed` on"
+        );
+        assert!(
+            found[3].to_string().starts_with("log:\n  seq"),
+            "{}",
+            found[3]
+        );
     }
 }
