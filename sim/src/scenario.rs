@@ -70,7 +70,8 @@
 use crate::board::{BootEnd, Outage, TraceLine, Triggers, VirtualBoard, Wiring};
 use crate::bootloader::{BootChoice, Bootloader, Chip, DEFAULT_REVISION, Model, Selection};
 use crate::broker::Collector;
-use crate::github::{Asset, Exhausted, Fault, RateLimit, Release, Route};
+use crate::flash::SimFlash;
+use crate::github::{Armed, Asset, Exhausted, Fault, RateLimit, Release, Route};
 use crate::image;
 use crate::proxy::ProxyMode;
 use crate::world::{BrokerChoice, SimDns, World, WorldError, conf_json};
@@ -957,113 +958,38 @@ impl Published {
     }
 }
 
-/// Runs one scenario against fresh servers, behind bootloader `model`.
-pub async fn run(
-    s: &Scenario,
-    model: Model,
-    broker: &BrokerChoice,
-) -> Result<Report, ScenarioError> {
-    let started = std::time::Instant::now();
-    let rate_limited = s
-        .faults
-        .iter()
-        .any(|f| matches!(f, FaultSpec::RateLimit { .. }));
-    let world = World::start(broker, rate_limited).await?;
-    let prefix = format!("sim/{}-{model}-{}", s.name, std::process::id());
-    let collector = Collector::connect(&world.broker, &prefix).await?;
+/// Power cuts a scenario arms on the flash itself (the other triggers are [`Triggers`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlashCuts {
+    /// Cut during this flash operation (1-based, over the board's life).
+    pub at_op: Option<u64>,
+    /// Cut during the n-th operation inside `[start, end)`: (start, end, n).
+    pub in_range: Option<(u32, u32, u32)>,
+}
 
-    let mut releases = Vec::new();
-    // Every build a release entry serves: (tag, build, image), for `final_build`.
-    let mut builds: Vec<(String, u32, Vec<u8>)> = Vec::new();
-    for (i, r) in s.releases.iter().enumerate() {
-        let version = r.image_version.clone().unwrap_or_else(|| r.tag.clone());
-        let options = image::ImageOptions {
-            min_chip_rev: r.min_chip_rev,
-            max_chip_rev: r.max_chip_rev,
-            code_load_addr: r.code_load_addr,
-        };
-        let bytes = image::build_with(&version, r.size, s.seed ^ i as u64, options);
-        let rebuilt = r.rebuilt_from_boot.map(|from| {
-            let other = image::build_with(&version, r.size, s.seed ^ i as u64 ^ 0x0B17D, options);
-            builds.push((r.tag.clone(), r.build + 1, other.clone()));
-            (from, other)
-        });
-        builds.push((r.tag.clone(), r.build, bytes.clone()));
-        let asset = Asset::new(&r.asset, bytes);
-        let asset = if r.digest {
-            asset
-        } else {
-            asset.without_digest()
-        };
-        let mut release = Release::new(&r.tag, 1_700_000_000 + i as u64 * 86_400).with_asset(asset);
-        release.prerelease = r.prerelease;
-        release.draft = r.draft;
-        release.body = format!(
-            "Release {} of the simulated thermostat.\n\n{}",
-            r.tag,
-            "- a change\n".repeat(40)
-        );
-        releases.push(Published {
-            from: r.from_boot,
-            until: r.until_boot,
-            rebuilt,
-            release,
-        });
+impl FlashCuts {
+    /// Arms these cuts on `flash`.
+    pub fn arm(&self, flash: &mut SimFlash) {
+        if let Some(op) = self.at_op {
+            flash.arm_cut(op);
+        }
+        if let Some((start, end, nth)) = self.in_range {
+            flash.arm_cut_in(start, end, nth);
+        }
     }
-    // Which entries are on GitHub at a boot, and as what.
-    let on_github_at = |boot: u32| -> Vec<usize> {
-        (0..releases.len())
-            .filter(|&i| releases[i].shown_at(boot))
-            .collect()
-    };
-    let publish = |boot: u32| -> Vec<Release> {
-        on_github_at(boot)
-            .into_iter()
-            .map(|i| releases[i].as_at(boot))
-            .collect()
-    };
-    world.github.set_releases("acme", "thermostat", publish(1));
 
-    // One MQTT client id per (scenario, model): both models of a scenario may run at once.
-    let client_id = format!("{}-{model}", s.name)
-        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
-    let conf = match &s.board.conf {
-        Some(raw) => raw.clone(),
-        None => conf_json(
-            &world.api_base(),
-            world.board_broker(),
-            &client_id,
-            &prefix,
-            s.board.allow_prereleases,
-            s.board.allow_downgrade,
-            s.board.token,
-        ),
-    };
-    let running = image::build(&s.board.version, 32 * 1024, s.seed ^ 0xB007);
-    let mut board = VirtualBoard::new(
-        image::provision_in_slot(conf.as_bytes(), &running, s.board.slot, s.seed),
-        &client_id,
-        s.seed,
-    );
-    board.bootloader = Bootloader {
-        model,
-        chip: Chip {
-            revision: s.board.chip_revision.unwrap_or(DEFAULT_REVISION),
-            ..Chip::default()
-        },
-    };
+    /// True when no cut is armed.
+    pub fn is_empty(&self) -> bool {
+        self.at_op.is_none() && self.in_range.is_none()
+    }
+}
 
-    // The mock's rate limiter lives on the board's virtual clock.
-    let clock = board.clock_handle.clone();
-    world.github.set_clock(std::sync::Arc::new(move || {
-        1_790_000_000 + clock.load(std::sync::atomic::Ordering::Relaxed) / 1000
-    }));
+/// The power cuts and the mid-download WiFi drop of scenario `s` behind `model`: the board's
+/// [`Triggers`] and the cuts armed on its flash. The simulator hands both to the virtual
+/// board; the HIL harness to the virtual chip, or watches for them itself.
+pub fn triggers_of(s: &Scenario, model: Model) -> Result<(Triggers, FlashCuts), ScenarioError> {
     let mut triggers = Triggers::default();
-    let mut broker_down = Vec::new();
-    // GitHub faults and WiFi outages that start with a later boot: (boot, what).
-    let mut later_faults = Vec::new();
-    let mut later_outages = Vec::new();
-    let dns = SimDns::default();
+    let mut flash = FlashCuts::default();
     for f in &s.faults {
         match f {
             FaultSpec::PowerCut {
@@ -1079,9 +1005,7 @@ pub async fn run(
                 if bootloader.is_some_and(|only| only != model) {
                     continue;
                 }
-                if let Some(op) = at_flash_op {
-                    board.flash.arm_cut(*op);
-                }
+                flash.at_op = at_flash_op.or(flash.at_op);
                 if let Some(label) = at_partition {
                     let table = firmware::format::partition::default_table();
                     let p = table
@@ -1090,9 +1014,7 @@ pub async fn run(
                             name: s.name.clone(),
                             fault: format!("partition `{label}`"),
                         })?;
-                    board
-                        .flash
-                        .arm_cut_in(p.offset, p.end(), occurrence.unwrap_or(1));
+                    flash.in_range = Some((p.offset, p.end(), occurrence.unwrap_or(1)));
                 }
                 triggers.at_download_byte = at_download_byte.or(triggers.at_download_byte);
                 match (at_event, then_op) {
@@ -1106,82 +1028,298 @@ pub async fn run(
                 }
                 triggers.at_time_ms = at_time_ms.or(triggers.at_time_ms);
             }
-            FaultSpec::WifiDown {
-                from_ms,
-                until_ms,
-                from_boot,
-            } => later_outages.push((*from_boot, *from_ms, *until_ms)),
             FaultSpec::WifiDrop {
                 at_download_byte,
                 for_ms,
             } => triggers.wifi_drop_at_byte = Some((*at_download_byte, *for_ms)),
-            FaultSpec::Github {
-                fault,
-                times,
-                from_boot,
-                ..
-            } => {
-                let armed = github_fault(fault, f).ok_or_else(|| ScenarioError::UnknownFault {
-                    name: s.name.clone(),
-                    fault: fault.clone(),
-                })?;
-                later_faults.push((
-                    *from_boot,
-                    match times {
-                        Some(n) => armed.times(*n),
-                        None => armed.always(),
-                    },
-                ));
-            }
-            FaultSpec::RateLimit { per_hour } => world.github.set_rate_limit(RateLimit {
-                anonymous: *per_hour,
-                authenticated: *per_hour,
-                window_secs: 3600,
-                exhausted: Exhausted::Forbidden,
-            }),
-            FaultSpec::ConnectionReset { after_bytes, times } => {
-                world.github_proxy.set_mode(ProxyMode::ResetAfter {
-                    bytes: *after_bytes,
-                });
-                let proxy = world.github_proxy.clone();
-                let (limit, times) = (*after_bytes, u64::from(*times));
-                // Back to Pass once `times` connections were reset.
-                tokio::spawn(async move {
-                    while proxy.stats().resets < times {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    let _ = limit;
-                    proxy.set_mode(ProxyMode::Pass);
-                });
-            }
-            FaultSpec::BrokerDown { boots } => broker_down.extend(boots.iter().copied()),
-            FaultSpec::DnsDown { lookups } => dns
-                .failures
-                .store(*lookups, std::sync::atomic::Ordering::Relaxed),
+            _ => {}
         }
     }
+    Ok((triggers, flash))
+}
 
-    let http = world.http_client(&dns)?;
-    let wiring = Wiring {
-        broker: world.board_broker(),
-    };
-    let mut failures = Vec::new();
-    let mut ends = Vec::new();
-    let mut apps = 0;
-    let mut on_github = on_github_at(1);
-    while board.boots < 16 {
-        let next = board.boots + 1;
-        let now_on_github = on_github_at(next);
-        if now_on_github != on_github {
-            on_github = now_on_github;
-            world
+/// One activity-log record as the broker received it: (sequence number, result, payload).
+pub type LogEntry = (u64, String, String);
+
+/// Distinguishes the MQTT topics of stages that run at once in one process.
+static STAGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The world of one scenario, ready for a board: servers with the scenario's releases, its
+/// GitHub, broker and network faults, the board's `conf.json` and first image, and the
+/// collector of its activity log. [`run`] boots a virtual board against it; the HIL harness
+/// a board behind a serial port.
+pub struct Stage {
+    /// The servers.
+    pub world: World,
+    /// The board's MQTT client id.
+    pub client_id: String,
+    /// The board's MQTT topic prefix.
+    pub prefix: String,
+    /// The board's `conf.json`.
+    pub conf: String,
+    /// The image the board runs at the start.
+    pub running: Vec<u8>,
+    /// The OTA slot it is in.
+    pub slot: u8,
+    /// The scenario's seed (the board's jitter, the images' bytes, how cuts tear).
+    pub seed: u64,
+    /// The bootloader model.
+    pub model: Model,
+    /// The chip's revision.
+    pub chip_revision: u16,
+    /// Every build a release entry serves: (tag, build, image), for `final_build`.
+    pub builds: Vec<(String, u32, Vec<u8>)>,
+    /// Subscribed to the board's activity log.
+    pub collector: Collector,
+    /// The board's DNS (a scenario's `dns_down` fails its lookups).
+    pub dns: SimDns,
+    /// What went wrong while changing the world between boots.
+    pub setup_failures: Vec<String>,
+    releases: Vec<Published>,
+    on_github: Vec<usize>,
+    /// GitHub faults armed when a boot starts: (boot, fault).
+    later_faults: Vec<(u32, Armed)>,
+    /// WiFi outages counted from a boot's start: (boot, from ms, until ms).
+    later_outages: Vec<(u32, u64, u64)>,
+    broker_down: Vec<u32>,
+}
+
+impl Stage {
+    /// Starts the servers for scenario `s` behind `model`, with all its faults but power cuts
+    /// (see [`triggers_of`]).
+    pub async fn new(
+        s: &Scenario,
+        model: Model,
+        broker: &BrokerChoice,
+    ) -> Result<Stage, ScenarioError> {
+        Stage::build(s, model, broker, true, &format!("{}-{model}", s.name)).await
+    }
+
+    /// The same world without any fault: what a recording's replay boots against.
+    /// `client_id` names the board (a replay must not take over the id of a run going on).
+    pub async fn without_faults(
+        s: &Scenario,
+        model: Model,
+        broker: &BrokerChoice,
+        client_id: &str,
+    ) -> Result<Stage, ScenarioError> {
+        Stage::build(s, model, broker, false, client_id).await
+    }
+
+    async fn build(
+        s: &Scenario,
+        model: Model,
+        broker: &BrokerChoice,
+        faults: bool,
+        client_id: &str,
+    ) -> Result<Stage, ScenarioError> {
+        let rate_limited = faults
+            && s.faults
+                .iter()
+                .any(|f| matches!(f, FaultSpec::RateLimit { .. }));
+        let world = World::start(broker, rate_limited).await?;
+        let n = STAGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("sim/{}-{model}-{}-{n}", s.name, std::process::id());
+        let collector = Collector::connect(&world.broker, &prefix).await?;
+
+        let mut releases = Vec::new();
+        let mut builds: Vec<(String, u32, Vec<u8>)> = Vec::new();
+        for (i, r) in s.releases.iter().enumerate() {
+            let version = r.image_version.clone().unwrap_or_else(|| r.tag.clone());
+            let options = image::ImageOptions {
+                min_chip_rev: r.min_chip_rev,
+                max_chip_rev: r.max_chip_rev,
+                code_load_addr: r.code_load_addr,
+            };
+            let bytes = image::build_with(&version, r.size, s.seed ^ i as u64, options);
+            let rebuilt = r.rebuilt_from_boot.map(|from| {
+                let other =
+                    image::build_with(&version, r.size, s.seed ^ i as u64 ^ 0x0B17D, options);
+                builds.push((r.tag.clone(), r.build + 1, other.clone()));
+                (from, other)
+            });
+            builds.push((r.tag.clone(), r.build, bytes.clone()));
+            let asset = Asset::new(&r.asset, bytes);
+            let asset = if r.digest {
+                asset
+            } else {
+                asset.without_digest()
+            };
+            let mut release =
+                Release::new(&r.tag, 1_700_000_000 + i as u64 * 86_400).with_asset(asset);
+            release.prerelease = r.prerelease;
+            release.draft = r.draft;
+            release.body = format!(
+                "Release {} of the simulated thermostat.\n\n{}",
+                r.tag,
+                "- a change\n".repeat(40)
+            );
+            releases.push(Published {
+                from: r.from_boot,
+                until: r.until_boot,
+                rebuilt,
+                release,
+            });
+        }
+
+        // The MQTT client id must be one MQTT topic level and one the broker accepts.
+        let client_id = client_id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
+        let conf = match &s.board.conf {
+            Some(raw) => raw.clone(),
+            None => conf_json(
+                &world.api_base(),
+                world.board_broker(),
+                &client_id,
+                &prefix,
+                s.board.allow_prereleases,
+                s.board.allow_downgrade,
+                s.board.token,
+            ),
+        };
+        let mut stage = Stage {
+            world,
+            client_id,
+            prefix,
+            conf,
+            running: image::build(&s.board.version, 32 * 1024, s.seed ^ 0xB007),
+            slot: s.board.slot,
+            seed: s.seed,
+            model,
+            chip_revision: s.board.chip_revision.unwrap_or(DEFAULT_REVISION),
+            builds,
+            collector,
+            dns: SimDns::default(),
+            setup_failures: Vec::new(),
+            releases,
+            on_github: Vec::new(),
+            later_faults: Vec::new(),
+            later_outages: Vec::new(),
+            broker_down: Vec::new(),
+        };
+        stage.on_github = stage.on_github_at(1);
+        stage
+            .world
+            .github
+            .set_releases("acme", "thermostat", stage.publish(1));
+        if faults {
+            stage.arm_faults(s)?;
+        }
+        Ok(stage)
+    }
+
+    fn arm_faults(&mut self, s: &Scenario) -> Result<(), ScenarioError> {
+        for f in &s.faults {
+            match f {
+                FaultSpec::PowerCut { .. } | FaultSpec::WifiDrop { .. } => {}
+                FaultSpec::WifiDown {
+                    from_ms,
+                    until_ms,
+                    from_boot,
+                } => self.later_outages.push((*from_boot, *from_ms, *until_ms)),
+                FaultSpec::Github {
+                    fault,
+                    times,
+                    from_boot,
+                    ..
+                } => {
+                    let armed =
+                        github_fault(fault, f).ok_or_else(|| ScenarioError::UnknownFault {
+                            name: s.name.clone(),
+                            fault: fault.clone(),
+                        })?;
+                    self.later_faults.push((
+                        *from_boot,
+                        match times {
+                            Some(n) => armed.times(*n),
+                            None => armed.always(),
+                        },
+                    ));
+                }
+                FaultSpec::RateLimit { per_hour } => self.world.github.set_rate_limit(RateLimit {
+                    anonymous: *per_hour,
+                    authenticated: *per_hour,
+                    window_secs: 3600,
+                    exhausted: Exhausted::Forbidden,
+                }),
+                FaultSpec::ConnectionReset { after_bytes, times } => {
+                    self.world.github_proxy.set_mode(ProxyMode::ResetAfter {
+                        bytes: *after_bytes,
+                    });
+                    let proxy = self.world.github_proxy.clone();
+                    let times = u64::from(*times);
+                    // Back to Pass once `times` connections were reset.
+                    tokio::spawn(async move {
+                        while proxy.stats().resets < times {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        proxy.set_mode(ProxyMode::Pass);
+                    });
+                }
+                FaultSpec::BrokerDown { boots } => self.broker_down.extend(boots.iter().copied()),
+                FaultSpec::DnsDown { lookups } => self
+                    .dns
+                    .failures
+                    .store(*lookups, std::sync::atomic::Ordering::Relaxed),
+            }
+        }
+        Ok(())
+    }
+
+    /// Which release entries are on GitHub during `boot`.
+    fn on_github_at(&self, boot: u32) -> Vec<usize> {
+        (0..self.releases.len())
+            .filter(|&i| self.releases[i].shown_at(boot))
+            .collect()
+    }
+
+    /// The releases as GitHub has them during `boot`.
+    fn publish(&self, boot: u32) -> Vec<Release> {
+        self.on_github_at(boot)
+            .into_iter()
+            .map(|i| self.releases[i].as_at(boot))
+            .collect()
+    }
+
+    /// The flash as `just flash` leaves the board: partition table, this stage's
+    /// `conf.json`, the running image in its slot.
+    pub fn base_flash(&self) -> SimFlash {
+        image::provision_in_slot(self.conf.as_bytes(), &self.running, self.slot, self.seed)
+    }
+
+    /// A virtual board for this stage with `flash`, its bootloader and chip set, and the mock
+    /// GitHub's rate limiter following its virtual clock.
+    pub fn board_with(&self, flash: SimFlash) -> VirtualBoard {
+        let mut board = VirtualBoard::new(flash, &self.client_id, self.seed);
+        board.bootloader = Bootloader {
+            model: self.model,
+            chip: Chip {
+                revision: self.chip_revision,
+                ..Chip::default()
+            },
+        };
+        let clock = board.clock_handle.clone();
+        self.world.github.set_clock(std::sync::Arc::new(move || {
+            1_790_000_000 + clock.load(std::sync::atomic::Ordering::Relaxed) / 1000
+        }));
+        board
+    }
+
+    /// Readies the world for boot `next` (1-based): GitHub's releases as they are during that
+    /// boot, the GitHub faults that start with it armed, the broker up or down. Returns the
+    /// WiFi outages that count from that boot's start, as (from ms, until ms).
+    pub fn before_boot(&mut self, next: u32) -> Vec<(u64, u64)> {
+        let now_on_github = self.on_github_at(next);
+        if now_on_github != self.on_github {
+            self.on_github = now_on_github;
+            let releases = self.publish(next);
+            self.world
                 .github
-                .set_releases("acme", "thermostat", publish(next));
+                .set_releases("acme", "thermostat", releases);
         } else {
-            for r in releases.iter().filter(|r| r.shown_at(next)) {
+            for r in self.releases.iter().filter(|r| r.shown_at(next)) {
                 if let Some((_, bytes)) = r.rebuilt.as_ref().filter(|(from, _)| *from == next) {
                     let (tag, asset) = (&r.release.tag_name, &r.release.assets[0].name);
-                    let replaced = world.github.replace_asset_bytes(
+                    let replaced = self.world.github.replace_asset_bytes(
                         "acme",
                         "thermostat",
                         tag,
@@ -1189,76 +1327,156 @@ pub async fn run(
                         bytes.clone(),
                     );
                     if !replaced {
-                        failures.push(format!("setup: asset {asset} of {tag} not on GitHub"));
+                        self.setup_failures
+                            .push(format!("setup: asset {asset} of {tag} not on GitHub"));
                     }
                 }
             }
         }
-        for (_, armed) in later_faults.iter().filter(|(from, _)| *from == next) {
-            world.github.arm(armed.clone());
+        for (_, armed) in self.later_faults.iter().filter(|(from, _)| *from == next) {
+            self.world.github.arm(armed.clone());
         }
-        for (_, from_ms, until_ms) in later_outages.iter().filter(|(b, _, _)| *b == next) {
-            board.outages.push(Outage {
-                from: board.clock + from_ms,
-                until: board.clock + until_ms,
+        self.world
+            .broker_proxy
+            .set_mode(if self.broker_down.contains(&next) {
+                ProxyMode::Down
+            } else {
+                ProxyMode::Pass
             });
-        }
-        world.broker_proxy.set_mode(if broker_down.contains(&next) {
-            ProxyMode::Down
-        } else {
-            ProxyMode::Pass
-        });
-        let end = board.boot(&http, &wiring, &mut triggers).await;
-        ends.push(end.clone());
-        match end {
-            BootEnd::App => {
-                apps += 1;
-                if apps > s.extra_boots {
+        self.later_outages
+            .iter()
+            .filter(|(b, _, _)| *b == next)
+            .map(|(_, from, until)| (*from, *until))
+            .collect()
+    }
+
+    /// Boots `board` until the application runs, then `extra_boots` more times that reach it
+    /// (at most 16 boots in all). `first_boot` is the scenario's number of the board's first
+    /// boot (1, or the boot after the cut for a replay). Returns how each boot ended and the
+    /// invariants it broke (bricked, stuck, never reached the application).
+    pub async fn boot_until_app(
+        &mut self,
+        board: &mut VirtualBoard,
+        triggers: &mut Triggers,
+        extra_boots: u32,
+        first_boot: u32,
+    ) -> Result<(Vec<BootEnd>, Vec<String>), ScenarioError> {
+        let http = self.world.http_client(&self.dns)?;
+        let wiring = Wiring {
+            broker: self.world.board_broker(),
+        };
+        let mut failures = Vec::new();
+        let mut ends = Vec::new();
+        let mut apps = 0;
+        while board.boots < 16 {
+            let next = first_boot + board.boots;
+            for (from, until) in self.before_boot(next) {
+                board.outages.push(Outage {
+                    from: board.clock + from,
+                    until: board.clock + until,
+                });
+            }
+            let end = board.boot(&http, &wiring, triggers).await;
+            ends.push(end.clone());
+            match end {
+                BootEnd::App => {
+                    apps += 1;
+                    if apps > extra_boots {
+                        break;
+                    }
+                }
+                BootEnd::Reboot | BootEnd::PowerCut => {}
+                BootEnd::Bricked(b) => {
+                    failures.push(format!("invariant: boot {next} bricked: {b}"));
+                    break;
+                }
+                BootEnd::Stuck => {
+                    failures.push(format!(
+                        "invariant: boot {next} stuck (the core waits for nothing)"
+                    ));
                     break;
                 }
             }
-            BootEnd::Reboot | BootEnd::PowerCut => {}
-            BootEnd::Bricked(b) => {
-                failures.push(format!("invariant: boot {next} bricked: {b}"));
-                break;
-            }
-            BootEnd::Stuck => {
-                failures.push(format!(
-                    "invariant: boot {next} stuck (the core waits for nothing)"
-                ));
-                break;
-            }
         }
+        if board.boots >= 16 {
+            failures.push("invariant: the application never ran within 16 boots".into());
+        }
+        self.world.broker_proxy.set_mode(ProxyMode::Pass);
+        Ok((ends, failures))
     }
-    if board.boots >= 16 {
-        failures.push("invariant: the application never ran within 16 boots".into());
-    }
-    world.broker_proxy.set_mode(ProxyMode::Pass);
 
-    // The board's own view of what it reported, then the broker's.
-    let expected: std::collections::BTreeSet<(String, u64)> = board
-        .trace
+    /// Waits for every record the board saw acknowledged (`acked`, by sequence number) to
+    /// reach the collector, or 5 s, then closes it and returns the log the broker received:
+    /// sorted by sequence number, duplicates (QoS 1 is at-least-once) dropped.
+    pub async fn finish(self, acked: &[u64]) -> Vec<LogEntry> {
+        self.world.broker_proxy.set_mode(ProxyMode::Pass);
+        let expected: std::collections::BTreeSet<(String, u64)> = acked
+            .iter()
+            .map(|seq| (self.client_id.clone(), *seq))
+            .collect();
+        let messages = wait_for_log(&self.collector, &expected, Duration::from_secs(5)).await;
+        self.collector.close().await;
+        let mut log: Vec<LogEntry> = messages
+            .iter()
+            .filter_map(|m| {
+                let text = String::from_utf8_lossy(&m.payload).into_owned();
+                let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+                Some((v["seq"].as_u64()?, v["result"].as_str()?.to_string(), text))
+            })
+            .collect();
+        log.sort();
+        log.dedup_by_key(|e| e.0);
+        log
+    }
+}
+
+/// The sequence numbers of the records the board saw the broker acknowledge.
+pub fn acked_seqs(trace: &[TraceLine]) -> Vec<u64> {
+    trace
         .iter()
         .filter_map(|l| match l.event {
-            Event::Published { seq } => Some((client_id.clone(), u64::from(seq))),
+            Event::Published { seq } => Some(u64::from(seq)),
             _ => None,
         })
-        .collect();
-    let messages = wait_for_log(&collector, &expected, Duration::from_secs(5)).await;
-    collector.close().await;
-    let mut log: Vec<(u64, String, String)> = messages
-        .iter()
-        .filter_map(|m| {
-            let text = String::from_utf8_lossy(&m.payload).into_owned();
-            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            Some((v["seq"].as_u64()?, v["result"].as_str()?.to_string(), text))
-        })
-        .collect();
-    log.sort();
-    log.dedup_by_key(|e| e.0); // QoS 1 is at-least-once
+        .collect()
+}
 
-    let cut_boots: Vec<u32> = board.cuts.iter().map(|(b, _)| *b).collect();
+/// Runs one scenario against fresh servers, behind bootloader `model`.
+pub async fn run(
+    s: &Scenario,
+    model: Model,
+    broker: &BrokerChoice,
+) -> Result<Report, ScenarioError> {
+    let started = std::time::Instant::now();
+    let mut stage = Stage::new(s, model, broker).await?;
+    let (mut triggers, flash_cuts) = triggers_of(s, model)?;
+    let mut board = stage.board_with(stage.base_flash());
+    flash_cuts.arm(&mut board.flash);
+    let (ends, mut failures) = stage
+        .boot_until_app(&mut board, &mut triggers, s.extra_boots, 1)
+        .await?;
+    failures.append(&mut stage.setup_failures);
+    let builds = std::mem::take(&mut stage.builds);
+    let log = stage.finish(&acked_seqs(&board.trace)).await;
     let e = &s.expect_for(model);
+    let mut report = verdict(s, model, e, board, &ends, log, &builds, failures);
+    report.wall_ms = started.elapsed().as_millis();
+    Ok(report)
+}
+
+/// Checks a finished run of `s` against `e` and the invariants: the [`Report`].
+#[allow(clippy::too_many_arguments)]
+fn verdict(
+    s: &Scenario,
+    model: Model,
+    e: &Expect,
+    board: VirtualBoard,
+    ends: &[BootEnd],
+    log: Vec<LogEntry>,
+    builds: &[(String, u32, Vec<u8>)],
+    mut failures: Vec<String>,
+) -> Report {
+    let cut_boots: Vec<u32> = board.cuts.iter().map(|(b, _)| *b).collect();
     check_invariants(
         &board.boot_choices,
         &board.trace,
@@ -1271,7 +1489,7 @@ pub async fn run(
     let log_results: Vec<String> = log.iter().map(|(_, r, _)| r.clone()).collect();
     let observed = Observed::of_run(
         &board,
-        &ends,
+        ends,
         log_results.clone(),
         Some(cut_kinds_of(&board.cuts)),
     );
@@ -1299,7 +1517,7 @@ pub async fn run(
             }
         }
     }
-    Ok(Report {
+    Report {
         name: s.name.clone(),
         model,
         seed: s.seed,
@@ -1310,7 +1528,7 @@ pub async fn run(
         log_payloads: log.into_iter().map(|(_, _, p)| p).collect(),
         versions: observed.versions,
         virtual_ms: board.clock,
-        wall_ms: started.elapsed().as_millis(),
+        wall_ms: 0,
         trace: board.trace,
         cuts: board.cuts,
         bootloader: board
@@ -1318,7 +1536,7 @@ pub async fn run(
             .iter()
             .map(|(b, c)| (*b, c.describe()))
             .collect(),
-    })
+    }
 }
 
 /// Checks that hold for every run, whatever the scenario. `allowed_fallbacks`: boots at which
