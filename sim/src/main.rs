@@ -82,6 +82,10 @@ enum Command {
         /// one, ~1 KB) or `objects` (the older S3 one).
         #[arg(long, default_value = "release-assets")]
         asset_url: sim::github::AssetUrl,
+        /// Serve this image file as release TAG's `firmware.bin` (TAG=PATH, repeatable; the
+        /// last one given is the latest release). Default: a built 256 KiB image of 1.1.
+        #[arg(long = "release", value_parser = parse_release)]
+        releases: Vec<(String, PathBuf)>,
     },
     /// What a board would do with a repository's latest release, against the real server:
     /// one virtual ESP32-C3 boot (the core, simulated flash, reqwest + rustls), then the
@@ -147,6 +151,17 @@ fn parse_size(text: &str) -> Result<usize, String> {
         other => return Err(format!("unknown size unit `{other}` (use KiB or MiB)")),
     };
     Ok(n * unit)
+}
+
+fn parse_release(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((tag, path)) if !tag.trim().is_empty() && !path.is_empty() => {
+            Ok((tag.trim().to_string(), PathBuf::from(path)))
+        }
+        _ => Err(format!(
+            "`{text}` is not TAG=PATH (e.g. 1.1=target/firmware-esp32c3-1.1.bin)"
+        )),
+    }
 }
 
 fn parse_model(text: &str) -> Result<Model, String> {
@@ -407,7 +422,11 @@ async fn main() -> ExitCode {
                 .into_iter()
                 .try_fold(true, |all, r| r.map(|ok| all && ok))
         }
-        Command::Serve { addr, asset_url } => serve(addr, asset_url).await,
+        Command::Serve {
+            addr,
+            asset_url,
+            releases,
+        } => serve(addr, asset_url, &releases).await,
         // Handled above: the probe has its own exit codes and output.
         Command::Probe { .. } => Ok(true),
         Command::Image {
@@ -497,7 +516,48 @@ async fn run_probe(
     }
 }
 
-async fn serve(addr: SocketAddr, asset_url: sim::github::AssetUrl) -> Result<bool, String> {
+/// The releases `sim serve` publishes, oldest first: the user's files, or a built 1.1.
+fn served_releases(files: &[(String, PathBuf)]) -> Result<Vec<sim::github::Release>, String> {
+    if files.is_empty() {
+        let image = sim::image::build("1.1", 256 * 1024, 1);
+        return Ok(vec![
+            sim::github::Release::new("1.1", 1_700_000_000)
+                .with_asset(sim::github::Asset::new("firmware.bin", image)),
+        ]);
+    }
+    let mut releases = Vec::new();
+    for (i, (tag, path)) in files.iter().enumerate() {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("--release {tag}={}: {e}", path.display()))?;
+        // The board refuses an image whose descriptor does not carry the tag's version: say so
+        // now rather than after a download.
+        match firmware::format::app_image::inspect(&bytes) {
+            Ok(info) if info.app_desc.version.as_str() != tag.as_str() => eprintln!(
+                "warning: {} carries version {}, served as release {tag}",
+                path.display(),
+                info.app_desc.version
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!(
+                "warning: {} is not an ESP32 app image a board accepts ({e:?})",
+                path.display()
+            ),
+        }
+        // One day apart, in the order given: the last one is the latest.
+        releases.push(
+            sim::github::Release::new(tag, 1_700_000_000 + i as u64 * 86_400)
+                .with_asset(sim::github::Asset::new("firmware.bin", bytes)),
+        );
+    }
+    Ok(releases)
+}
+
+async fn serve(
+    addr: SocketAddr,
+    asset_url: sim::github::AssetUrl,
+    files: &[(String, PathBuf)],
+) -> Result<bool, String> {
+    let releases = served_releases(files)?;
     let config = GithubConfig {
         asset_url,
         ..GithubConfig::default()
@@ -506,18 +566,15 @@ async fn serve(addr: SocketAddr, asset_url: sim::github::AssetUrl) -> Result<boo
         .await
         .map_err(|e| e.to_string())?;
     let broker = Broker::start_embedded_on(addr.ip()).map_err(|e| e.to_string())?;
-    let image = sim::image::build("1.1", 256 * 1024, 1);
-    github.set_releases(
-        "acme",
-        "thermostat",
-        vec![
-            sim::github::Release::new("1.1", 1_700_000_000)
-                .with_asset(sim::github::Asset::new("firmware.bin", image)),
-        ],
-    );
+    let described: Vec<String> = releases
+        .iter()
+        .map(|r| format!("{} ({} bytes)", r.tag_name, r.assets[0].bytes.len()))
+        .collect();
+    github.set_releases("acme", "thermostat", releases);
     println!(
-        "github {}  (acme/thermostat has release 1.1 with firmware.bin)",
-        github.base_url()
+        "github {}  (acme/thermostat releases with firmware.bin: {}; the last is the latest)",
+        github.base_url(),
+        described.join(", ")
     );
     println!("mqtt {}", broker.url());
     println!("mqtt-v4 mqtt://{}", broker.v4_addr);
