@@ -42,6 +42,23 @@ enum Command {
         /// scenario allows.
         #[arg(long, value_parser = parse_model)]
         bootloader: Option<Model>,
+        /// Save a recording of every power cut (the flash as it left it and the recovery a
+        /// replay shows) in this folder, one sub-folder each.
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
+    /// Replay recorded power cuts (recording folders, or folders of them) and check that the
+    /// board recovers as recorded.
+    Replay {
+        /// Recording folders, or folders holding recording folders.
+        #[arg(required = true)]
+        recordings: Vec<PathBuf>,
+        /// Print one JSON object per recording instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Print each replay's serial console.
+        #[arg(long)]
+        trace: bool,
     },
     /// Cut power at every flash operation of an update (or at random points).
     Sweep {
@@ -283,6 +300,131 @@ async fn run_scenarios(
     Ok(failed == 0)
 }
 
+/// The scenario files to run: those named, or every `.toml` in `dir`.
+fn scenario_paths(paths: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>, String> {
+    if !paths.is_empty() {
+        return Ok(paths.to_vec());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// `sim run --record OUT`: runs the scenarios, saving a recording per power cut.
+async fn record_scenarios(
+    paths: &[PathBuf],
+    dir: &Path,
+    only: Option<Model>,
+    out: &Path,
+    broker: &BrokerChoice,
+) -> Result<bool, String> {
+    let made_by = std::iter::once("sim".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut reports = Vec::new();
+    for path in scenario_paths(paths, dir)? {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let s = Scenario::load(&path).map_err(|e| e.to_string())?;
+        for model in s
+            .models()
+            .into_iter()
+            .filter(|m| only.is_none_or(|o| o == *m))
+        {
+            let shown = path.display().to_string();
+            let recorded = sim::recording::record(&s, &shown, &text, model, broker, &made_by)
+                .await
+                .map_err(|e| format!("{} [{model}]: {e}", s.name))?;
+            for rec in &recorded.recordings {
+                let to = out.join(&rec.name);
+                rec.save(&to).map_err(|e| e.to_string())?;
+                println!(
+                    "recorded {}: cut at boot {} in phase {} ({}), {} sectors, recovery {}",
+                    to.display(),
+                    rec.cut.boot,
+                    rec.cut.phase,
+                    rec.cut.what,
+                    rec.sectors.len(),
+                    rec.expect.outcomes.join(",")
+                );
+            }
+            reports.push(recorded.report);
+        }
+    }
+    print_table(&reports);
+    let failed = reports.iter().filter(|r| !r.passed()).count();
+    println!(
+        "scenarios: {} passed, {} failed",
+        reports.len() - failed,
+        failed
+    );
+    Ok(failed == 0)
+}
+
+/// The recording folders in `paths`: each path is one, or holds some.
+fn recording_dirs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut dirs = Vec::new();
+    for p in paths {
+        if p.join(sim::recording::TOML_FILE).is_file() {
+            dirs.push(p.clone());
+            continue;
+        }
+        let mut inside: Vec<PathBuf> = std::fs::read_dir(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|d| d.join(sim::recording::TOML_FILE).is_file())
+            .collect();
+        if inside.is_empty() {
+            return Err(format!(
+                "{}: no {} in it or in its folders",
+                p.display(),
+                sim::recording::TOML_FILE
+            ));
+        }
+        inside.sort();
+        dirs.extend(inside);
+    }
+    Ok(dirs)
+}
+
+/// `sim replay DIR…`.
+async fn replay_recordings(
+    paths: &[PathBuf],
+    json: bool,
+    trace: bool,
+    broker: &BrokerChoice,
+) -> Result<bool, String> {
+    let mut reports = Vec::new();
+    for dir in recording_dirs(paths)? {
+        let rec = sim::recording::Recording::load(&dir).map_err(|e| e.to_string())?;
+        let r = sim::recording::replay(&rec, broker)
+            .await
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        if json {
+            println!("{}", report_json(&r));
+        }
+        if trace {
+            println!("=== {} ===\n{}", r.label(), r.console());
+        }
+        reports.push(r);
+    }
+    if !json {
+        print_table(&reports);
+    }
+    let failed = reports.iter().filter(|r| !r.passed()).count();
+    println!(
+        "recordings: {} passed, {} failed",
+        reports.len() - failed,
+        failed
+    );
+    Ok(failed == 0)
+}
+
 fn print_sweep(opts: &SweepOptions, r: &SweepReport) {
     let kind = match opts.random {
         Some((n, seed)) => format!("random: {n} runs, seed {seed}"),
@@ -382,7 +524,16 @@ async fn main() -> ExitCode {
             json,
             trace,
             bootloader,
-        } => run_scenarios(&scenarios, &dir, json, trace, bootloader, &broker).await,
+            record,
+        } => match record {
+            None => run_scenarios(&scenarios, &dir, json, trace, bootloader, &broker).await,
+            Some(out) => record_scenarios(&scenarios, &dir, bootloader, &out, &broker).await,
+        },
+        Command::Replay {
+            recordings,
+            json,
+            trace,
+        } => replay_recordings(&recordings, json, trace, &broker).await,
         Command::Sweep {
             image_size,
             random,

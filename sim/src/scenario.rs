@@ -322,38 +322,42 @@ fn one_u32() -> u32 {
 }
 
 /// What must come out.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
     /// Version running at the end.
     pub final_version: String,
     /// Outcome of each boot (`cut` for a boot that lost power).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outcomes: Vec<String>,
     /// LED sequence of each boot.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leds: Vec<String>,
     /// Results in the MQTT activity log, by sequence number.
     #[serde(default)]
     pub log: Vec<String>,
+    /// The version the bootloader started at each boot that reached an image (default: not
+    /// checked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<String>,
     /// Error codes that must appear in the trace.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
     /// What each power cut interrupted: `erase`, `write` or `between`, in order.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cuts: Vec<String>,
     /// Boots at which the bootloader may refuse the image otadata selects and fall back to
     /// another one (a release the core cannot check). Any other fallback is a failure.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<u32>,
     /// Trace events, by name (`trial_returned`, `confirmed`, `resume` …), that must appear in
     /// this order over the whole run; other events may come between.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<String>,
     /// The build (`[[releases]]`' `build`, or `build + 1` for `rebuilt_from_boot`) whose image
     /// the last boot runs, compared byte for byte: a download stitched from two builds is
     /// none of them.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_build: Option<u32>,
 }
 
@@ -369,6 +373,8 @@ pub struct ExpectOverride {
     pub leds: Option<Vec<String>>,
     /// See [`Expect::log`].
     pub log: Option<Vec<String>>,
+    /// See [`Expect::versions`].
+    pub versions: Option<Vec<String>>,
     /// See [`Expect::errors`].
     pub errors: Option<Vec<String>>,
     /// See [`Expect::cuts`].
@@ -392,6 +398,7 @@ impl Expect {
             outcomes: o.outcomes.clone().unwrap_or_else(|| self.outcomes.clone()),
             leds: o.leds.clone().unwrap_or_else(|| self.leds.clone()),
             log: o.log.clone().unwrap_or_else(|| self.log.clone()),
+            versions: o.versions.clone().unwrap_or_else(|| self.versions.clone()),
             errors: o.errors.clone().unwrap_or_else(|| self.errors.clone()),
             cuts: o.cuts.clone().unwrap_or_else(|| self.cuts.clone()),
             fallbacks: o
@@ -556,6 +563,14 @@ impl Expect {
         if !self.leds.is_empty() && observed.leds != self.leds {
             out.push(Mismatch::list("leds", "boot", &self.leds, &observed.leds));
         }
+        if !self.versions.is_empty() && observed.versions != self.versions {
+            out.push(Mismatch::list(
+                "versions",
+                "boot",
+                &self.versions,
+                &observed.versions,
+            ));
+        }
         if observed.log != self.log {
             out.push(Mismatch::list("log", "seq", &self.log, &observed.log));
         }
@@ -635,16 +650,18 @@ impl Report {
     /// The trace as the serial console would show it, boots separated, each boot headed by
     /// what the bootloader did (`# bootloader: …`, not a trace line: the HIL reader skips it).
     pub fn console(&self) -> String {
-        let boots = self
-            .trace
-            .iter()
-            .map(|l| l.boot)
-            .chain(self.cuts.iter().map(|(b, _)| *b))
-            .chain(self.bootloader.iter().map(|(b, _)| *b))
-            .max()
-            .unwrap_or(0);
+        let numbers = || {
+            self.trace
+                .iter()
+                .map(|l| l.boot)
+                .chain(self.cuts.iter().map(|(b, _)| *b))
+                .chain(self.bootloader.iter().map(|(b, _)| *b))
+        };
+        // A replay's boots start after the recorded cut's.
+        let first = numbers().min().unwrap_or(1);
+        let boots = numbers().max().unwrap_or(0);
         let mut out = String::new();
-        for boot in 1..=boots {
+        for boot in first..=boots {
             out.push_str(&format!("--- boot {boot} ---\n"));
             if let Some((_, what)) = self.bootloader.iter().find(|(b, _)| *b == boot) {
                 out.push_str(&format!("# bootloader: {what}\n"));
@@ -719,7 +736,13 @@ impl Scenario {
             path: path.display().to_string(),
             source,
         })?;
-        let mut s: Scenario = toml::from_str(&text).map_err(|source| ScenarioError::Parse {
+        Scenario::parse(&text, path)
+    }
+
+    /// A scenario from its text; `path` names it (its file stem is the default name) and
+    /// is quoted in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
+        let mut s: Scenario = toml::from_str(text).map_err(|source| ScenarioError::Parse {
             path: path.display().to_string(),
             source,
         })?;
@@ -897,17 +920,20 @@ impl Observed {
         cut_kinds: Option<Vec<String>>,
     ) -> Observed {
         let trace = &board.trace;
-        let boots = ends.len() as u32;
+        // The boots of `ends` are the board's last ones (a replay starts after a cut's boot).
+        let first = board.boots + 1 - ends.len() as u32;
+        let boots = first..=board.boots;
         Observed {
             versions: board
                 .boot_choices
                 .iter()
                 .map(|(_, c)| c.version.clone())
                 .collect(),
-            outcomes: (1..=boots)
-                .map(|b| outcome_of(trace, b, &ends[(b - 1) as usize]))
+            outcomes: boots
+                .clone()
+                .map(|b| outcome_of(trace, b, &ends[(b - first) as usize]))
                 .collect(),
-            leds: (1..=boots).map(|b| led_string(trace, b)).collect(),
+            leds: boots.map(|b| led_string(trace, b)).collect(),
             log,
             error_codes_seen: error_codes_seen(trace),
             event_names: trace.iter().map(|l| l.event.name().to_string()).collect(),
@@ -1038,6 +1064,80 @@ pub fn triggers_of(s: &Scenario, model: Model) -> Result<(Triggers, FlashCuts), 
     Ok((triggers, flash))
 }
 
+/// The flash as a power cut left it.
+#[derive(Clone, Debug)]
+pub struct CutSnapshot {
+    /// The boot that lost power.
+    pub boot: u32,
+    /// What the cut interrupted (as in [`Report::cuts`]).
+    pub what: String,
+    /// The update's phase it hit (see [`cut_phase`]).
+    pub phase: String,
+    /// The whole flash.
+    pub flash: Vec<u8>,
+}
+
+/// The phase of an update the power cut of `boot` hit, from the flash operation it
+/// interrupted (its partition, erase or write) and the boot's last trace event before it:
+/// `bootloader` (no image started), `erase` / `download` (the new image's slot, or between
+/// operations while it streams in), `verify` (all bytes written, or the trial record written
+/// once they were verified), `otadata` (the slot switch), `trial` (a boot counted on trial),
+/// `confirm` (an image on trial made permanent), `log` (the activity log), `idle` (between
+/// operations at any other time).
+pub fn cut_phase(board: &VirtualBoard, boot: u32) -> &'static str {
+    if !board.boot_choices.iter().any(|(b, _)| *b == boot) {
+        return "bootloader";
+    }
+    let events: Vec<&Event> = board
+        .trace
+        .iter()
+        .filter(|l| l.boot == boot)
+        .map(|l| &l.event)
+        .collect();
+    let last = events.last().map(|e| e.name()).unwrap_or("");
+    let on_trial = events.iter().any(|e| matches!(e, Event::Trial { .. }));
+    let verified = events.iter().any(|e| matches!(e, Event::Verified { .. }));
+    let switched = events.iter().any(|e| matches!(e, Event::Switch { .. }));
+    let table = firmware::format::partition::default_table();
+    let between = board
+        .cuts
+        .last()
+        .is_none_or(|(b, what)| *b != boot || what.starts_with("between"));
+    let op = board.flash.last_cut().filter(|_| !between);
+    let partition = op.and_then(|c| {
+        table
+            .partitions()
+            .iter()
+            .find(|p| p.offset <= c.offset && c.offset < p.end())
+            .map(|p| p.label.as_str().to_string())
+    });
+    match (partition.as_deref(), op.map(|c| c.kind)) {
+        (Some(l), Some(kind)) if l.starts_with("ota_") => match kind {
+            crate::flash::OpKind::Erase => "erase",
+            crate::flash::OpKind::Write => "download",
+        },
+        (Some("otadata"), _) if verified || switched => "otadata",
+        (Some("otadata"), _) if on_trial => "confirm",
+        (Some("otadata"), _) => "otadata",
+        (Some(firmware::format::partition::LABEL_OTALOG), _) => "log",
+        (Some(_), _) if verified && !switched => "verify",
+        (Some(_), _) if last == "boot" || last == "trial" => "trial",
+        (Some(_), _) => "download",
+        (None, _) => match events.last() {
+            Some(Event::Progress { written, total }) if written == total => "verify",
+            Some(Event::Progress { .. } | Event::Resume { .. } | Event::Response { .. }) => {
+                "download"
+            }
+            Some(Event::Verified { .. }) => "verify",
+            Some(Event::Switch { .. }) => "otadata",
+            Some(Event::Confirmed { .. }) => "confirm",
+            Some(Event::Trial { .. } | Event::TrialReturned { .. }) => "trial",
+            Some(Event::Outcome { .. } | Event::Published { .. } | Event::LogKept { .. }) => "log",
+            _ => "idle",
+        },
+    }
+}
+
 /// One activity-log record as the broker received it: (sequence number, result, payload).
 pub type LogEntry = (u64, String, String);
 
@@ -1075,6 +1175,10 @@ pub struct Stage {
     pub dns: SimDns,
     /// What went wrong while changing the world between boots.
     pub setup_failures: Vec<String>,
+    /// Keep the flash as each power cut leaves it, in `cut_snapshots`.
+    pub snapshot_cuts: bool,
+    /// The flash after each power cut, when `snapshot_cuts` is on.
+    pub cut_snapshots: Vec<CutSnapshot>,
     releases: Vec<Published>,
     on_github: Vec<usize>,
     /// GitHub faults armed when a boot starts: (boot, fault).
@@ -1190,6 +1294,8 @@ impl Stage {
             collector,
             dns: SimDns::default(),
             setup_failures: Vec::new(),
+            snapshot_cuts: false,
+            cut_snapshots: Vec::new(),
             releases,
             on_github: Vec::new(),
             later_faults: Vec::new(),
@@ -1351,15 +1457,15 @@ impl Stage {
     }
 
     /// Boots `board` until the application runs, then `extra_boots` more times that reach it
-    /// (at most 16 boots in all). `first_boot` is the scenario's number of the board's first
-    /// boot (1, or the boot after the cut for a replay). Returns how each boot ended and the
-    /// invariants it broke (bricked, stuck, never reached the application).
+    /// (at most 16 boots). Boots are numbered on from `board.boots` (a replay starts after
+    /// the recorded cut's boot). Returns how each boot ended and the invariants it broke
+    /// (bricked, stuck, never reached the application). With `snapshot_cuts`, the flash as
+    /// each power cut left it lands in `cut_snapshots`.
     pub async fn boot_until_app(
         &mut self,
         board: &mut VirtualBoard,
         triggers: &mut Triggers,
         extra_boots: u32,
-        first_boot: u32,
     ) -> Result<(Vec<BootEnd>, Vec<String>), ScenarioError> {
         let http = self.world.http_client(&self.dns)?;
         let wiring = Wiring {
@@ -1368,8 +1474,8 @@ impl Stage {
         let mut failures = Vec::new();
         let mut ends = Vec::new();
         let mut apps = 0;
-        while board.boots < 16 {
-            let next = first_boot + board.boots;
+        while ends.len() < 16 {
+            let next = board.boots + 1;
             for (from, until) in self.before_boot(next) {
                 board.outages.push(Outage {
                     from: board.clock + from,
@@ -1385,6 +1491,16 @@ impl Stage {
                         break;
                     }
                 }
+                BootEnd::PowerCut if self.snapshot_cuts => self.cut_snapshots.push(CutSnapshot {
+                    boot: next,
+                    what: board
+                        .cuts
+                        .last()
+                        .map(|(_, w)| w.clone())
+                        .unwrap_or_default(),
+                    phase: cut_phase(board, next).to_string(),
+                    flash: board.flash.contents().to_vec(),
+                }),
                 BootEnd::Reboot | BootEnd::PowerCut => {}
                 BootEnd::Bricked(b) => {
                     failures.push(format!("invariant: boot {next} bricked: {b}"));
@@ -1398,7 +1514,7 @@ impl Stage {
                 }
             }
         }
-        if board.boots >= 16 {
+        if ends.len() >= 16 {
             failures.push("invariant: the application never ran within 16 boots".into());
         }
         self.world.broker_proxy.set_mode(ProxyMode::Pass);
@@ -1453,20 +1569,20 @@ pub async fn run(
     let mut board = stage.board_with(stage.base_flash());
     flash_cuts.arm(&mut board.flash);
     let (ends, mut failures) = stage
-        .boot_until_app(&mut board, &mut triggers, s.extra_boots, 1)
+        .boot_until_app(&mut board, &mut triggers, s.extra_boots)
         .await?;
     failures.append(&mut stage.setup_failures);
     let builds = std::mem::take(&mut stage.builds);
     let log = stage.finish(&acked_seqs(&board.trace)).await;
     let e = &s.expect_for(model);
-    let mut report = verdict(s, model, e, board, &ends, log, &builds, failures);
+    let mut report = verdict(s, model, e, board, &ends, log, &builds, failures, 1);
     report.wall_ms = started.elapsed().as_millis();
     Ok(report)
 }
 
 /// Checks a finished run of `s` against `e` and the invariants: the [`Report`].
 #[allow(clippy::too_many_arguments)]
-fn verdict(
+pub(crate) fn verdict(
     s: &Scenario,
     model: Model,
     e: &Expect,
@@ -1475,14 +1591,16 @@ fn verdict(
     log: Vec<LogEntry>,
     builds: &[(String, u32, Vec<u8>)],
     mut failures: Vec<String>,
+    log_from: u64,
 ) -> Report {
     let cut_boots: Vec<u32> = board.cuts.iter().map(|(b, _)| *b).collect();
-    check_invariants(
+    check_invariants_from(
         &board.boot_choices,
         &board.trace,
         &cut_boots,
         &log,
         &e.fallbacks,
+        log_from,
         &mut failures,
     );
 
@@ -1547,6 +1665,29 @@ pub fn check_invariants(
     cut_boots: &[u32],
     log: &[(u64, String, String)],
     allowed_fallbacks: &[u32],
+    failures: &mut Vec<String>,
+) {
+    check_invariants_from(
+        boot_choices,
+        trace,
+        cut_boots,
+        log,
+        allowed_fallbacks,
+        1,
+        failures,
+    );
+}
+
+/// [`check_invariants`] for a board whose broker may have missed the records before
+/// sequence number `log_from` (a replay's broker starts with the recovery: what the board
+/// delivered before the recorded cut went to another).
+pub fn check_invariants_from(
+    boot_choices: &[(u32, BootChoice)],
+    trace: &[TraceLine],
+    cut_boots: &[u32],
+    log: &[(u64, String, String)],
+    allowed_fallbacks: &[u32],
+    log_from: u64,
     failures: &mut Vec<String>,
 ) {
     // The core only ever switches to an image the bootloader accepts: no fallback.
@@ -1658,7 +1799,7 @@ pub fn check_invariants(
         ));
     }
     if let Some(&max) = received.iter().max()
-        && let Some(gap) = (1..=max).find(|s| !received.contains(s))
+        && let Some(gap) = (log_from..=max).find(|s| !received.contains(s))
     {
         failures.push(format!(
             "invariant: activity log lost record {gap} (received up to {max})"
