@@ -80,6 +80,13 @@ enum Command {
         /// The boards' bootloader: espflash or idf-rollback.
         #[arg(long, default_value = "espflash", value_parser = parse_model)]
         bootloader: Model,
+        /// Instead of the sweep's statistics, save recordings of its cuts in this folder: the
+        /// first cut of each phase reached (erase, download, verify, otadata, confirm, log …).
+        #[arg(long, conflicts_with_all = ["random", "ops"])]
+        record: Option<PathBuf>,
+        /// With --record: every N-th flash operation instead of one per phase.
+        #[arg(long, requires = "record")]
+        every: Option<u64>,
     },
     /// Every scenario behind every bootloader, then sweeps of a small image: what `just sim` runs.
     All {
@@ -366,6 +373,46 @@ async fn record_scenarios(
     Ok(failed == 0)
 }
 
+/// `sim sweep --record OUT`.
+async fn record_sweep(
+    size: usize,
+    seed: u64,
+    model: Model,
+    keep: sim::recording::Keep,
+    out: &Path,
+    broker: &BrokerChoice,
+) -> Result<bool, String> {
+    let made_by = std::iter::once("sim".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let made = sim::recording::record_sweep(size, seed, model, keep, broker, &made_by)
+        .await
+        .map_err(|e| e.to_string())?;
+    for rec in &made.recordings {
+        let to = out.join(&rec.name);
+        rec.save(&to).map_err(|e| e.to_string())?;
+        println!(
+            "recorded {}: phase {} ({}), {} sectors, recovery {}",
+            to.display(),
+            rec.cut.phase,
+            rec.cut.what,
+            rec.sectors.len(),
+            rec.expect.outcomes.join(",")
+        );
+    }
+    println!(
+        "sweep: {} flash operations cut, {} recordings, {} invariant violations",
+        made.runs,
+        made.recordings.len(),
+        made.violations.len()
+    );
+    for v in &made.violations {
+        println!("  VIOLATION {v}");
+    }
+    Ok(made.violations.is_empty())
+}
+
 /// The recording folders in `paths`: each path is one, or holds some.
 fn recording_dirs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     let mut dirs = Vec::new();
@@ -536,11 +583,24 @@ async fn main() -> ExitCode {
         } => replay_recordings(&recordings, json, trace, &broker).await,
         Command::Sweep {
             image_size,
+            seed,
+            bootloader,
+            record: Some(out),
+            every,
+            ..
+        } => {
+            let keep = every.map_or(sim::recording::Keep::Phases, sim::recording::Keep::Every);
+            record_sweep(image_size, seed, bootloader, keep, &out, &broker).await
+        }
+        Command::Sweep {
+            image_size,
             random,
             seed,
             jobs,
             ops,
             bootloader,
+            record: None,
+            every: _,
         } => {
             let opts = SweepOptions {
                 image_size,

@@ -599,3 +599,98 @@ pub async fn record(
     report.wall_ms = started.elapsed().as_millis();
     Ok(Recorded { report, recordings })
 }
+
+/// Which cuts of a sweep [`record_sweep`] keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// The first cut of each phase reached.
+    Phases,
+    /// Every n-th flash operation (1, 1 + n, …).
+    Every(u64),
+}
+
+/// What [`record_sweep`] made.
+pub struct SweepRecorded {
+    /// The recordings kept, in flash-operation order.
+    pub recordings: Vec<Recording>,
+    /// Flash operations cut.
+    pub runs: u64,
+    /// Broken invariants (of a run or of a replay), prefixed with the operation.
+    pub violations: Vec<String>,
+}
+
+/// The scenario a sweep cuts at flash operation `op`: a `size`-byte update from 1.0 to 1.1
+/// behind `model`.
+pub fn sweep_scenario(size: usize, seed: u64, model: Model, op: u64) -> String {
+    format!(
+        "name = \"sweep-op{op}\"\n\
+         description = \"Sweep: power cut at flash operation {op} of a {size}-byte update\"\n\
+         seed = {seed}\n\
+         bootloader = \"{model}\"\n\
+         [board]\nversion = \"1.0\"\n\
+         [[releases]]\ntag = \"1.1\"\nsize = {size}\n\
+         [[faults]]\nkind = \"power_cut\"\nat_flash_op = {op}\n\
+         [expect]\nfinal_version = \"1.1\"\n"
+    )
+}
+
+/// Cuts power at flash operation 1, 2, … of a `size`-byte update (until an operation lies
+/// beyond the whole run) and keeps recordings as `keep` says. Each kept recording's scenario
+/// is [`sweep_scenario`] for its operation, so it rebuilds on its own.
+pub async fn record_sweep(
+    size: usize,
+    seed: u64,
+    model: Model,
+    keep: Keep,
+    broker: &BrokerChoice,
+    made_by: &str,
+) -> Result<SweepRecorded, RecordingError> {
+    let mut out = SweepRecorded {
+        recordings: Vec::new(),
+        runs: 0,
+        violations: Vec::new(),
+    };
+    let mut phases: Vec<String> = Vec::new();
+    let mut op = 1;
+    loop {
+        let wanted = match keep {
+            Keep::Phases => true,
+            Keep::Every(n) => (op - 1) % n.max(1) == 0,
+        };
+        if wanted {
+            let text = sweep_scenario(size, seed, model, op);
+            let s = Scenario::parse(&text, Path::new(&format!("sweep-op{op}.toml")))?;
+            let made = record(
+                &s,
+                &format!("sweep-op{op}.toml"),
+                &text,
+                model,
+                broker,
+                made_by,
+            )
+            .await?;
+            out.runs += 1;
+            // A sweep has no expectations of its own: only invariants count.
+            out.violations.extend(
+                made.report
+                    .failures
+                    .iter()
+                    .filter(|f| f.starts_with("invariant") || f.starts_with("recording"))
+                    .map(|f| format!("op {op}: {f}")),
+            );
+            let Some(rec) = made.recordings.into_iter().next() else {
+                break; // the run ended before operation `op`: the sweep is complete
+            };
+            let new_phase = !phases.contains(&rec.cut.phase);
+            if keep != Keep::Phases || new_phase {
+                phases.push(rec.cut.phase.clone());
+                out.recordings.push(rec);
+            }
+        }
+        op += 1;
+        if op > 100_000 {
+            break;
+        }
+    }
+    Ok(out)
+}
