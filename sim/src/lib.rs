@@ -7,6 +7,7 @@ pub mod github;
 pub mod image;
 pub mod probe;
 pub mod proxy;
+pub mod recording;
 pub mod scenario;
 pub mod sweep;
 pub mod world;

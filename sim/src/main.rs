@@ -42,6 +42,23 @@ enum Command {
         /// scenario allows.
         #[arg(long, value_parser = parse_model)]
         bootloader: Option<Model>,
+        /// Save a recording of every power cut (the flash as it left it and the recovery a
+        /// replay shows) in this folder, one sub-folder each.
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
+    /// Replay recorded power cuts (recording folders, or folders of them) and check that the
+    /// board recovers as recorded.
+    Replay {
+        /// Recording folders, or folders holding recording folders.
+        #[arg(required = true)]
+        recordings: Vec<PathBuf>,
+        /// Print one JSON object per recording instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Print each replay's serial console.
+        #[arg(long)]
+        trace: bool,
     },
     /// Cut power at every flash operation of an update (or at random points).
     Sweep {
@@ -63,6 +80,13 @@ enum Command {
         /// The boards' bootloader: espflash or idf-rollback.
         #[arg(long, default_value = "espflash", value_parser = parse_model)]
         bootloader: Model,
+        /// Instead of the sweep's statistics, save recordings of its cuts in this folder: the
+        /// first cut of each phase reached (erase, download, verify, otadata, confirm, log …).
+        #[arg(long, conflicts_with_all = ["random", "ops"])]
+        record: Option<PathBuf>,
+        /// With --record: every N-th flash operation instead of one per phase.
+        #[arg(long, requires = "record")]
+        every: Option<u64>,
     },
     /// Every scenario behind every bootloader, then sweeps of a small image: what `just sim` runs.
     All {
@@ -82,6 +106,10 @@ enum Command {
         /// one, ~1 KB) or `objects` (the older S3 one).
         #[arg(long, default_value = "release-assets")]
         asset_url: sim::github::AssetUrl,
+        /// Serve this image file as release TAG's `firmware.bin` (TAG=PATH, repeatable; the
+        /// last one given is the latest release). Default: a built 256 KiB image of 1.1.
+        #[arg(long = "release", value_parser = parse_release)]
+        releases: Vec<(String, PathBuf)>,
     },
     /// What a board would do with a repository's latest release, against the real server:
     /// one virtual ESP32-C3 boot (the core, simulated flash, reqwest + rustls), then the
@@ -149,6 +177,17 @@ fn parse_size(text: &str) -> Result<usize, String> {
     Ok(n * unit)
 }
 
+fn parse_release(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((tag, path)) if !tag.trim().is_empty() && !path.is_empty() => {
+            Ok((tag.trim().to_string(), PathBuf::from(path)))
+        }
+        _ => Err(format!(
+            "`{text}` is not TAG=PATH (e.g. 1.1=target/firmware-esp32c3-1.1.bin)"
+        )),
+    }
+}
+
 fn parse_model(text: &str) -> Result<Model, String> {
     Model::parse(text).ok_or_else(|| {
         let names: Vec<&str> = Model::ALL.iter().map(|m| m.name()).collect();
@@ -190,7 +229,8 @@ fn print_table(reports: &[Report]) {
     for r in reports.iter().filter(|r| !r.passed()) {
         println!("\n{} FAILED (seed {}):", r.label(), r.seed);
         for f in &r.failures {
-            println!("  - {f}");
+            // A list's diff spans several lines: keep them under their dash.
+            println!("  - {}", f.replace('\n', "\n    "));
         }
         println!(
             "  console:\n{}",
@@ -261,6 +301,171 @@ async fn run_scenarios(
     let failed = reports.iter().filter(|r| !r.passed()).count();
     println!(
         "scenarios: {} passed, {} failed",
+        reports.len() - failed,
+        failed
+    );
+    Ok(failed == 0)
+}
+
+/// The scenario files to run: those named, or every `.toml` in `dir`.
+fn scenario_paths(paths: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>, String> {
+    if !paths.is_empty() {
+        return Ok(paths.to_vec());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// `sim run --record OUT`: runs the scenarios, saving a recording per power cut.
+async fn record_scenarios(
+    paths: &[PathBuf],
+    dir: &Path,
+    only: Option<Model>,
+    out: &Path,
+    broker: &BrokerChoice,
+) -> Result<bool, String> {
+    let made_by = std::iter::once("sim".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut reports = Vec::new();
+    for path in scenario_paths(paths, dir)? {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let s = Scenario::load(&path).map_err(|e| e.to_string())?;
+        for model in s
+            .models()
+            .into_iter()
+            .filter(|m| only.is_none_or(|o| o == *m))
+        {
+            let shown = path.display().to_string();
+            let recorded = sim::recording::record(&s, &shown, &text, model, broker, &made_by)
+                .await
+                .map_err(|e| format!("{} [{model}]: {e}", s.name))?;
+            for rec in &recorded.recordings {
+                let to = out.join(&rec.name);
+                rec.save(&to).map_err(|e| e.to_string())?;
+                println!(
+                    "recorded {}: cut at boot {} in phase {} ({}), {} sectors, recovery {}",
+                    to.display(),
+                    rec.cut.boot,
+                    rec.cut.phase,
+                    rec.cut.what,
+                    rec.sectors.len(),
+                    rec.expect.outcomes.join(",")
+                );
+            }
+            reports.push(recorded.report);
+        }
+    }
+    print_table(&reports);
+    let failed = reports.iter().filter(|r| !r.passed()).count();
+    println!(
+        "scenarios: {} passed, {} failed",
+        reports.len() - failed,
+        failed
+    );
+    Ok(failed == 0)
+}
+
+/// `sim sweep --record OUT`.
+async fn record_sweep(
+    size: usize,
+    seed: u64,
+    model: Model,
+    keep: sim::recording::Keep,
+    out: &Path,
+    broker: &BrokerChoice,
+) -> Result<bool, String> {
+    let made_by = std::iter::once("sim".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let made = sim::recording::record_sweep(size, seed, model, keep, broker, &made_by)
+        .await
+        .map_err(|e| e.to_string())?;
+    for rec in &made.recordings {
+        let to = out.join(&rec.name);
+        rec.save(&to).map_err(|e| e.to_string())?;
+        println!(
+            "recorded {}: phase {} ({}), {} sectors, recovery {}",
+            to.display(),
+            rec.cut.phase,
+            rec.cut.what,
+            rec.sectors.len(),
+            rec.expect.outcomes.join(",")
+        );
+    }
+    println!(
+        "sweep: {} flash operations cut, {} recordings, {} invariant violations",
+        made.runs,
+        made.recordings.len(),
+        made.violations.len()
+    );
+    for v in &made.violations {
+        println!("  VIOLATION {v}");
+    }
+    Ok(made.violations.is_empty())
+}
+
+/// The recording folders in `paths`: each path is one, or holds some.
+fn recording_dirs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut dirs = Vec::new();
+    for p in paths {
+        if p.join(sim::recording::TOML_FILE).is_file() {
+            dirs.push(p.clone());
+            continue;
+        }
+        let mut inside: Vec<PathBuf> = std::fs::read_dir(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|d| d.join(sim::recording::TOML_FILE).is_file())
+            .collect();
+        if inside.is_empty() {
+            return Err(format!(
+                "{}: no {} in it or in its folders",
+                p.display(),
+                sim::recording::TOML_FILE
+            ));
+        }
+        inside.sort();
+        dirs.extend(inside);
+    }
+    Ok(dirs)
+}
+
+/// `sim replay DIR…`.
+async fn replay_recordings(
+    paths: &[PathBuf],
+    json: bool,
+    trace: bool,
+    broker: &BrokerChoice,
+) -> Result<bool, String> {
+    let mut reports = Vec::new();
+    for dir in recording_dirs(paths)? {
+        let rec = sim::recording::Recording::load(&dir).map_err(|e| e.to_string())?;
+        let r = sim::recording::replay(&rec, broker)
+            .await
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        if json {
+            println!("{}", report_json(&r));
+        }
+        if trace {
+            println!("=== {} ===\n{}", r.label(), r.console());
+        }
+        reports.push(r);
+    }
+    if !json {
+        print_table(&reports);
+    }
+    let failed = reports.iter().filter(|r| !r.passed()).count();
+    println!(
+        "recordings: {} passed, {} failed",
         reports.len() - failed,
         failed
     );
@@ -366,7 +571,27 @@ async fn main() -> ExitCode {
             json,
             trace,
             bootloader,
-        } => run_scenarios(&scenarios, &dir, json, trace, bootloader, &broker).await,
+            record,
+        } => match record {
+            None => run_scenarios(&scenarios, &dir, json, trace, bootloader, &broker).await,
+            Some(out) => record_scenarios(&scenarios, &dir, bootloader, &out, &broker).await,
+        },
+        Command::Replay {
+            recordings,
+            json,
+            trace,
+        } => replay_recordings(&recordings, json, trace, &broker).await,
+        Command::Sweep {
+            image_size,
+            seed,
+            bootloader,
+            record: Some(out),
+            every,
+            ..
+        } => {
+            let keep = every.map_or(sim::recording::Keep::Phases, sim::recording::Keep::Every);
+            record_sweep(image_size, seed, bootloader, keep, &out, &broker).await
+        }
         Command::Sweep {
             image_size,
             random,
@@ -374,6 +599,8 @@ async fn main() -> ExitCode {
             jobs,
             ops,
             bootloader,
+            record: None,
+            every: _,
         } => {
             let opts = SweepOptions {
                 image_size,
@@ -406,7 +633,11 @@ async fn main() -> ExitCode {
                 .into_iter()
                 .try_fold(true, |all, r| r.map(|ok| all && ok))
         }
-        Command::Serve { addr, asset_url } => serve(addr, asset_url).await,
+        Command::Serve {
+            addr,
+            asset_url,
+            releases,
+        } => serve(addr, asset_url, &releases).await,
         // Handled above: the probe has its own exit codes and output.
         Command::Probe { .. } => Ok(true),
         Command::Image {
@@ -496,7 +727,48 @@ async fn run_probe(
     }
 }
 
-async fn serve(addr: SocketAddr, asset_url: sim::github::AssetUrl) -> Result<bool, String> {
+/// The releases `sim serve` publishes, oldest first: the user's files, or a built 1.1.
+fn served_releases(files: &[(String, PathBuf)]) -> Result<Vec<sim::github::Release>, String> {
+    if files.is_empty() {
+        let image = sim::image::build("1.1", 256 * 1024, 1);
+        return Ok(vec![
+            sim::github::Release::new("1.1", 1_700_000_000)
+                .with_asset(sim::github::Asset::new("firmware.bin", image)),
+        ]);
+    }
+    let mut releases = Vec::new();
+    for (i, (tag, path)) in files.iter().enumerate() {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("--release {tag}={}: {e}", path.display()))?;
+        // The board refuses an image whose descriptor does not carry the tag's version: say so
+        // now rather than after a download.
+        match firmware::format::app_image::inspect(&bytes) {
+            Ok(info) if info.app_desc.version.as_str() != tag.as_str() => eprintln!(
+                "warning: {} carries version {}, served as release {tag}",
+                path.display(),
+                info.app_desc.version
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!(
+                "warning: {} is not an ESP32 app image a board accepts ({e:?})",
+                path.display()
+            ),
+        }
+        // One day apart, in the order given: the last one is the latest.
+        releases.push(
+            sim::github::Release::new(tag, 1_700_000_000 + i as u64 * 86_400)
+                .with_asset(sim::github::Asset::new("firmware.bin", bytes)),
+        );
+    }
+    Ok(releases)
+}
+
+async fn serve(
+    addr: SocketAddr,
+    asset_url: sim::github::AssetUrl,
+    files: &[(String, PathBuf)],
+) -> Result<bool, String> {
+    let releases = served_releases(files)?;
     let config = GithubConfig {
         asset_url,
         ..GithubConfig::default()
@@ -505,18 +777,15 @@ async fn serve(addr: SocketAddr, asset_url: sim::github::AssetUrl) -> Result<boo
         .await
         .map_err(|e| e.to_string())?;
     let broker = Broker::start_embedded_on(addr.ip()).map_err(|e| e.to_string())?;
-    let image = sim::image::build("1.1", 256 * 1024, 1);
-    github.set_releases(
-        "acme",
-        "thermostat",
-        vec![
-            sim::github::Release::new("1.1", 1_700_000_000)
-                .with_asset(sim::github::Asset::new("firmware.bin", image)),
-        ],
-    );
+    let described: Vec<String> = releases
+        .iter()
+        .map(|r| format!("{} ({} bytes)", r.tag_name, r.assets[0].bytes.len()))
+        .collect();
+    github.set_releases("acme", "thermostat", releases);
     println!(
-        "github {}  (acme/thermostat has release 1.1 with firmware.bin)",
-        github.base_url()
+        "github {}  (acme/thermostat releases with firmware.bin: {}; the last is the latest)",
+        github.base_url(),
+        described.join(", ")
     );
     println!("mqtt {}", broker.url());
     println!("mqtt-v4 mqtt://{}", broker.v4_addr);

@@ -70,7 +70,8 @@
 use crate::board::{BootEnd, Outage, TraceLine, Triggers, VirtualBoard, Wiring};
 use crate::bootloader::{BootChoice, Bootloader, Chip, DEFAULT_REVISION, Model, Selection};
 use crate::broker::Collector;
-use crate::github::{Asset, Exhausted, Fault, RateLimit, Release, Route};
+use crate::flash::SimFlash;
+use crate::github::{Armed, Asset, Exhausted, Fault, RateLimit, Release, Route};
 use crate::image;
 use crate::proxy::ProxyMode;
 use crate::world::{BrokerChoice, SimDns, World, WorldError, conf_json};
@@ -321,38 +322,42 @@ fn one_u32() -> u32 {
 }
 
 /// What must come out.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
     /// Version running at the end.
     pub final_version: String,
     /// Outcome of each boot (`cut` for a boot that lost power).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outcomes: Vec<String>,
     /// LED sequence of each boot.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leds: Vec<String>,
     /// Results in the MQTT activity log, by sequence number.
     #[serde(default)]
     pub log: Vec<String>,
+    /// The version the bootloader started at each boot that reached an image (default: not
+    /// checked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<String>,
     /// Error codes that must appear in the trace.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
     /// What each power cut interrupted: `erase`, `write` or `between`, in order.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cuts: Vec<String>,
     /// Boots at which the bootloader may refuse the image otadata selects and fall back to
     /// another one (a release the core cannot check). Any other fallback is a failure.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<u32>,
     /// Trace events, by name (`trial_returned`, `confirmed`, `resume` …), that must appear in
     /// this order over the whole run; other events may come between.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<String>,
     /// The build (`[[releases]]`' `build`, or `build + 1` for `rebuilt_from_boot`) whose image
     /// the last boot runs, compared byte for byte: a download stitched from two builds is
     /// none of them.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_build: Option<u32>,
 }
 
@@ -368,6 +373,8 @@ pub struct ExpectOverride {
     pub leds: Option<Vec<String>>,
     /// See [`Expect::log`].
     pub log: Option<Vec<String>>,
+    /// See [`Expect::versions`].
+    pub versions: Option<Vec<String>>,
     /// See [`Expect::errors`].
     pub errors: Option<Vec<String>>,
     /// See [`Expect::cuts`].
@@ -391,6 +398,7 @@ impl Expect {
             outcomes: o.outcomes.clone().unwrap_or_else(|| self.outcomes.clone()),
             leds: o.leds.clone().unwrap_or_else(|| self.leds.clone()),
             log: o.log.clone().unwrap_or_else(|| self.log.clone()),
+            versions: o.versions.clone().unwrap_or_else(|| self.versions.clone()),
             errors: o.errors.clone().unwrap_or_else(|| self.errors.clone()),
             cuts: o.cuts.clone().unwrap_or_else(|| self.cuts.clone()),
             fallbacks: o
@@ -400,6 +408,198 @@ impl Expect {
             events: o.events.clone().unwrap_or_else(|| self.events.clone()),
             final_build: o.final_build.or(self.final_build),
         }
+    }
+}
+
+/// What a run showed, as far as [`Expect::check`] needs it: everything but the flash. The
+/// simulator fills it from the virtual board; the HIL harness from a board's serial console.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The version the bootloader started at each boot that reached an image.
+    pub versions: Vec<String>,
+    /// Outcome of each boot (`cut` for a boot that lost power).
+    pub outcomes: Vec<String>,
+    /// LED sequence of each boot.
+    pub leds: Vec<String>,
+    /// Results of the MQTT activity log the broker received, by sequence number.
+    pub log: Vec<String>,
+    /// Every error and retry reason that appeared in the trace, by name.
+    pub error_codes_seen: Vec<String>,
+    /// Every trace event's name, in order.
+    pub event_names: Vec<String>,
+    /// What each power cut interrupted (`erase`, `write`, `between`), when known: a board cut
+    /// by a reset line cannot tell, and then `cuts` is not checked.
+    pub cut_kinds: Option<Vec<String>>,
+}
+
+impl Observed {
+    /// The version running at the end (empty when no boot reached an image).
+    pub fn final_version(&self) -> &str {
+        self.versions.last().map_or("", String::as_str)
+    }
+}
+
+/// One expectation that did not hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The `[expect]` field (`final_version`, `outcomes`, `leds`, `log`, `cuts`, `events`,
+    /// `errors`).
+    pub field: &'static str,
+    /// What it expected, on one line.
+    pub expected: String,
+    /// What came out, on one line.
+    pub actual: String,
+    /// For a list: both lists, item by item, for the side-by-side table.
+    pub items: Option<ListDiff>,
+}
+
+/// Two lists compared item by item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListDiff {
+    /// What an item's number is (`boot`, `seq`, `cut`).
+    pub key: &'static str,
+    /// Expected items.
+    pub expected: Vec<String>,
+    /// Items that came out.
+    pub actual: Vec<String>,
+}
+
+impl Mismatch {
+    fn list(
+        field: &'static str,
+        key: &'static str,
+        expected: &[String],
+        actual: &[String],
+    ) -> Self {
+        Mismatch {
+            field,
+            expected: format!("{expected:?}"),
+            actual: format!("{actual:?}"),
+            items: Some(ListDiff {
+                key,
+                expected: expected.to_vec(),
+                actual: actual.to_vec(),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Mismatch {
+    /// One line for a single value; for a list, a table with one row per item, the rows that
+    /// differ marked:
+    ///
+    /// ```text
+    /// outcomes:
+    ///   boot  expected   actual
+    ///   1     installed  installed
+    ///   2     updated    failed     <-- differs
+    /// ```
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(items) = &self.items else {
+            return write!(
+                f,
+                "{}: expected {}, actual {}",
+                self.field, self.expected, self.actual
+            );
+        };
+        const NONE: &str = "-";
+        let rows = items.expected.len().max(items.actual.len());
+        let cell = |list: &[String], i: usize| list.get(i).map_or(NONE, String::as_str).to_string();
+        let width = |list: &[String], head: &str| {
+            list.iter()
+                .map(|s| s.chars().count())
+                .chain([head.len(), NONE.len()])
+                .max()
+                .unwrap_or(0)
+        };
+        let kw = items.key.len().max(rows.to_string().len());
+        let ew = width(&items.expected, "expected");
+        let aw = width(&items.actual, "actual");
+        write!(f, "{}:", self.field)?;
+        let head = format!("{:<kw$}  {:<ew$}  {:<aw$}", items.key, "expected", "actual");
+        write!(f, "\n  {}", head.trim_end())?;
+        for i in 0..rows {
+            let (e, a) = (cell(&items.expected, i), cell(&items.actual, i));
+            let mark = if items.expected.get(i) == items.actual.get(i) {
+                ""
+            } else {
+                "  <-- differs"
+            };
+            let row = format!("{:<kw$}  {e:<ew$}  {a:<aw$}{mark}", i + 1);
+            write!(f, "\n  {}", row.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+impl Expect {
+    /// Every expectation that `observed` does not meet, except `final_build` (which needs the
+    /// flash) and the invariants ([`check_invariants`]). Empty: all met.
+    pub fn check(&self, observed: &Observed) -> Vec<Mismatch> {
+        let mut out = Vec::new();
+        if observed.final_version() != self.final_version {
+            let shown = |v: &str| {
+                if v.is_empty() {
+                    "(no image ran)".to_string()
+                } else {
+                    v.to_string()
+                }
+            };
+            out.push(Mismatch {
+                field: "final_version",
+                expected: shown(&self.final_version),
+                actual: shown(observed.final_version()),
+                items: None,
+            });
+        }
+        if !self.outcomes.is_empty() && observed.outcomes != self.outcomes {
+            out.push(Mismatch::list(
+                "outcomes",
+                "boot",
+                &self.outcomes,
+                &observed.outcomes,
+            ));
+        }
+        if !self.leds.is_empty() && observed.leds != self.leds {
+            out.push(Mismatch::list("leds", "boot", &self.leds, &observed.leds));
+        }
+        if !self.versions.is_empty() && observed.versions != self.versions {
+            out.push(Mismatch::list(
+                "versions",
+                "boot",
+                &self.versions,
+                &observed.versions,
+            ));
+        }
+        if observed.log != self.log {
+            out.push(Mismatch::list("log", "seq", &self.log, &observed.log));
+        }
+        if let Some(kinds) = &observed.cut_kinds
+            && !self.cuts.is_empty()
+            && *kinds != self.cuts
+        {
+            out.push(Mismatch::list("cuts", "cut", &self.cuts, kinds));
+        }
+        let mut rest = observed.event_names.iter();
+        if let Some(wanted) = self.events.iter().find(|w| !rest.any(|n| n == *w)) {
+            out.push(Mismatch {
+                field: "events",
+                expected: format!("{:?} in this order", self.events),
+                actual: format!("missing from `{wanted}` on"),
+                items: None,
+            });
+        }
+        for code in &self.errors {
+            if !observed.error_codes_seen.contains(code) {
+                out.push(Mismatch {
+                    field: "errors",
+                    expected: format!("`{code}` in the trace"),
+                    actual: "never appeared".into(),
+                    items: None,
+                });
+            }
+        }
+        out
     }
 }
 
@@ -450,16 +650,18 @@ impl Report {
     /// The trace as the serial console would show it, boots separated, each boot headed by
     /// what the bootloader did (`# bootloader: …`, not a trace line: the HIL reader skips it).
     pub fn console(&self) -> String {
-        let boots = self
-            .trace
-            .iter()
-            .map(|l| l.boot)
-            .chain(self.cuts.iter().map(|(b, _)| *b))
-            .chain(self.bootloader.iter().map(|(b, _)| *b))
-            .max()
-            .unwrap_or(0);
+        let numbers = || {
+            self.trace
+                .iter()
+                .map(|l| l.boot)
+                .chain(self.cuts.iter().map(|(b, _)| *b))
+                .chain(self.bootloader.iter().map(|(b, _)| *b))
+        };
+        // A replay's boots start after the recorded cut's.
+        let first = numbers().min().unwrap_or(1);
+        let boots = numbers().max().unwrap_or(0);
         let mut out = String::new();
-        for boot in 1..=boots {
+        for boot in first..=boots {
             out.push_str(&format!("--- boot {boot} ---\n"));
             if let Some((_, what)) = self.bootloader.iter().find(|(b, _)| *b == boot) {
                 out.push_str(&format!("# bootloader: {what}\n"));
@@ -534,7 +736,13 @@ impl Scenario {
             path: path.display().to_string(),
             source,
         })?;
-        let mut s: Scenario = toml::from_str(&text).map_err(|source| ScenarioError::Parse {
+        Scenario::parse(&text, path)
+    }
+
+    /// A scenario from its text; `path` names it (its file stem is the default name) and
+    /// is quoted in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
+        let mut s: Scenario = toml::from_str(text).map_err(|source| ScenarioError::Parse {
             path: path.display().to_string(),
             source,
         })?;
@@ -695,6 +903,59 @@ fn outcome_of(trace: &[TraceLine], boot: u32, end: &BootEnd) -> String {
         .unwrap_or_else(|| format!("{end:?}").to_lowercase())
 }
 
+/// What each power cut interrupted, as `[expect] cuts` names it: `erase`, `write` or `between`.
+pub fn cut_kinds_of(cuts: &[(u32, String)]) -> Vec<String> {
+    cuts.iter()
+        .map(|(_, what)| what.split_whitespace().next().unwrap_or("").to_lowercase())
+        .collect()
+}
+
+impl Observed {
+    /// What a virtual board showed: `ends` holds how each of its boots ended, `log` the
+    /// activity-log results the broker got, `cut_kinds` what its power cuts interrupted.
+    pub fn of_run(
+        board: &VirtualBoard,
+        ends: &[BootEnd],
+        log: Vec<String>,
+        cut_kinds: Option<Vec<String>>,
+    ) -> Observed {
+        let trace = &board.trace;
+        // The boots of `ends` are the board's last ones (a replay starts after a cut's boot).
+        let first = board.boots + 1 - ends.len() as u32;
+        let boots = first..=board.boots;
+        Observed {
+            versions: board
+                .boot_choices
+                .iter()
+                .map(|(_, c)| c.version.clone())
+                .collect(),
+            outcomes: boots
+                .clone()
+                .map(|b| outcome_of(trace, b, &ends[(b - first) as usize]))
+                .collect(),
+            leds: boots.map(|b| led_string(trace, b)).collect(),
+            log,
+            error_codes_seen: error_codes_seen(trace),
+            event_names: trace.iter().map(|l| l.event.name().to_string()).collect(),
+            cut_kinds,
+        }
+    }
+}
+
+/// Every error code and retry reason in the trace, by name, once each, in order of appearance.
+pub fn error_codes_seen(trace: &[TraceLine]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for l in trace {
+        if let Event::Error { code: c, .. } | Event::Retry { reason: c, .. } = &l.event {
+            let name = c.name().to_string();
+            if !seen.contains(&name) {
+                seen.push(name);
+            }
+        }
+    }
+    seen
+}
+
 /// A `[[releases]]` entry as the runner publishes it.
 struct Published {
     /// First boot it is on GitHub.
@@ -723,113 +984,38 @@ impl Published {
     }
 }
 
-/// Runs one scenario against fresh servers, behind bootloader `model`.
-pub async fn run(
-    s: &Scenario,
-    model: Model,
-    broker: &BrokerChoice,
-) -> Result<Report, ScenarioError> {
-    let started = std::time::Instant::now();
-    let rate_limited = s
-        .faults
-        .iter()
-        .any(|f| matches!(f, FaultSpec::RateLimit { .. }));
-    let world = World::start(broker, rate_limited).await?;
-    let prefix = format!("sim/{}-{model}-{}", s.name, std::process::id());
-    let collector = Collector::connect(&world.broker, &prefix).await?;
+/// Power cuts a scenario arms on the flash itself (the other triggers are [`Triggers`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlashCuts {
+    /// Cut during this flash operation (1-based, over the board's life).
+    pub at_op: Option<u64>,
+    /// Cut during the n-th operation inside `[start, end)`: (start, end, n).
+    pub in_range: Option<(u32, u32, u32)>,
+}
 
-    let mut releases = Vec::new();
-    // Every build a release entry serves: (tag, build, image), for `final_build`.
-    let mut builds: Vec<(String, u32, Vec<u8>)> = Vec::new();
-    for (i, r) in s.releases.iter().enumerate() {
-        let version = r.image_version.clone().unwrap_or_else(|| r.tag.clone());
-        let options = image::ImageOptions {
-            min_chip_rev: r.min_chip_rev,
-            max_chip_rev: r.max_chip_rev,
-            code_load_addr: r.code_load_addr,
-        };
-        let bytes = image::build_with(&version, r.size, s.seed ^ i as u64, options);
-        let rebuilt = r.rebuilt_from_boot.map(|from| {
-            let other = image::build_with(&version, r.size, s.seed ^ i as u64 ^ 0x0B17D, options);
-            builds.push((r.tag.clone(), r.build + 1, other.clone()));
-            (from, other)
-        });
-        builds.push((r.tag.clone(), r.build, bytes.clone()));
-        let asset = Asset::new(&r.asset, bytes);
-        let asset = if r.digest {
-            asset
-        } else {
-            asset.without_digest()
-        };
-        let mut release = Release::new(&r.tag, 1_700_000_000 + i as u64 * 86_400).with_asset(asset);
-        release.prerelease = r.prerelease;
-        release.draft = r.draft;
-        release.body = format!(
-            "Release {} of the simulated thermostat.\n\n{}",
-            r.tag,
-            "- a change\n".repeat(40)
-        );
-        releases.push(Published {
-            from: r.from_boot,
-            until: r.until_boot,
-            rebuilt,
-            release,
-        });
+impl FlashCuts {
+    /// Arms these cuts on `flash`.
+    pub fn arm(&self, flash: &mut SimFlash) {
+        if let Some(op) = self.at_op {
+            flash.arm_cut(op);
+        }
+        if let Some((start, end, nth)) = self.in_range {
+            flash.arm_cut_in(start, end, nth);
+        }
     }
-    // Which entries are on GitHub at a boot, and as what.
-    let on_github_at = |boot: u32| -> Vec<usize> {
-        (0..releases.len())
-            .filter(|&i| releases[i].shown_at(boot))
-            .collect()
-    };
-    let publish = |boot: u32| -> Vec<Release> {
-        on_github_at(boot)
-            .into_iter()
-            .map(|i| releases[i].as_at(boot))
-            .collect()
-    };
-    world.github.set_releases("acme", "thermostat", publish(1));
 
-    // One MQTT client id per (scenario, model): both models of a scenario may run at once.
-    let client_id = format!("{}-{model}", s.name)
-        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
-    let conf = match &s.board.conf {
-        Some(raw) => raw.clone(),
-        None => conf_json(
-            &world.api_base(),
-            world.board_broker(),
-            &client_id,
-            &prefix,
-            s.board.allow_prereleases,
-            s.board.allow_downgrade,
-            s.board.token,
-        ),
-    };
-    let running = image::build(&s.board.version, 32 * 1024, s.seed ^ 0xB007);
-    let mut board = VirtualBoard::new(
-        image::provision_in_slot(conf.as_bytes(), &running, s.board.slot, s.seed),
-        &client_id,
-        s.seed,
-    );
-    board.bootloader = Bootloader {
-        model,
-        chip: Chip {
-            revision: s.board.chip_revision.unwrap_or(DEFAULT_REVISION),
-            ..Chip::default()
-        },
-    };
+    /// True when no cut is armed.
+    pub fn is_empty(&self) -> bool {
+        self.at_op.is_none() && self.in_range.is_none()
+    }
+}
 
-    // The mock's rate limiter lives on the board's virtual clock.
-    let clock = board.clock_handle.clone();
-    world.github.set_clock(std::sync::Arc::new(move || {
-        1_790_000_000 + clock.load(std::sync::atomic::Ordering::Relaxed) / 1000
-    }));
+/// The power cuts and the mid-download WiFi drop of scenario `s` behind `model`: the board's
+/// [`Triggers`] and the cuts armed on its flash. The simulator hands both to the virtual
+/// board; the HIL harness to the virtual chip, or watches for them itself.
+pub fn triggers_of(s: &Scenario, model: Model) -> Result<(Triggers, FlashCuts), ScenarioError> {
     let mut triggers = Triggers::default();
-    let mut broker_down = Vec::new();
-    // GitHub faults and WiFi outages that start with a later boot: (boot, what).
-    let mut later_faults = Vec::new();
-    let mut later_outages = Vec::new();
-    let dns = SimDns::default();
+    let mut flash = FlashCuts::default();
     for f in &s.faults {
         match f {
             FaultSpec::PowerCut {
@@ -845,9 +1031,7 @@ pub async fn run(
                 if bootloader.is_some_and(|only| only != model) {
                     continue;
                 }
-                if let Some(op) = at_flash_op {
-                    board.flash.arm_cut(*op);
-                }
+                flash.at_op = at_flash_op.or(flash.at_op);
                 if let Some(label) = at_partition {
                     let table = firmware::format::partition::default_table();
                     let p = table
@@ -856,9 +1040,7 @@ pub async fn run(
                             name: s.name.clone(),
                             fault: format!("partition `{label}`"),
                         })?;
-                    board
-                        .flash
-                        .arm_cut_in(p.offset, p.end(), occurrence.unwrap_or(1));
+                    flash.in_range = Some((p.offset, p.end(), occurrence.unwrap_or(1)));
                 }
                 triggers.at_download_byte = at_download_byte.or(triggers.at_download_byte);
                 match (at_event, then_op) {
@@ -872,82 +1054,378 @@ pub async fn run(
                 }
                 triggers.at_time_ms = at_time_ms.or(triggers.at_time_ms);
             }
-            FaultSpec::WifiDown {
-                from_ms,
-                until_ms,
-                from_boot,
-            } => later_outages.push((*from_boot, *from_ms, *until_ms)),
             FaultSpec::WifiDrop {
                 at_download_byte,
                 for_ms,
             } => triggers.wifi_drop_at_byte = Some((*at_download_byte, *for_ms)),
-            FaultSpec::Github {
-                fault,
-                times,
-                from_boot,
-                ..
-            } => {
-                let armed = github_fault(fault, f).ok_or_else(|| ScenarioError::UnknownFault {
-                    name: s.name.clone(),
-                    fault: fault.clone(),
-                })?;
-                later_faults.push((
-                    *from_boot,
-                    match times {
-                        Some(n) => armed.times(*n),
-                        None => armed.always(),
-                    },
-                ));
-            }
-            FaultSpec::RateLimit { per_hour } => world.github.set_rate_limit(RateLimit {
-                anonymous: *per_hour,
-                authenticated: *per_hour,
-                window_secs: 3600,
-                exhausted: Exhausted::Forbidden,
-            }),
-            FaultSpec::ConnectionReset { after_bytes, times } => {
-                world.github_proxy.set_mode(ProxyMode::ResetAfter {
-                    bytes: *after_bytes,
-                });
-                let proxy = world.github_proxy.clone();
-                let (limit, times) = (*after_bytes, u64::from(*times));
-                // Back to Pass once `times` connections were reset.
-                tokio::spawn(async move {
-                    while proxy.stats().resets < times {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    let _ = limit;
-                    proxy.set_mode(ProxyMode::Pass);
-                });
-            }
-            FaultSpec::BrokerDown { boots } => broker_down.extend(boots.iter().copied()),
-            FaultSpec::DnsDown { lookups } => dns
-                .failures
-                .store(*lookups, std::sync::atomic::Ordering::Relaxed),
+            _ => {}
         }
     }
+    Ok((triggers, flash))
+}
 
-    let http = world.http_client(&dns)?;
-    let wiring = Wiring {
-        broker: world.board_broker(),
-    };
-    let mut failures = Vec::new();
-    let mut ends = Vec::new();
-    let mut apps = 0;
-    let mut on_github = on_github_at(1);
-    while board.boots < 16 {
-        let next = board.boots + 1;
-        let now_on_github = on_github_at(next);
-        if now_on_github != on_github {
-            on_github = now_on_github;
-            world
+/// The flash as a power cut left it.
+#[derive(Clone, Debug)]
+pub struct CutSnapshot {
+    /// The boot that lost power.
+    pub boot: u32,
+    /// What the cut interrupted (as in [`Report::cuts`]).
+    pub what: String,
+    /// The update's phase it hit (see [`cut_phase`]).
+    pub phase: String,
+    /// The whole flash.
+    pub flash: Vec<u8>,
+}
+
+/// The phase of an update the power cut of `boot` hit, from the flash operation it
+/// interrupted (its partition, erase or write) and the boot's last trace event before it:
+/// `bootloader` (no image started), `erase` / `download` (the new image's slot, or between
+/// operations while it streams in), `verify` (all bytes written, or the trial record written
+/// once they were verified), `otadata` (the slot switch), `trial` (a boot counted on trial),
+/// `confirm` (an image on trial made permanent), `log` (the activity log), `idle` (between
+/// operations at any other time).
+pub fn cut_phase(board: &VirtualBoard, boot: u32) -> &'static str {
+    if !board.boot_choices.iter().any(|(b, _)| *b == boot) {
+        return "bootloader";
+    }
+    let events: Vec<&Event> = board
+        .trace
+        .iter()
+        .filter(|l| l.boot == boot)
+        .map(|l| &l.event)
+        .collect();
+    let last = events.last().map(|e| e.name()).unwrap_or("");
+    let on_trial = events.iter().any(|e| matches!(e, Event::Trial { .. }));
+    let verified = events.iter().any(|e| matches!(e, Event::Verified { .. }));
+    let switched = events.iter().any(|e| matches!(e, Event::Switch { .. }));
+    let table = firmware::format::partition::default_table();
+    let between = board
+        .cuts
+        .last()
+        .is_none_or(|(b, what)| *b != boot || what.starts_with("between"));
+    let op = board.flash.last_cut().filter(|_| !between);
+    let partition = op.and_then(|c| {
+        table
+            .partitions()
+            .iter()
+            .find(|p| p.offset <= c.offset && c.offset < p.end())
+            .map(|p| p.label.as_str().to_string())
+    });
+    match (partition.as_deref(), op.map(|c| c.kind)) {
+        (Some(l), Some(kind)) if l.starts_with("ota_") => match kind {
+            crate::flash::OpKind::Erase => "erase",
+            crate::flash::OpKind::Write => "download",
+        },
+        (Some("otadata"), _) if verified || switched => "otadata",
+        (Some("otadata"), _) if on_trial => "confirm",
+        (Some("otadata"), _) => "otadata",
+        (Some(firmware::format::partition::LABEL_OTALOG), _) => "log",
+        (Some(_), _) if verified && !switched => "verify",
+        (Some(_), _) if last == "boot" || last == "trial" => "trial",
+        (Some(_), _) => "download",
+        (None, _) => match events.last() {
+            Some(Event::Progress { written, total }) if written == total => "verify",
+            Some(Event::Progress { .. } | Event::Resume { .. } | Event::Response { .. }) => {
+                "download"
+            }
+            Some(Event::Verified { .. }) => "verify",
+            Some(Event::Switch { .. }) => "otadata",
+            Some(Event::Confirmed { .. }) => "confirm",
+            Some(Event::Trial { .. } | Event::TrialReturned { .. }) => "trial",
+            Some(Event::Outcome { .. } | Event::Published { .. } | Event::LogKept { .. }) => "log",
+            _ => "idle",
+        },
+    }
+}
+
+/// One activity-log record as the broker received it: (sequence number, result, payload).
+pub type LogEntry = (u64, String, String);
+
+/// Distinguishes the MQTT topics of stages that run at once in one process.
+static STAGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The world of one scenario, ready for a board: servers with the scenario's releases, its
+/// GitHub, broker and network faults, the board's `conf.json` and first image, and the
+/// collector of its activity log. [`run`] boots a virtual board against it; the HIL harness
+/// a board behind a serial port.
+pub struct Stage {
+    /// The servers.
+    pub world: World,
+    /// The board's MQTT client id.
+    pub client_id: String,
+    /// The board's MQTT topic prefix.
+    pub prefix: String,
+    /// The board's `conf.json`.
+    pub conf: String,
+    /// The image the board runs at the start.
+    pub running: Vec<u8>,
+    /// The OTA slot it is in.
+    pub slot: u8,
+    /// The scenario's seed (the board's jitter, the images' bytes, how cuts tear).
+    pub seed: u64,
+    /// The bootloader model.
+    pub model: Model,
+    /// The chip's revision.
+    pub chip_revision: u16,
+    /// Every build a release entry serves: (tag, build, image), for `final_build`.
+    pub builds: Vec<(String, u32, Vec<u8>)>,
+    /// Subscribed to the board's activity log.
+    pub collector: Collector,
+    /// The board's DNS (a scenario's `dns_down` fails its lookups).
+    pub dns: SimDns,
+    /// What went wrong while changing the world between boots.
+    pub setup_failures: Vec<String>,
+    /// Keep the flash as each power cut leaves it, in `cut_snapshots`.
+    pub snapshot_cuts: bool,
+    /// The flash after each power cut, when `snapshot_cuts` is on.
+    pub cut_snapshots: Vec<CutSnapshot>,
+    releases: Vec<Published>,
+    on_github: Vec<usize>,
+    /// GitHub faults armed when a boot starts: (boot, fault).
+    later_faults: Vec<(u32, Armed)>,
+    /// WiFi outages counted from a boot's start: (boot, from ms, until ms).
+    later_outages: Vec<(u32, u64, u64)>,
+    broker_down: Vec<u32>,
+}
+
+impl Stage {
+    /// Starts the servers for scenario `s` behind `model`, with all its faults but power cuts
+    /// (see [`triggers_of`]).
+    pub async fn new(
+        s: &Scenario,
+        model: Model,
+        broker: &BrokerChoice,
+    ) -> Result<Stage, ScenarioError> {
+        Stage::build(s, model, broker, true, &format!("{}-{model}", s.name)).await
+    }
+
+    /// The same world without any fault: what a recording's replay boots against.
+    /// `client_id` names the board (a replay must not take over the id of a run going on).
+    pub async fn without_faults(
+        s: &Scenario,
+        model: Model,
+        broker: &BrokerChoice,
+        client_id: &str,
+    ) -> Result<Stage, ScenarioError> {
+        Stage::build(s, model, broker, false, client_id).await
+    }
+
+    async fn build(
+        s: &Scenario,
+        model: Model,
+        broker: &BrokerChoice,
+        faults: bool,
+        client_id: &str,
+    ) -> Result<Stage, ScenarioError> {
+        let rate_limited = faults
+            && s.faults
+                .iter()
+                .any(|f| matches!(f, FaultSpec::RateLimit { .. }));
+        let world = World::start(broker, rate_limited).await?;
+        let n = STAGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("sim/{}-{model}-{}-{n}", s.name, std::process::id());
+        let collector = Collector::connect(&world.broker, &prefix).await?;
+
+        let mut releases = Vec::new();
+        let mut builds: Vec<(String, u32, Vec<u8>)> = Vec::new();
+        for (i, r) in s.releases.iter().enumerate() {
+            let version = r.image_version.clone().unwrap_or_else(|| r.tag.clone());
+            let options = image::ImageOptions {
+                min_chip_rev: r.min_chip_rev,
+                max_chip_rev: r.max_chip_rev,
+                code_load_addr: r.code_load_addr,
+            };
+            let bytes = image::build_with(&version, r.size, s.seed ^ i as u64, options);
+            let rebuilt = r.rebuilt_from_boot.map(|from| {
+                let other =
+                    image::build_with(&version, r.size, s.seed ^ i as u64 ^ 0x0B17D, options);
+                builds.push((r.tag.clone(), r.build + 1, other.clone()));
+                (from, other)
+            });
+            builds.push((r.tag.clone(), r.build, bytes.clone()));
+            let asset = Asset::new(&r.asset, bytes);
+            let asset = if r.digest {
+                asset
+            } else {
+                asset.without_digest()
+            };
+            let mut release =
+                Release::new(&r.tag, 1_700_000_000 + i as u64 * 86_400).with_asset(asset);
+            release.prerelease = r.prerelease;
+            release.draft = r.draft;
+            release.body = format!(
+                "Release {} of the simulated thermostat.\n\n{}",
+                r.tag,
+                "- a change\n".repeat(40)
+            );
+            releases.push(Published {
+                from: r.from_boot,
+                until: r.until_boot,
+                rebuilt,
+                release,
+            });
+        }
+
+        // The MQTT client id must be one MQTT topic level and one the broker accepts.
+        let client_id = client_id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
+        let conf = match &s.board.conf {
+            Some(raw) => raw.clone(),
+            None => conf_json(
+                &world.api_base(),
+                world.board_broker(),
+                &client_id,
+                &prefix,
+                s.board.allow_prereleases,
+                s.board.allow_downgrade,
+                s.board.token,
+            ),
+        };
+        let mut stage = Stage {
+            world,
+            client_id,
+            prefix,
+            conf,
+            running: image::build(&s.board.version, 32 * 1024, s.seed ^ 0xB007),
+            slot: s.board.slot,
+            seed: s.seed,
+            model,
+            chip_revision: s.board.chip_revision.unwrap_or(DEFAULT_REVISION),
+            builds,
+            collector,
+            dns: SimDns::default(),
+            setup_failures: Vec::new(),
+            snapshot_cuts: false,
+            cut_snapshots: Vec::new(),
+            releases,
+            on_github: Vec::new(),
+            later_faults: Vec::new(),
+            later_outages: Vec::new(),
+            broker_down: Vec::new(),
+        };
+        stage.on_github = stage.on_github_at(1);
+        stage
+            .world
+            .github
+            .set_releases("acme", "thermostat", stage.publish(1));
+        if faults {
+            stage.arm_faults(s)?;
+        }
+        Ok(stage)
+    }
+
+    fn arm_faults(&mut self, s: &Scenario) -> Result<(), ScenarioError> {
+        for f in &s.faults {
+            match f {
+                FaultSpec::PowerCut { .. } | FaultSpec::WifiDrop { .. } => {}
+                FaultSpec::WifiDown {
+                    from_ms,
+                    until_ms,
+                    from_boot,
+                } => self.later_outages.push((*from_boot, *from_ms, *until_ms)),
+                FaultSpec::Github {
+                    fault,
+                    times,
+                    from_boot,
+                    ..
+                } => {
+                    let armed =
+                        github_fault(fault, f).ok_or_else(|| ScenarioError::UnknownFault {
+                            name: s.name.clone(),
+                            fault: fault.clone(),
+                        })?;
+                    self.later_faults.push((
+                        *from_boot,
+                        match times {
+                            Some(n) => armed.times(*n),
+                            None => armed.always(),
+                        },
+                    ));
+                }
+                FaultSpec::RateLimit { per_hour } => self.world.github.set_rate_limit(RateLimit {
+                    anonymous: *per_hour,
+                    authenticated: *per_hour,
+                    window_secs: 3600,
+                    exhausted: Exhausted::Forbidden,
+                }),
+                FaultSpec::ConnectionReset { after_bytes, times } => {
+                    self.world.github_proxy.set_mode(ProxyMode::ResetAfter {
+                        bytes: *after_bytes,
+                    });
+                    let proxy = self.world.github_proxy.clone();
+                    let times = u64::from(*times);
+                    // Back to Pass once `times` connections were reset.
+                    tokio::spawn(async move {
+                        while proxy.stats().resets < times {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        proxy.set_mode(ProxyMode::Pass);
+                    });
+                }
+                FaultSpec::BrokerDown { boots } => self.broker_down.extend(boots.iter().copied()),
+                FaultSpec::DnsDown { lookups } => self
+                    .dns
+                    .failures
+                    .store(*lookups, std::sync::atomic::Ordering::Relaxed),
+            }
+        }
+        Ok(())
+    }
+
+    /// Which release entries are on GitHub during `boot`.
+    fn on_github_at(&self, boot: u32) -> Vec<usize> {
+        (0..self.releases.len())
+            .filter(|&i| self.releases[i].shown_at(boot))
+            .collect()
+    }
+
+    /// The releases as GitHub has them during `boot`.
+    fn publish(&self, boot: u32) -> Vec<Release> {
+        self.on_github_at(boot)
+            .into_iter()
+            .map(|i| self.releases[i].as_at(boot))
+            .collect()
+    }
+
+    /// The flash as `just flash` leaves the board: partition table, this stage's
+    /// `conf.json`, the running image in its slot.
+    pub fn base_flash(&self) -> SimFlash {
+        image::provision_in_slot(self.conf.as_bytes(), &self.running, self.slot, self.seed)
+    }
+
+    /// A virtual board for this stage with `flash`, its bootloader and chip set, and the mock
+    /// GitHub's rate limiter following its virtual clock.
+    pub fn board_with(&self, flash: SimFlash) -> VirtualBoard {
+        let mut board = VirtualBoard::new(flash, &self.client_id, self.seed);
+        board.bootloader = Bootloader {
+            model: self.model,
+            chip: Chip {
+                revision: self.chip_revision,
+                ..Chip::default()
+            },
+        };
+        let clock = board.clock_handle.clone();
+        self.world.github.set_clock(std::sync::Arc::new(move || {
+            1_790_000_000 + clock.load(std::sync::atomic::Ordering::Relaxed) / 1000
+        }));
+        board
+    }
+
+    /// Readies the world for boot `next` (1-based): GitHub's releases as they are during that
+    /// boot, the GitHub faults that start with it armed, the broker up or down. Returns the
+    /// WiFi outages that count from that boot's start, as (from ms, until ms).
+    pub fn before_boot(&mut self, next: u32) -> Vec<(u64, u64)> {
+        let now_on_github = self.on_github_at(next);
+        if now_on_github != self.on_github {
+            self.on_github = now_on_github;
+            let releases = self.publish(next);
+            self.world
                 .github
-                .set_releases("acme", "thermostat", publish(next));
+                .set_releases("acme", "thermostat", releases);
         } else {
-            for r in releases.iter().filter(|r| r.shown_at(next)) {
+            for r in self.releases.iter().filter(|r| r.shown_at(next)) {
                 if let Some((_, bytes)) = r.rebuilt.as_ref().filter(|(from, _)| *from == next) {
                     let (tag, asset) = (&r.release.tag_name, &r.release.assets[0].name);
-                    let replaced = world.github.replace_asset_bytes(
+                    let replaced = self.world.github.replace_asset_bytes(
                         "acme",
                         "thermostat",
                         tag,
@@ -955,134 +1433,185 @@ pub async fn run(
                         bytes.clone(),
                     );
                     if !replaced {
-                        failures.push(format!("setup: asset {asset} of {tag} not on GitHub"));
+                        self.setup_failures
+                            .push(format!("setup: asset {asset} of {tag} not on GitHub"));
                     }
                 }
             }
         }
-        for (_, armed) in later_faults.iter().filter(|(from, _)| *from == next) {
-            world.github.arm(armed.clone());
+        for (_, armed) in self.later_faults.iter().filter(|(from, _)| *from == next) {
+            self.world.github.arm(armed.clone());
         }
-        for (_, from_ms, until_ms) in later_outages.iter().filter(|(b, _, _)| *b == next) {
-            board.outages.push(Outage {
-                from: board.clock + from_ms,
-                until: board.clock + until_ms,
+        self.world
+            .broker_proxy
+            .set_mode(if self.broker_down.contains(&next) {
+                ProxyMode::Down
+            } else {
+                ProxyMode::Pass
             });
-        }
-        world.broker_proxy.set_mode(if broker_down.contains(&next) {
-            ProxyMode::Down
-        } else {
-            ProxyMode::Pass
-        });
-        let end = board.boot(&http, &wiring, &mut triggers).await;
-        ends.push(end.clone());
-        match end {
-            BootEnd::App => {
-                apps += 1;
-                if apps > s.extra_boots {
+        self.later_outages
+            .iter()
+            .filter(|(b, _, _)| *b == next)
+            .map(|(_, from, until)| (*from, *until))
+            .collect()
+    }
+
+    /// Boots `board` until the application runs, then `extra_boots` more times that reach it
+    /// (at most 16 boots). Boots are numbered on from `board.boots` (a replay starts after
+    /// the recorded cut's boot). Returns how each boot ended and the invariants it broke
+    /// (bricked, stuck, never reached the application). With `snapshot_cuts`, the flash as
+    /// each power cut left it lands in `cut_snapshots`.
+    pub async fn boot_until_app(
+        &mut self,
+        board: &mut VirtualBoard,
+        triggers: &mut Triggers,
+        extra_boots: u32,
+    ) -> Result<(Vec<BootEnd>, Vec<String>), ScenarioError> {
+        let http = self.world.http_client(&self.dns)?;
+        let wiring = Wiring {
+            broker: self.world.board_broker(),
+        };
+        let mut failures = Vec::new();
+        let mut ends = Vec::new();
+        let mut apps = 0;
+        while ends.len() < 16 {
+            let next = board.boots + 1;
+            for (from, until) in self.before_boot(next) {
+                board.outages.push(Outage {
+                    from: board.clock + from,
+                    until: board.clock + until,
+                });
+            }
+            let end = board.boot(&http, &wiring, triggers).await;
+            ends.push(end.clone());
+            match end {
+                BootEnd::App => {
+                    apps += 1;
+                    if apps > extra_boots {
+                        break;
+                    }
+                }
+                BootEnd::PowerCut if self.snapshot_cuts => self.cut_snapshots.push(CutSnapshot {
+                    boot: next,
+                    what: board
+                        .cuts
+                        .last()
+                        .map(|(_, w)| w.clone())
+                        .unwrap_or_default(),
+                    phase: cut_phase(board, next).to_string(),
+                    flash: board.flash.contents().to_vec(),
+                }),
+                BootEnd::Reboot | BootEnd::PowerCut => {}
+                BootEnd::Bricked(b) => {
+                    failures.push(format!("invariant: boot {next} bricked: {b}"));
+                    break;
+                }
+                BootEnd::Stuck => {
+                    failures.push(format!(
+                        "invariant: boot {next} stuck (the core waits for nothing)"
+                    ));
                     break;
                 }
             }
-            BootEnd::Reboot | BootEnd::PowerCut => {}
-            BootEnd::Bricked(b) => {
-                failures.push(format!("invariant: boot {next} bricked: {b}"));
-                break;
-            }
-            BootEnd::Stuck => {
-                failures.push(format!(
-                    "invariant: boot {next} stuck (the core waits for nothing)"
-                ));
-                break;
-            }
         }
+        if ends.len() >= 16 {
+            failures.push("invariant: the application never ran within 16 boots".into());
+        }
+        self.world.broker_proxy.set_mode(ProxyMode::Pass);
+        Ok((ends, failures))
     }
-    if board.boots >= 16 {
-        failures.push("invariant: the application never ran within 16 boots".into());
-    }
-    world.broker_proxy.set_mode(ProxyMode::Pass);
 
-    // The board's own view of what it reported, then the broker's.
-    let expected: std::collections::BTreeSet<(String, u64)> = board
-        .trace
+    /// Waits for every record the board saw acknowledged (`acked`, by sequence number) to
+    /// reach the collector, or 5 s, then closes it and returns the log the broker received:
+    /// sorted by sequence number, duplicates (QoS 1 is at-least-once) dropped.
+    pub async fn finish(self, acked: &[u64]) -> Vec<LogEntry> {
+        self.world.broker_proxy.set_mode(ProxyMode::Pass);
+        let expected: std::collections::BTreeSet<(String, u64)> = acked
+            .iter()
+            .map(|seq| (self.client_id.clone(), *seq))
+            .collect();
+        let messages = wait_for_log(&self.collector, &expected, Duration::from_secs(5)).await;
+        self.collector.close().await;
+        let mut log: Vec<LogEntry> = messages
+            .iter()
+            .filter_map(|m| {
+                let text = String::from_utf8_lossy(&m.payload).into_owned();
+                let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+                Some((v["seq"].as_u64()?, v["result"].as_str()?.to_string(), text))
+            })
+            .collect();
+        log.sort();
+        log.dedup_by_key(|e| e.0);
+        log
+    }
+}
+
+/// The sequence numbers of the records the board saw the broker acknowledge.
+pub fn acked_seqs(trace: &[TraceLine]) -> Vec<u64> {
+    trace
         .iter()
         .filter_map(|l| match l.event {
-            Event::Published { seq } => Some((client_id.clone(), u64::from(seq))),
+            Event::Published { seq } => Some(u64::from(seq)),
             _ => None,
         })
-        .collect();
-    let messages = wait_for_log(&collector, &expected, Duration::from_secs(5)).await;
-    collector.close().await;
-    let mut log: Vec<(u64, String, String)> = messages
-        .iter()
-        .filter_map(|m| {
-            let text = String::from_utf8_lossy(&m.payload).into_owned();
-            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            Some((v["seq"].as_u64()?, v["result"].as_str()?.to_string(), text))
-        })
-        .collect();
-    log.sort();
-    log.dedup_by_key(|e| e.0); // QoS 1 is at-least-once
+        .collect()
+}
 
-    let boots = board.boots;
-    let report_outcomes: Vec<String> = (1..=boots)
-        .map(|b| outcome_of(&board.trace, b, &ends[(b - 1) as usize]))
-        .collect();
-    let leds: Vec<String> = (1..=boots).map(|b| led_string(&board.trace, b)).collect();
-    let versions: Vec<String> = board
-        .boot_choices
-        .iter()
-        .map(|(_, c)| c.version.clone())
-        .collect();
-    let cut_boots: Vec<u32> = board.cuts.iter().map(|(b, _)| *b).collect();
+/// Runs one scenario against fresh servers, behind bootloader `model`.
+pub async fn run(
+    s: &Scenario,
+    model: Model,
+    broker: &BrokerChoice,
+) -> Result<Report, ScenarioError> {
+    let started = std::time::Instant::now();
+    let mut stage = Stage::new(s, model, broker).await?;
+    let (mut triggers, flash_cuts) = triggers_of(s, model)?;
+    let mut board = stage.board_with(stage.base_flash());
+    flash_cuts.arm(&mut board.flash);
+    let (ends, mut failures) = stage
+        .boot_until_app(&mut board, &mut triggers, s.extra_boots)
+        .await?;
+    failures.append(&mut stage.setup_failures);
+    let builds = std::mem::take(&mut stage.builds);
+    let log = stage.finish(&acked_seqs(&board.trace)).await;
     let e = &s.expect_for(model);
-    check_invariants(
+    let mut report = verdict(s, model, e, board, &ends, log, &builds, failures, 1);
+    report.wall_ms = started.elapsed().as_millis();
+    Ok(report)
+}
+
+/// Checks a finished run of `s` against `e` and the invariants: the [`Report`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn verdict(
+    s: &Scenario,
+    model: Model,
+    e: &Expect,
+    board: VirtualBoard,
+    ends: &[BootEnd],
+    log: Vec<LogEntry>,
+    builds: &[(String, u32, Vec<u8>)],
+    mut failures: Vec<String>,
+    log_from: u64,
+) -> Report {
+    let cut_boots: Vec<u32> = board.cuts.iter().map(|(b, _)| *b).collect();
+    check_invariants_from(
         &board.boot_choices,
         &board.trace,
         &cut_boots,
         &log,
         &e.fallbacks,
+        log_from,
         &mut failures,
     );
 
-    let final_version = versions.last().cloned().unwrap_or_default();
-    if final_version != e.final_version {
-        failures.push(format!(
-            "final version {final_version}, expected {}",
-            e.final_version
-        ));
-    }
-    if !e.outcomes.is_empty() && report_outcomes != e.outcomes {
-        failures.push(format!(
-            "outcomes {report_outcomes:?}, expected {:?}",
-            e.outcomes
-        ));
-    }
-    if !e.leds.is_empty() && leds != e.leds {
-        failures.push(format!("LEDs {leds:?}, expected {:?}", e.leds));
-    }
     let log_results: Vec<String> = log.iter().map(|(_, r, _)| r.clone()).collect();
-    if log_results != e.log {
-        failures.push(format!("MQTT log {log_results:?}, expected {:?}", e.log));
-    }
-    let cut_kinds: Vec<String> = board
-        .cuts
-        .iter()
-        .map(|(_, what)| what.split_whitespace().next().unwrap_or("").to_lowercase())
-        .collect();
-    if !e.cuts.is_empty() && cut_kinds != e.cuts {
-        failures.push(format!(
-            "power cuts hit {cut_kinds:?}, expected {:?}",
-            e.cuts
-        ));
-    }
-    let names: Vec<&str> = board.trace.iter().map(|l| l.event.name()).collect();
-    let mut rest = names.iter();
-    if let Some(wanted) = e.events.iter().find(|w| !rest.any(|n| n == w)) {
-        failures.push(format!(
-            "events {:?} not in this order in the trace (missing from `{wanted}` on)",
-            e.events,
-        ));
-    }
+    let observed = Observed::of_run(
+        &board,
+        ends,
+        log_results.clone(),
+        Some(cut_kinds_of(&board.cuts)),
+    );
+    failures.extend(e.check(&observed).iter().map(Mismatch::to_string));
     if let Some(build) = e.final_build {
         let ran = board.boot_choices.last().map(|(_, c)| c.offset as usize);
         let flash = board.flash.contents();
@@ -1099,12 +1628,6 @@ pub async fn run(
             )),
         }
     }
-    for code in &e.errors {
-        let seen = board.trace.iter().any(|l| matches!(&l.event, Event::Error { code: c, .. } | Event::Retry { reason: c, .. } if c.name() == code));
-        if !seen {
-            failures.push(format!("error `{code}` never appeared in the trace"));
-        }
-    }
     for (_, _, payload) in &log {
         for secret in ["sim-wifi-secret", "sim-mqtt-secret", "sim-token"] {
             if payload.contains(secret) {
@@ -1112,18 +1635,18 @@ pub async fn run(
             }
         }
     }
-    Ok(Report {
+    Report {
         name: s.name.clone(),
         model,
         seed: s.seed,
         failures,
-        outcomes: report_outcomes,
-        leds,
+        outcomes: observed.outcomes,
+        leds: observed.leds,
         log: log_results,
         log_payloads: log.into_iter().map(|(_, _, p)| p).collect(),
-        versions,
+        versions: observed.versions,
         virtual_ms: board.clock,
-        wall_ms: started.elapsed().as_millis(),
+        wall_ms: 0,
         trace: board.trace,
         cuts: board.cuts,
         bootloader: board
@@ -1131,7 +1654,7 @@ pub async fn run(
             .iter()
             .map(|(b, c)| (*b, c.describe()))
             .collect(),
-    })
+    }
 }
 
 /// Checks that hold for every run, whatever the scenario. `allowed_fallbacks`: boots at which
@@ -1142,6 +1665,29 @@ pub fn check_invariants(
     cut_boots: &[u32],
     log: &[(u64, String, String)],
     allowed_fallbacks: &[u32],
+    failures: &mut Vec<String>,
+) {
+    check_invariants_from(
+        boot_choices,
+        trace,
+        cut_boots,
+        log,
+        allowed_fallbacks,
+        1,
+        failures,
+    );
+}
+
+/// [`check_invariants`] for a board whose broker may have missed the records before
+/// sequence number `log_from` (a replay's broker starts with the recovery: what the board
+/// delivered before the recorded cut went to another).
+pub fn check_invariants_from(
+    boot_choices: &[(u32, BootChoice)],
+    trace: &[TraceLine],
+    cut_boots: &[u32],
+    log: &[(u64, String, String)],
+    allowed_fallbacks: &[u32],
+    log_from: u64,
     failures: &mut Vec<String>,
 ) {
     // The core only ever switches to an image the bootloader accepts: no fallback.
@@ -1253,7 +1799,7 @@ pub fn check_invariants(
         ));
     }
     if let Some(&max) = received.iter().max()
-        && let Some(gap) = (1..=max).find(|s| !received.contains(s))
+        && let Some(gap) = (log_from..=max).find(|s| !received.contains(s))
     {
         failures.push(format!(
             "invariant: activity log lost record {gap} (received up to {max})"
@@ -1286,5 +1832,96 @@ pub async fn wait_for_log(
             return messages;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn observed() -> Observed {
+        Observed {
+            versions: strings(&["1.0", "1.1"]),
+            outcomes: strings(&["installed", "updated"]),
+            leds: strings(&["Y", "Y..y"]),
+            log: strings(&["installed", "updated"]),
+            error_codes_seen: strings(&["network"]),
+            event_names: strings(&["boot", "trial", "confirmed", "app"]),
+            cut_kinds: None,
+        }
+    }
+
+    fn expect() -> Expect {
+        Expect {
+            final_version: "1.1".into(),
+            outcomes: strings(&["installed", "updated"]),
+            leds: strings(&["Y", "Y..y"]),
+            log: strings(&["installed", "updated"]),
+            errors: strings(&["network"]),
+            cuts: strings(&["erase"]),
+            events: strings(&["trial", "confirmed"]),
+            ..Expect::default()
+        }
+    }
+
+    #[test]
+    fn met_expectations_give_no_mismatch_and_unknown_cuts_are_not_checked() {
+        assert_eq!(expect().check(&observed()), vec![]);
+    }
+
+    #[test]
+    fn a_wrong_outcome_is_shown_boot_by_boot_with_the_differing_rows_marked() {
+        let mut o = observed();
+        o.outcomes = strings(&["installed", "failed", "updated"]);
+        let found = expect().check(&o);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].to_string(),
+            "outcomes:\n  boot  expected   actual\n  1     installed  installed\n  2     updated    failed     <-- differs\n  3     -          updated    <-- differs"
+        );
+    }
+
+    #[test]
+    fn every_field_that_differs_is_reported_by_name() {
+        let o = Observed {
+            versions: vec![],
+            outcomes: strings(&["cut"]),
+            leds: strings(&["Y"]),
+            log: vec![],
+            error_codes_seen: vec![],
+            event_names: strings(&["confirmed", "trial"]),
+            cut_kinds: Some(strings(&["write"])),
+        };
+        let found = expect().check(&o);
+        let fields: Vec<&str> = found.iter().map(|m| m.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "final_version",
+                "outcomes",
+                "leds",
+                "log",
+                "cuts",
+                "events",
+                "errors"
+            ]
+        );
+        assert_eq!(
+            found[0].to_string(),
+            "final_version: expected 1.1, actual (no image ran)"
+        );
+        assert_eq!(
+            found[5].to_string(),
+            "events: expected [\"trial\", \"confirmed\"] in this order, actual missing from `confirmed` on"
+        );
+        assert!(
+            found[3].to_string().starts_with("log:\n  seq"),
+            "{}",
+            found[3]
+        );
     }
 }
