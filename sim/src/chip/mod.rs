@@ -35,7 +35,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 /// The ROM's first two lines, printed at every reset.
 const ROM_HEAD: &str = "ESP-ROM:esp32c3-api1-20210207\nBuild:Feb  7 2021\n";
 /// Reset by EN or power-up, GPIO9 low: download mode.
-pub const BANNER_DOWNLOAD: &str = "rst:0x1 (POWERON),boot:0x4 (DOWNLOAD(USB/UART0/1))\nwaiting for download\n";
+pub const BANNER_DOWNLOAD: &str =
+    "rst:0x1 (POWERON),boot:0x4 (DOWNLOAD(USB/UART0/1))\nwaiting for download\n";
 /// Reset by EN or power-up, GPIO9 high: boot from flash.
 pub const BANNER_POWER_ON: &str = "rst:0x1 (POWERON),boot:0xc (SPI_FAST_FLASH_BOOT)\n";
 /// `esp_restart()` (the core's reboot): a software CPU reset, strapping kept.

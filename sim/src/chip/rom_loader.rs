@@ -273,7 +273,7 @@ impl RomLoader {
             }
             op::WRITE_REG => {
                 // One or more (address, value, mask, delay) groups.
-                if data.is_empty() || data.len() % 16 != 0 {
+                if data.is_empty() || !data.len().is_multiple_of(16) {
                     return refuse(rom_error::INVALID_MESSAGE);
                 }
                 for g in data.chunks_exact(16) {
@@ -313,7 +313,14 @@ impl RomLoader {
             op::FLASH_BEGIN | op::FLASH_DEFL_BEGIN => {
                 let w = words(4)?;
                 let (size, blocks, block_size, offset) = (w[0], w[1], w[2], w[3]);
-                self.begin(opcode == op::FLASH_DEFL_BEGIN, size, blocks, block_size, offset, flash)?;
+                self.begin(
+                    opcode == op::FLASH_DEFL_BEGIN,
+                    size,
+                    blocks,
+                    block_size,
+                    offset,
+                    flash,
+                )?;
                 Ok((0, Vec::new()))
             }
             op::FLASH_DATA | op::FLASH_DEFL_DATA => {
@@ -347,8 +354,7 @@ impl RomLoader {
             op::SPI_FLASH_MD5 => {
                 let w = words(2)?;
                 let (offset, size) = (w[0] as usize, w[1] as usize);
-                let Some(region) = flash.contents().get(offset..offset.saturating_add(size))
-                else {
+                let Some(region) = flash.contents().get(offset..offset.saturating_add(size)) else {
                     return refuse(rom_error::FLASH_READ_ERROR);
                 };
                 let digest = Md5::digest(region);
@@ -360,8 +366,7 @@ impl RomLoader {
                 if size > 64 {
                     return refuse(rom_error::INVALID_MESSAGE);
                 }
-                let Some(bytes) = flash.contents().get(offset..offset.saturating_add(size))
-                else {
+                let Some(bytes) = flash.contents().get(offset..offset.saturating_add(size)) else {
                     return refuse(rom_error::FLASH_READ_ERROR);
                 };
                 let mut body = bytes.to_vec();
@@ -398,7 +403,9 @@ impl RomLoader {
         offset: u32,
         flash: &mut SimFlash,
     ) -> Result<(), Refusal> {
-        if offset % SECTOR != 0 || (offset as usize).saturating_add(size as usize) > FLASH_SIZE {
+        if !offset.is_multiple_of(SECTOR)
+            || (offset as usize).saturating_add(size as usize) > FLASH_SIZE
+        {
             return refuse(rom_error::INVALID_MESSAGE);
         }
         if block_size == 0 && size != 0 {

@@ -102,11 +102,31 @@ fn chip_detection_and_revision_read_like_espflash_reads_them() {
     let info = ask(&mut loader, &mut flash, op::GET_SECURITY_INFO, &[], 0);
     assert_eq!(info.body.len(), 20);
     assert_eq!(u32::from_le_bytes(info.body[12..16].try_into().unwrap()), 5);
-    let magic = ask(&mut loader, &mut flash, op::READ_REG, &words(&[CHIP_DETECT_MAGIC_REG]), 0);
+    let magic = ask(
+        &mut loader,
+        &mut flash,
+        op::READ_REG,
+        &words(&[CHIP_DETECT_MAGIC_REG]),
+        0,
+    );
     assert_eq!(magic.value, 0x4361_606F);
     // WAFER_VERSION_MAJOR: block 1 bits 184..186; MINOR_LO bits 114..117; MINOR_HI bit 183.
-    let w3 = ask(&mut loader, &mut flash, op::READ_REG, &words(&[EFUSE_BLOCK1 + 12]), 0).value;
-    let w5 = ask(&mut loader, &mut flash, op::READ_REG, &words(&[EFUSE_BLOCK1 + 20]), 0).value;
+    let w3 = ask(
+        &mut loader,
+        &mut flash,
+        op::READ_REG,
+        &words(&[EFUSE_BLOCK1 + 12]),
+        0,
+    )
+    .value;
+    let w5 = ask(
+        &mut loader,
+        &mut flash,
+        op::READ_REG,
+        &words(&[EFUSE_BLOCK1 + 20]),
+        0,
+    )
+    .value;
     let major = (w5 >> 24) & 3;
     let minor = (((w5 >> 23) & 1) << 3) | ((w3 >> 18) & 7);
     assert_eq!((major, minor), (1, 4));
@@ -125,7 +145,13 @@ fn the_spi_rdid_dance_reports_a_4_mb_flash() {
     write(&mut loader, &mut flash, SPI1_BASE + 0x28, 23);
     write(&mut loader, &mut flash, SPI_W0, 0);
     write(&mut loader, &mut flash, SPI1_BASE, 1 << 18);
-    let cmd = ask(&mut loader, &mut flash, op::READ_REG, &words(&[SPI1_BASE]), 0);
+    let cmd = ask(
+        &mut loader,
+        &mut flash,
+        op::READ_REG,
+        &words(&[SPI1_BASE]),
+        0,
+    );
     assert_eq!(cmd.value & (1 << 18), 0, "the controller finished");
     let id = ask(&mut loader, &mut flash, op::READ_REG, &words(&[SPI_W0]), 0).value;
     assert_eq!((id >> 16) as u8, 0x16, "2^22 bytes");
@@ -138,7 +164,13 @@ fn flash_begin_erases_then_data_programs_and_md5_matches() {
     flash.load(0x1_0000, &[0x00; 0x2000]);
     let mut loader = RomLoader::new(4, 1);
     let image: Vec<u8> = (0..1500u32).map(|i| (i * 7) as u8).collect();
-    let r = ask(&mut loader, &mut flash, op::FLASH_BEGIN, &words(&[0x1000, 2, 1024, 0x1_0000, 0]), 0);
+    let r = ask(
+        &mut loader,
+        &mut flash,
+        op::FLASH_BEGIN,
+        &words(&[0x1000, 2, 1024, 0x1_0000, 0]),
+        0,
+    );
     assert_eq!(r.status, 0);
     for (seq, chunk) in image.chunks(1024).enumerate() {
         let mut block = chunk.to_vec();
@@ -156,24 +188,53 @@ fn flash_begin_erases_then_data_programs_and_md5_matches() {
     assert_eq!(reply(&frames(&out)[0]).status, 0);
     assert_eq!(exit, None, "reboot in download mode stays in the loader");
     assert_eq!(&flash.contents()[0x1_0000..0x1_0000 + 1500], &image[..]);
-    assert!(flash.contents()[0x1_0000 + 1500..0x1_1000].iter().all(|&b| b == 0xFF));
+    assert!(
+        flash.contents()[0x1_0000 + 1500..0x1_1000]
+            .iter()
+            .all(|&b| b == 0xFF)
+    );
     // Past the erased region the old bytes stay.
     assert_eq!(flash.contents()[0x1_1000], 0x00);
-    let md5 = ask(&mut loader, &mut flash, op::SPI_FLASH_MD5, &words(&[0x1_0000, 1500, 0, 0]), 0);
+    let md5 = ask(
+        &mut loader,
+        &mut flash,
+        op::SPI_FLASH_MD5,
+        &words(&[0x1_0000, 1500, 0, 0]),
+        0,
+    );
     assert_eq!(md5.body.len(), 32, "the ROM answers hex digits");
-    assert_eq!(String::from_utf8(md5.body).unwrap(), hex::encode(Md5::digest(&image)));
+    assert_eq!(
+        String::from_utf8(md5.body).unwrap(),
+        hex::encode(Md5::digest(&image))
+    );
 }
 
 #[test]
 fn a_bad_data_checksum_gets_the_rom_s_crc_error_and_nothing_is_written() {
     let mut flash = SimFlash::new(1);
     let mut loader = RomLoader::new(4, 1);
-    ask(&mut loader, &mut flash, op::FLASH_BEGIN, &words(&[0x1000, 1, 1024, 0x2_0000, 0]), 0);
+    ask(
+        &mut loader,
+        &mut flash,
+        op::FLASH_BEGIN,
+        &words(&[0x1000, 1, 1024, 0x2_0000, 0]),
+        0,
+    );
     let block = vec![0x42; 1024];
     let wrong = u32::from(checksum(&block) ^ 1);
-    let r = ask(&mut loader, &mut flash, op::FLASH_DATA, &data_block(0, &block), wrong);
+    let r = ask(
+        &mut loader,
+        &mut flash,
+        op::FLASH_DATA,
+        &data_block(0, &block),
+        wrong,
+    );
     assert_eq!((r.status, r.error), (1, rom_error::INVALID_CRC));
-    assert!(flash.contents()[0x2_0000..0x2_0400].iter().all(|&b| b == 0xFF));
+    assert!(
+        flash.contents()[0x2_0000..0x2_0400]
+            .iter()
+            .all(|&b| b == 0xFF)
+    );
 }
 
 #[test]
@@ -182,22 +243,54 @@ fn out_of_order_data_a_length_mismatch_and_unknown_commands_are_refused() {
     let mut loader = RomLoader::new(4, 1);
     let block = vec![0x11; 1024];
     let c = u32::from(checksum(&block));
-    let r = ask(&mut loader, &mut flash, op::FLASH_DATA, &data_block(0, &block), c);
-    assert_eq!((r.status, r.error), (1, rom_error::FAILED_TO_ACT), "data before begin");
-    ask(&mut loader, &mut flash, op::FLASH_BEGIN, &words(&[0x1000, 2, 1024, 0x3_0000, 0]), 0);
-    let r = ask(&mut loader, &mut flash, op::FLASH_DATA, &data_block(1, &block), c);
-    assert_eq!((r.status, r.error), (1, rom_error::INVALID_MESSAGE), "sequence 1 first");
+    let r = ask(
+        &mut loader,
+        &mut flash,
+        op::FLASH_DATA,
+        &data_block(0, &block),
+        c,
+    );
+    assert_eq!(
+        (r.status, r.error),
+        (1, rom_error::FAILED_TO_ACT),
+        "data before begin"
+    );
+    ask(
+        &mut loader,
+        &mut flash,
+        op::FLASH_BEGIN,
+        &words(&[0x1000, 2, 1024, 0x3_0000, 0]),
+        0,
+    );
+    let r = ask(
+        &mut loader,
+        &mut flash,
+        op::FLASH_DATA,
+        &data_block(1, &block),
+        c,
+    );
+    assert_eq!(
+        (r.status, r.error),
+        (1, rom_error::INVALID_MESSAGE),
+        "sequence 1 first"
+    );
     // A header claiming more data than the frame holds.
     let mut raw = vec![0x00, op::READ_REG, 8, 0, 0, 0, 0, 0, 1, 2, 3, 4];
     let mut framed = Vec::new();
     SlipEncoder::new(true).encode(&raw, &mut framed).unwrap();
     let (out, _) = loader.feed(&framed, &mut flash);
     let r = reply(&frames(&out)[0]);
-    assert_eq!((r.op, r.status, r.error), (op::READ_REG, 1, rom_error::INVALID_MESSAGE));
+    assert_eq!(
+        (r.op, r.status, r.error),
+        (op::READ_REG, 1, rom_error::INVALID_MESSAGE)
+    );
     raw.clear();
     // ERASE_REGION is the stub's.
     let r = ask(&mut loader, &mut flash, 0xD1, &words(&[0, 0x1000]), 0);
-    assert_eq!((r.op, r.status, r.error), (0xD1, 1, rom_error::INVALID_MESSAGE));
+    assert_eq!(
+        (r.op, r.status, r.error),
+        (0xD1, 1, rom_error::INVALID_MESSAGE)
+    );
 }
 
 #[test]
@@ -229,7 +322,10 @@ fn a_deflated_write_inflates_into_flash() {
     }
     let (_, exit) = loader.feed(&request(op::FLASH_DEFL_END, &words(&[1]), 0), &mut flash);
     assert_eq!(exit, Some(Exit::RunUserCode));
-    assert_eq!(&flash.contents()[0x4_0000..0x4_0000 + image.len()], &image[..]);
+    assert_eq!(
+        &flash.contents()[0x4_0000..0x4_0000 + image.len()],
+        &image[..]
+    );
 }
 
 #[test]
@@ -237,9 +333,25 @@ fn read_flash_slow_returns_64_bytes() {
     let mut flash = SimFlash::new(1);
     flash.load(0x9000, b"config bytes");
     let mut loader = RomLoader::new(4, 1);
-    let r = ask(&mut loader, &mut flash, op::READ_FLASH_SLOW, &words(&[0x9000, 12, 64, 1]), 0);
+    let r = ask(
+        &mut loader,
+        &mut flash,
+        op::READ_FLASH_SLOW,
+        &words(&[0x9000, 12, 64, 1]),
+        0,
+    );
     assert_eq!(r.body.len(), 64);
     assert_eq!(&r.body[..12], b"config bytes");
-    let r = ask(&mut loader, &mut flash, op::READ_FLASH_SLOW, &words(&[0x40_0000, 16, 64, 1]), 0);
-    assert_eq!((r.status, r.error), (1, rom_error::FLASH_READ_ERROR), "past the end");
+    let r = ask(
+        &mut loader,
+        &mut flash,
+        op::READ_FLASH_SLOW,
+        &words(&[0x40_0000, 16, 64, 1]),
+        0,
+    );
+    assert_eq!(
+        (r.status, r.error),
+        (1, rom_error::FLASH_READ_ERROR),
+        "past the end"
+    );
 }
