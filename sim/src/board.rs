@@ -74,6 +74,31 @@ pub struct Triggers {
     pub wifi_drop_at_byte: Option<(u64, u64)>,
 }
 
+/// One GPIO write of the board glue (an `Action::Led` of the core), as a probe on the
+/// LED line sees it: observed outside the core's trace events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LedEdge {
+    /// Boot number (1-based).
+    pub boot: u32,
+    /// Milliseconds since that boot.
+    pub ms: u64,
+    /// Which LED.
+    pub led: firmware::led::Led,
+    /// Switched on (true) or off.
+    pub on: bool,
+}
+
+/// What a boot shows while it runs, for a console that prints as the boot goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Live {
+    /// What the bootloader did (`BootChoice::describe`), before the core starts.
+    Bootloader(String),
+    /// A trace line, as soon as the core emitted it.
+    Line(TraceLine),
+    /// An LED write of the glue.
+    Led(LedEdge),
+}
+
 /// Where the board's clients go.
 #[derive(Clone, Debug)]
 pub struct Wiring {
@@ -163,6 +188,10 @@ pub struct VirtualBoard {
     pub io_patience: Duration,
     /// The virtual clock in ms since the first boot, for servers that follow it.
     pub clock_handle: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Every LED write of every boot (the LED probe of the virtual board).
+    pub led_edges: Vec<LedEdge>,
+    /// Receives trace lines, LED writes and the bootloader's choice as they happen.
+    pub live: Option<tokio::sync::mpsc::UnboundedSender<Live>>,
     seed: u64,
     event_counts: std::collections::HashMap<&'static str, u32>,
 }
@@ -222,6 +251,8 @@ impl VirtualBoard {
             io_patience: IO_PATIENCE,
             cuts_seen: None,
             clock_handle: Default::default(),
+            led_edges: Vec::new(),
+            live: None,
             seed,
             event_counts: Default::default(),
         }
@@ -251,6 +282,11 @@ impl VirtualBoard {
             Err(b) => return BootEnd::Bricked(b),
         };
         let offset = choice.offset;
+        let live = self.live.clone();
+        if let Some(live) = &live {
+            // A closed receiver only means nobody watches the console.
+            let _ = live.send(Live::Bootloader(choice.describe()));
+        }
         self.boot_choices.push((boot, choice));
         let seed = self.seed ^ u64::from(boot).wrapping_mul(0x9E37_79B9);
         let start = self.clock;
@@ -263,6 +299,7 @@ impl VirtualBoard {
         let wall = std::time::Instant::now();
         let record = self.record_exchanges;
         let exchanges = &mut self.exchanges;
+        let led_edges = &mut self.led_edges;
         let io_patience = self.io_patience;
         let mut core = Updater::new(&mut self.flash, seed);
         // Like the board glue, which reads it from the MMU: the slot the bootloader started.
@@ -278,14 +315,25 @@ impl VirtualBoard {
         let mut mqtt: Option<Mqtt> = None;
         let end = 'boot: loop {
             clock_out.store(start + now, std::sync::atomic::Ordering::Relaxed);
-            let cut = drain(&mut core, &mut trace, &mut counts, triggers, boot);
+            let cut = drain(&mut core, &mut trace, &mut counts, triggers, boot, &live);
             if cut || core.flash_mut().is_dead() {
                 core.flash_mut().cut_now();
                 break 'boot BootEnd::PowerCut;
             }
             if let Some(action) = core.poll_action() {
                 match action {
-                    Action::Led { .. } => {}
+                    Action::Led { led, on } => {
+                        let edge = LedEdge {
+                            boot,
+                            ms: now,
+                            led,
+                            on,
+                        };
+                        led_edges.push(edge);
+                        if let Some(live) = &live {
+                            let _ = live.send(Live::Led(edge));
+                        }
+                    }
                     Action::JoinNetwork => {
                         let up = wifi_up_at(&outages, start + now);
                         if up <= start + now {
@@ -431,7 +479,7 @@ impl VirtualBoard {
                             }
                             core.handle_response_body(Instant(now), id, piece);
                             // Triggers on events count per piece, whatever the network's chunking.
-                            if drain(&mut core, &mut trace, &mut counts, triggers, boot) {
+                            if drain(&mut core, &mut trace, &mut counts, triggers, boot, &live) {
                                 core.flash_mut().cut_now();
                                 break;
                             }
@@ -478,11 +526,15 @@ impl VirtualBoard {
             }
         };
         while let Some((t, event)) = core.poll_event() {
-            trace.push(TraceLine {
+            let line = TraceLine {
                 boot,
                 ms: t.0,
                 event,
-            });
+            };
+            if let Some(live) = &live {
+                let _ = live.send(Live::Line(line.clone()));
+            }
+            trace.push(line);
         }
         drop(core);
         if let Some(m) = mqtt.take() {
@@ -530,6 +582,7 @@ fn drain(
     counts: &mut std::collections::HashMap<&'static str, u32>,
     triggers: &mut Triggers,
     boot: u32,
+    live: &Option<tokio::sync::mpsc::UnboundedSender<Live>>,
 ) -> bool {
     let mut cut = false;
     while let Some((t, event)) = core.poll_event() {
@@ -553,11 +606,16 @@ fn drain(
             let at = core.flash_mut().ops() + ops;
             core.flash_mut().arm_cut(at);
         }
-        trace.push(TraceLine {
+        let line = TraceLine {
             boot,
             ms: t.0,
             event,
-        });
+        };
+        if let Some(live) = live {
+            // A closed receiver only means nobody watches the console.
+            let _ = live.send(Live::Line(line.clone()));
+        }
+        trace.push(line);
     }
     cut
 }

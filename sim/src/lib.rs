@@ -2,6 +2,7 @@
 pub mod board;
 pub mod bootloader;
 pub mod broker;
+pub mod chip;
 pub mod flash;
 pub mod github;
 pub mod image;
