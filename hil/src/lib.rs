@@ -7,12 +7,14 @@
 //! - [`flashing`]: what gets written where, and espflash;
 //! - [`power`]: reset line, hub port power, a user's relay command;
 //! - [`probe`]: the LED lines, read from outside the firmware;
-//! - [`report`]: table, JSON and JUnit XML.
+//! - [`report`]: table, JSON and JUnit XML;
+//! - [`run`]: one scenario or replay on one board, judged.
 
 pub mod console;
 pub mod flashing;
 pub mod power;
 pub mod probe;
 pub mod report;
+pub mod run;
 
 pub use console::{BadLine, Boot, read_console};

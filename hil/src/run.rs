@@ -9,7 +9,7 @@ use crate::probe::{self, ModemProbe};
 use crate::report::{BootRow, CaseReport};
 use firmware::trace::Event;
 use sim::bootloader::Model;
-use sim::chip::{ChipFaults, ChipHandle, ChipOptions, ChipState};
+use sim::chip::{ChipFaults, ChipOptions, ChipState};
 use sim::scenario::{Expect, Observed, Scenario, Stage};
 use sim::world::BrokerChoice;
 use std::path::{Path, PathBuf};
@@ -208,9 +208,15 @@ pub async fn run_case(
             let flash_port = master
                 .try_clone_native()
                 .map_err(HilError::Pty)?;
-            let stage_hook = stage.clone();
+            // The chip asks before each boot; this loop answers with the stage (which stays
+            // here: its servers must outlive the chip's last boot).
+            let (ask, asked) = std::sync::mpsc::channel::<(u32, std::sync::mpsc::Sender<Vec<(u64, u64)>>)>();
             chip.before_boot(Box::new(move |boot| {
-                lock(&stage_hook).before_boot(boot + first_boot - 1)
+                let (reply, answer) = std::sync::mpsc::channel();
+                if ask.send((boot, reply)).is_err() {
+                    return Vec::new();
+                }
+                answer.recv().unwrap_or_default()
             }));
             let flashing_started = Instant::now();
             let mut flasher = flashing::connect(Link::Pty(flash_port))?;
@@ -225,13 +231,29 @@ pub async fn run_case(
                 console::Source::Open(Box::new(master)),
                 &folder.join("console.log"),
             )?;
+            // Boots before this one (the blank board's, at power-on) are not the case's.
+            let boots_before = chip.boots();
             chip.reset(false);
             let mut watch = Watch::new(s.extra_boots);
             let deadline = started + limits.virtual_case;
             let mut cuts = 0u32;
             while !watch.done() && Instant::now() < deadline {
-                match console.lines.recv_timeout(Duration::from_millis(50)) {
-                    Ok(line) => watch.line(&line),
+                while let Ok((boot, reply)) = asked.try_recv() {
+                    // The chip numbers boots over its life; the stage, over the scenario's.
+                    let of_case = boot.saturating_sub(boots_before) + first_boot - 1;
+                    let _ = reply.send(lock(&stage).before_boot(of_case));
+                }
+                match console.lines.recv_timeout(Duration::from_millis(5)) {
+                    Ok(line) => {
+                        watch.line(&line);
+                        if watch.wants_another_boot() {
+                            // The scenario's extra boots: power off and on, as the
+                            // simulator boots again after the application ran.
+                            watch.restarted();
+                            chip.power(false);
+                            chip.power(true);
+                        }
+                    }
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                         // An armed cut left the board dark: the power comes back, as in
                         // the simulator, where the next boot follows a cut at once.
@@ -248,8 +270,18 @@ pub async fn run_case(
                     break;
                 }
             }
-            let edges = chip.led_edges();
+            let edges: Vec<sim::board::LedEdge> = chip
+                .led_edges()
+                .into_iter()
+                .filter(|e| e.boot > boots_before)
+                .map(|e| sim::board::LedEdge {
+                    boot: e.boot - boots_before,
+                    ..e
+                })
+                .collect();
+            write_edges(folder, edges.iter().map(|e| (e.boot, e.ms, e.led, e.on)))?;
             chip.shutdown();
+            drop(asked);
             drop(console);
             let probe_leds = sequences_by_boot(&edges);
             let stage = take_stage(stage)?;
@@ -287,10 +319,10 @@ pub async fn run_case(
 fn recording_regions(r: &sim::recording::Recording) -> Vec<Region> {
     r.sectors
         .iter()
-        .map(|(offset, bytes)| Region {
-            name: format!("recorded sector 0x{offset:06x}"),
-            offset: *offset,
-            data: bytes.clone(),
+        .map(|s| Region {
+            name: format!("recorded sector 0x{:06x}", s.offset),
+            offset: s.offset,
+            data: s.bytes.clone(),
         })
         .collect()
 }
@@ -301,16 +333,31 @@ fn lock(stage: &Arc<Mutex<Stage>>) -> std::sync::MutexGuard<'_, Stage> {
 }
 
 fn take_stage(stage: Arc<Mutex<Stage>>) -> Result<Stage, HilError> {
-    // The chip's hook holds the other reference until the chip thread drops it.
-    for _ in 0..200 {
-        match Arc::try_unwrap(stage.clone()) {
-            Ok(m) => return Ok(m.into_inner().unwrap_or_else(|e| e.into_inner())),
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
-        }
+    // Only this function's caller holds the stage by now (the chip asks for it over a
+    // channel, the board loop borrows it).
+    match Arc::try_unwrap(stage) {
+        Ok(m) => Ok(m.into_inner().unwrap_or_else(|e| e.into_inner())),
+        Err(_) => Err(HilError::Unsupported {
+            scenario: "stage".into(),
+            why: "the servers are still shared when the case ends".into(),
+        }),
     }
-    Err(HilError::Unsupported {
-        scenario: "stage".into(),
-        why: "the virtual board still holds the servers after shutdown".into(),
+}
+
+/// The LED probe's edges, kept beside the console: `boot ms led on|off`.
+fn write_edges(
+    folder: &Path,
+    edges: impl Iterator<Item = (u32, u64, firmware::led::Led, bool)>,
+) -> Result<(), HilError> {
+    let text: String = edges
+        .map(|(boot, ms, led, on)| {
+            format!("{boot} {ms} {} {}\n", led.name(), if on { "on" } else { "off" })
+        })
+        .collect();
+    let path = folder.join("leds.txt");
+    std::fs::write(&path, text).map_err(|source| HilError::Io {
+        path: path.display().to_string(),
+        source,
     })
 }
 
@@ -330,6 +377,8 @@ struct Watch {
     /// Boots seen (ROM banners of a boot from flash).
     boots: u32,
     apps: u32,
+    /// The application runs and the harness has not restarted the board since.
+    app_now: bool,
     bricked: bool,
     /// Boots (1-based, of this case) the harness cut.
     cut_boots: Vec<u32>,
@@ -347,6 +396,7 @@ impl Watch {
             extra_boots,
             boots: 0,
             apps: 0,
+            app_now: false,
             bricked: false,
             cut_boots: Vec::new(),
             counts: Default::default(),
@@ -361,6 +411,7 @@ impl Watch {
             self.boots += 1;
         } else if text.starts_with(APP_RUNNING) {
             self.apps += 1;
+            self.app_now = true;
         } else if text.starts_with("# bricked") || text.starts_with("# stuck") {
             self.bricked = true;
         } else if let Some(Ok((_, event))) = Event::parse_line(text) {
@@ -376,6 +427,15 @@ impl Watch {
 
     fn cut(&mut self) {
         self.cut_boots.push(self.boots);
+    }
+
+    /// The application runs, and the scenario wants more boots than have reached it.
+    fn wants_another_boot(&self) -> bool {
+        self.app_now && self.apps <= self.extra_boots
+    }
+
+    fn restarted(&mut self) {
+        self.app_now = false;
     }
 
     fn done(&self) -> bool {
@@ -436,7 +496,6 @@ async fn judge(
     // A boot the harness cut shows no outcome.
     let rows: Vec<BootRow> = boots
         .iter()
-        .enumerate()
         .map(|b| BootRow {
             version: if b.version.is_empty() {
                 "?".into()
@@ -467,29 +526,41 @@ async fn judge(
                 row.probe_leds = Some(seq.clone());
             }
         }
-        for (i, row) in rows.iter().enumerate() {
-            match &row.probe_leds {
-                Some(p) if *p != row.leds => failures.push(format!(
-                    "boot {}: the LEDs did `{p}` but the trace says `{}`",
-                    i + 1,
-                    row.leds
-                )),
-                None => failures.push(format!(
+        for (i, row) in rows.iter_mut().enumerate() {
+            let seen = row.probe_leds.clone().unwrap_or_default();
+            // A cut can land between the core's decision (its trace line) and the GPIO write:
+            // on a boot that was cut, the LEDs may have done only the start of what the trace
+            // says.
+            let cut = row.outcome == "cut";
+            if seen == row.leds || (cut && row.leds.starts_with(&seen)) {
+                continue;
+            }
+            failures.push(if seen.is_empty() {
+                format!(
                     "boot {}: the LED probe saw nothing, the trace says `{}`",
                     i + 1,
                     row.leds
-                )),
-                _ => {}
-            }
+                )
+            } else {
+                format!(
+                    "boot {}: the LEDs did `{seen}` but the trace says `{}`",
+                    i + 1,
+                    row.leds
+                )
+            });
         }
     }
     let observed = Observed {
         versions: rows.iter().map(|r| r.version.clone()).collect(),
         outcomes: rows.iter().map(|r| r.outcome.clone()).collect(),
-        // The probe when there is one: what the LEDs did, not what the firmware says.
+        // The probe when there is one: what the LEDs did, not what the firmware says (but
+        // for a boot cut before its LED writes, checked above against the trace).
         leds: rows
             .iter()
-            .map(|r| r.probe_leds.clone().unwrap_or_else(|| r.leds.clone()))
+            .map(|r| match &r.probe_leds {
+                Some(p) if r.outcome != "cut" => p.clone(),
+                _ => r.leds.clone(),
+            })
             .collect(),
         log: log_results.clone(),
         error_codes_seen: boots
@@ -563,7 +634,7 @@ async fn run_on_board(
     from_elf.append(&mut regions);
     let mut regions = from_elf;
     {
-        let mut st = lock(&stage);
+        let st = lock(&stage);
         let conf = board_conf(&st, setup);
         regions.push(flashing::config_region(conf.as_bytes())?);
         for (tag, bytes) in &setup.images {
@@ -574,16 +645,15 @@ async fn run_on_board(
     }
     regions.extend(flashing::erased_regions()?);
     if let Start::Recording(r) = &start {
-        if r.images_are_simulated() {
-            return Err(HilError::Recording {
-                name: r.name.clone(),
-                why: "it was made with the simulator's images, which a real ESP32-C3 cannot \
-                      run; record one with your own firmware (README, 'Recordings for your \
-                      board')"
-                    .into(),
-            });
-        }
-        regions.extend(recording_regions(r));
+        // A recording's slots hold the images of its scenario, built by the simulator: valid
+        // ESP-IDF images a real bootloader would start and crash in.
+        return Err(HilError::Recording {
+            name: r.name.clone(),
+            why: "its slots hold the simulator's images, which a real ESP32-C3 cannot run; \
+                  recordings with your own firmware images are not built yet (README, \
+                  'What is missing')"
+                .into(),
+        });
     }
     let mut flasher = flashing::connect(Link::Usb {
         path: setup.port.clone(),
@@ -640,6 +710,13 @@ async fn run_on_board(
                 .iter()
                 .position(|(e, k)| e == name && k == n)
         });
+        if watch.wants_another_boot() {
+            watch.restarted();
+            setup.power.cut()?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            setup.power.restore()?;
+            continue;
+        }
         let hit_byte = at_byte.is_some_and(|b| watch.progress_bytes >= b);
         if hit_event.is_some() || hit_byte {
             if let Some(i) = hit_event {

@@ -7,7 +7,7 @@
 //!   without the stub: flashing, MD5 checks and reads go into the board's simulated flash;
 //! - after `reset(false)` or `power(true)` it boots through the simulator's bootloader model,
 //!   boot after boot, printing the ROM banner of each boot, a `# bootloader: …` line and the
-//!   core's trace lines as they happen, and finally `app: running <version>`.
+//!   core's trace lines as they happen, and finally `# app: running <version>`.
 //!
 //! A pty has no modem lines, so reset, power and the LED probe go over [`ChipHandle`] (the
 //! "side channel" the harness's backends use). Power cuts and WiFi outages can be armed
@@ -114,6 +114,7 @@ enum Command {
     Reset { download: bool },
     Power(bool),
     Arm(ChipFaults),
+    BeforeBoot(BeforeBoot),
     Flash(std::sync::mpsc::Sender<Vec<u8>>),
     SetFlash(Vec<u8>, std::sync::mpsc::Sender<()>),
     Shutdown,
@@ -168,6 +169,7 @@ pub fn spawn(
         out: writer,
         shared: shared.clone(),
         faults: ChipFaults::default(),
+        before_boot: None,
         mode: Mode::Off,
     };
     std::thread::Builder::new()
@@ -204,6 +206,15 @@ impl ChipHandle {
     /// what it had).
     pub fn arm(&self, faults: ChipFaults) {
         let _ = self.commands.send(Command::Arm(faults));
+    }
+
+    /// Calls `hook` with each boot's number (1-based over the chip's life) before the boot
+    /// starts, on the chip's thread; the WiFi outages it returns, as (from ms, until ms)
+    /// after that boot's start, apply to that boot. A harness changes its servers there
+    /// (releases published, faults armed), as the simulator's runner does between boots: the
+    /// virtual board boots in virtual time, faster than a harness could react to its banner.
+    pub fn before_boot(&self, hook: BeforeBoot) {
+        let _ = self.commands.send(Command::BeforeBoot(hook));
     }
 
     /// Every LED write of the glue so far: the virtual board's LED probe.
@@ -298,12 +309,16 @@ enum Interrupt {
     Shutdown,
 }
 
+/// See [`ChipHandle::before_boot`].
+pub type BeforeBoot = Box<dyn FnMut(u32) -> Vec<(u64, u64)> + Send>;
+
 struct Runner {
     board: VirtualBoard,
     opts: ChipOptions,
     out: Box<dyn ReadWrite>,
     shared: Arc<Mutex<Shared>>,
     faults: ChipFaults,
+    before_boot: Option<BeforeBoot>,
     mode: Mode,
 }
 
@@ -363,6 +378,7 @@ impl Runner {
                 (_, false) => self.enter(Mode::Off),
             },
             Command::Arm(faults) => self.faults = faults,
+            Command::BeforeBoot(hook) => self.before_boot = Some(hook),
             Command::Flash(reply) => {
                 let _ = reply.send(self.board.flash.contents().to_vec());
             }
@@ -422,6 +438,14 @@ impl Runner {
             let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             shared.state = ChipState::Booting { boot: next };
             shared.boots = next;
+        }
+        if let Some(hook) = self.before_boot.as_mut() {
+            for (from_ms, until_ms) in hook(next) {
+                self.board.outages.push(Outage {
+                    from: self.board.clock + from_ms,
+                    until: self.board.clock + until_ms,
+                });
+            }
         }
         for (_, from_ms, until_ms) in self.faults.wifi_down.iter().filter(|(b, _, _)| *b == next) {
             self.board.outages.push(Outage {
@@ -504,7 +528,9 @@ impl Runner {
                     .last()
                     .map(|(_, c)| c.version.clone())
                     .unwrap_or_default();
-                self.print(&format!("app: running {version}\n"));
+                // What the board glue prints when the application starts (the harness ends a
+                // boot on it), with the version for people reading the console.
+                self.print(&format!("# app: running {version}\n"));
                 self.enter(Mode::App);
             }
             Some(BootEnd::PowerCut) => self.enter(Mode::Dark),
