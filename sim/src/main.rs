@@ -3,11 +3,10 @@
 
 use clap::{Parser, Subcommand};
 use sim::bootloader::Model;
-use sim::broker::{Broker, BrokerAddr};
-use sim::github::{GithubConfig, MockGithub};
+use sim::broker::BrokerAddr;
 use sim::scenario::{self, Report, Scenario};
 use sim::sweep::{self, SweepOptions, SweepReport};
-use sim::world::BrokerChoice;
+use sim::world::{BrokerChoice, World};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -99,7 +98,9 @@ enum Command {
     },
     /// Run the mock GitHub and the embedded MQTT broker until Ctrl-C.
     Serve {
-        /// Address of the mock GitHub; port 0 picks a free one. The broker binds the same IP.
+        /// Address a board reaches the mock GitHub on (for a real board on WiFi, this host's LAN
+        /// address, e.g. 192.168.1.10:0); port 0 picks a free one. The broker listens on the
+        /// same IP.
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: SocketAddr,
         /// Shape of the signed URLs downloads redirect to: `release-assets` (GitHub's current
@@ -769,29 +770,38 @@ async fn serve(
     files: &[(String, PathBuf)],
 ) -> Result<bool, String> {
     let releases = served_releases(files)?;
-    let config = GithubConfig {
-        asset_url,
-        ..GithubConfig::default()
-    };
-    let github = MockGithub::start_on(addr, config)
+    // The same servers a HIL run stages: the board-facing proxies on `addr`, the mock GitHub
+    // and the broker on loopback behind them. The mock writes its URLs from the request's
+    // `Host`, so a board given this host's address downloads from it too.
+    let world = World::start_at(&BrokerChoice::Embedded, true, addr)
         .await
         .map_err(|e| e.to_string())?;
-    let broker = Broker::start_embedded_on(addr.ip()).map_err(|e| e.to_string())?;
+    world.github.set_asset_url(asset_url);
+    // MQTT 3.1.1 clients (mosquitto_sub's default) get the broker's v4 listener, proxied too.
+    let v4 = sim::world::embedded_broker().map_err(|e| e.to_string())?;
+    let v4_proxy = sim::proxy::Proxy::start_on(SocketAddr::new(addr.ip(), 0), v4.v4_addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let described: Vec<String> = releases
         .iter()
         .map(|r| format!("{} ({} bytes)", r.tag_name, r.assets[0].bytes.len()))
         .collect();
-    github.set_releases("acme", "thermostat", releases);
+    world.github.set_releases("acme", "thermostat", releases);
     println!(
-        "github {}  (acme/thermostat releases with firmware.bin: {}; the last is the latest)",
-        github.base_url(),
+        "github http://{}  (acme/thermostat releases with firmware.bin: {}; the last is the latest)",
+        world.github_proxy.addr(),
         described.join(", ")
     );
-    println!("mqtt {}", broker.url());
-    println!("mqtt-v4 mqtt://{}", broker.v4_addr);
+    println!("mqtt mqtt://{}", world.board_broker());
+    println!("mqtt-v4 mqtt://{}", v4_proxy.addr());
+    if addr.ip().is_unspecified() {
+        println!(
+            "note: listening on every interface; give a board this host's address with these ports"
+        );
+    }
     tokio::signal::ctrl_c()
         .await
         .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;
-    github.shutdown();
+    world.github.shutdown();
     Ok(true)
 }

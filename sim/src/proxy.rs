@@ -1,4 +1,4 @@
-//! A TCP fault proxy on loopback, put between the board and a server (mock GitHub or broker).
+//! A TCP fault proxy (on loopback, or on the host's LAN address for a real board), put between the board and a server (mock GitHub or broker).
 //!
 //! ```text
 //!  board ──TCP──▶ proxy (mode: Pass | Refuse | Down | ResetAfter | Stall | Blackhole) ──TCP──▶ server
@@ -22,8 +22,13 @@ use tokio::sync::watch;
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The listening socket could not be bound or inspected.
-    #[error("proxy cannot listen on loopback: {0}")]
-    Bind(std::io::Error),
+    #[error("proxy cannot listen on {addr}: {source}")]
+    Bind {
+        /// The requested address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// What the proxy does with traffic.
@@ -87,10 +92,21 @@ pub struct Proxy;
 impl Proxy {
     /// Listens on 127.0.0.1 (ephemeral port) and forwards to `upstream`, starting in `Pass`.
     pub async fn start(upstream: SocketAddr) -> Result<ProxyHandle, ProxyError> {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(ProxyError::Bind)?;
-        let addr = listener.local_addr().map_err(ProxyError::Bind)?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), upstream).await
+    }
+
+    /// As [`Proxy::start`], listening on `listen` (port 0: an ephemeral one). HIL binds the
+    /// host's LAN address here, so that a board on WiFi reaches the servers behind the proxy.
+    pub async fn start_on(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+    ) -> Result<ProxyHandle, ProxyError> {
+        let bind_err = |source| ProxyError::Bind {
+            addr: listen,
+            source,
+        };
+        let listener = TcpListener::bind(listen).await.map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
         let (mode_tx, mode_rx) = watch::channel(ProxyMode::Pass);
         let counters = Arc::new(Counters::default());
         tokio::spawn(accept_loop(

@@ -77,6 +77,7 @@ use crate::proxy::ProxyMode;
 use crate::world::{BrokerChoice, SimDns, World, WorldError, conf_json};
 use firmware::trace::Event;
 use serde::Deserialize;
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -1141,6 +1142,9 @@ pub fn cut_phase(board: &VirtualBoard, boot: u32) -> &'static str {
 /// One activity-log record as the broker received it: (sequence number, result, payload).
 pub type LogEntry = (u64, String, String);
 
+/// Where a virtual board's servers listen.
+const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 /// Distinguishes the MQTT topics of stages that run at once in one process.
 static STAGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -1196,7 +1200,22 @@ impl Stage {
         model: Model,
         broker: &BrokerChoice,
     ) -> Result<Stage, ScenarioError> {
-        Stage::build(s, model, broker, true, &format!("{}-{model}", s.name)).await
+        Stage::new_on(s, model, broker, LOOPBACK).await
+    }
+
+    /// As [`Stage::new`], with the board-facing listeners (the proxies) on `listen`: the
+    /// host's LAN address, for a real board on WiFi. `conf` then names that address
+    /// (`http://LISTEN:PORT`, the broker at `LISTEN:PORT`) and, beyond loopback, carries no
+    /// token: the core sends one over plain http to loopback only. An unspecified address
+    /// (`0.0.0.0`) is refused, as the conf could not name it.
+    pub async fn new_on(
+        s: &Scenario,
+        model: Model,
+        broker: &BrokerChoice,
+        listen: IpAddr,
+    ) -> Result<Stage, ScenarioError> {
+        let client_id = format!("{}-{model}", s.name);
+        Stage::build(s, model, broker, true, &client_id, listen).await
     }
 
     /// The same world without any fault: what a recording's replay boots against.
@@ -1207,7 +1226,18 @@ impl Stage {
         broker: &BrokerChoice,
         client_id: &str,
     ) -> Result<Stage, ScenarioError> {
-        Stage::build(s, model, broker, false, client_id).await
+        Stage::without_faults_on(s, model, broker, client_id, LOOPBACK).await
+    }
+
+    /// As [`Stage::without_faults`], listening on `listen` (see [`Stage::new_on`]).
+    pub async fn without_faults_on(
+        s: &Scenario,
+        model: Model,
+        broker: &BrokerChoice,
+        client_id: &str,
+        listen: IpAddr,
+    ) -> Result<Stage, ScenarioError> {
+        Stage::build(s, model, broker, false, client_id, listen).await
     }
 
     async fn build(
@@ -1216,12 +1246,16 @@ impl Stage {
         broker: &BrokerChoice,
         faults: bool,
         client_id: &str,
+        listen: IpAddr,
     ) -> Result<Stage, ScenarioError> {
+        if listen.is_unspecified() {
+            return Err(WorldError::Unspecified(listen).into());
+        }
         let rate_limited = faults
             && s.faults
                 .iter()
                 .any(|f| matches!(f, FaultSpec::RateLimit { .. }));
-        let world = World::start(broker, rate_limited).await?;
+        let world = World::start_on(broker, rate_limited, listen).await?;
         let n = STAGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let prefix = format!("sim/{}-{model}-{}-{n}", s.name, std::process::id());
         let collector = Collector::connect(&world.broker, &prefix).await?;
@@ -1277,7 +1311,10 @@ impl Stage {
                 &prefix,
                 s.board.allow_prereleases,
                 s.board.allow_downgrade,
-                s.board.token,
+                // The core sends a token over plain http to loopback only (and refuses a conf
+                // that would send it further): a board on WiFi downloads without one, through
+                // `browser_download_url`.
+                s.board.token && listen.is_loopback(),
             ),
         };
         let mut stage = Stage {

@@ -4,11 +4,17 @@
 //!  board ──reqwest──> proxy ──> mock GitHub (axum)      /repos/…, /{o}/{r}/releases/download/… → 302 → signed asset URL
 //!  board ──MQTT 5──> proxy ──> rumqttd (in-process)    <── collector subscribed to the log topics
 //! ```
+//!
+//! The proxies are the only board-facing listeners. They bind loopback for the virtual board
+//! ([`World::start`]), or an address a real board on WiFi reaches ([`World::start_on`], HIL);
+//! the mock GitHub and the broker stay on loopback behind them. The mock writes every URL it
+//! hands out (API `url`, `browser_download_url`, the 302s to the asset host) from the request's
+//! `Host` header, so they name whatever address the board connected to.
 
 use crate::broker::{Broker, BrokerAddr, BrokerError, BrokerHandle};
 use crate::github::{GithubConfig, GithubError, GithubHandle, MockGithub, RateLimit};
 use crate::proxy::{Proxy, ProxyError, ProxyHandle};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 
 /// Why the servers could not start.
@@ -26,6 +32,12 @@ pub enum WorldError {
     /// An external broker URL that does not resolve.
     #[error("broker {0} does not resolve")]
     Unresolvable(String),
+    /// A board's servers asked to listen on an unspecified address (`0.0.0.0`, `::`): the
+    /// board's `conf.json` needs the one address it reaches.
+    #[error(
+        "{0} is no address a board can be given: listen on the address it reaches (e.g. this host's LAN address)"
+    )]
+    Unspecified(IpAddr),
 }
 
 /// Where the MQTT broker is.
@@ -44,13 +56,17 @@ pub fn broker_addr(choice: &BrokerChoice) -> Result<BrokerAddr, WorldError> {
     match choice {
         BrokerChoice::External(addr) => Ok(addr.clone()),
         BrokerChoice::Embedded => {
-            let handle =
-                EMBEDDED.get_or_init(|| Broker::start_embedded().map_err(|e| e.to_string()));
-            match handle {
-                Ok(h) => BrokerAddr::parse(&h.url()).map_err(WorldError::Broker),
-                Err(e) => Err(WorldError::Unresolvable(e.clone())),
-            }
+            BrokerAddr::parse(&embedded_broker()?.url()).map_err(WorldError::Broker)
         }
+    }
+}
+
+/// The embedded broker (on loopback), started by the first caller and shared by every world.
+pub fn embedded_broker() -> Result<BrokerHandle, WorldError> {
+    let handle = EMBEDDED.get_or_init(|| Broker::start_embedded().map_err(|e| e.to_string()));
+    match handle {
+        Ok(h) => Ok(h.clone()),
+        Err(e) => Err(WorldError::Unresolvable(e.clone())),
     }
 }
 
@@ -64,12 +80,37 @@ pub struct World {
     pub broker: BrokerAddr,
     /// Proxy in front of the broker: where the board publishes.
     pub broker_proxy: ProxyHandle,
+    /// The address the proxies listen on: loopback, or the host's address a real board reaches.
+    pub listen: IpAddr,
 }
 
 impl World {
-    /// Starts a mock GitHub and both proxies. `rate_limited` keeps GitHub's 60 requests an
-    /// hour; sweeps turn it off (thousands of boots from one address).
+    /// Starts a mock GitHub and both proxies, on loopback. `rate_limited` keeps GitHub's 60
+    /// requests an hour; sweeps turn it off (thousands of boots from one address).
     pub async fn start(broker: &BrokerChoice, rate_limited: bool) -> Result<World, WorldError> {
+        Self::start_on(broker, rate_limited, IpAddr::from([127, 0, 0, 1])).await
+    }
+
+    /// As [`World::start`], with both proxies listening on `listen` (ephemeral ports): the
+    /// host's LAN address, for a real board on WiFi. The mock GitHub and the broker stay on
+    /// loopback behind the proxies.
+    pub async fn start_on(
+        broker: &BrokerChoice,
+        rate_limited: bool,
+        listen: IpAddr,
+    ) -> Result<World, WorldError> {
+        Self::start_at(broker, rate_limited, SocketAddr::new(listen, 0)).await
+    }
+
+    /// As [`World::start_on`], with the GitHub proxy on `github_listen` exactly (`sim serve --addr`);
+    /// the broker proxy takes an ephemeral port on the same IP. An unspecified IP (`0.0.0.0`)
+    /// listens on every interface; [`World::api_base`] then cannot name the address a board
+    /// reaches, and the caller has to.
+    pub async fn start_at(
+        broker: &BrokerChoice,
+        rate_limited: bool,
+        github_listen: SocketAddr,
+    ) -> Result<World, WorldError> {
         let mut config = GithubConfig::default();
         if !rate_limited {
             config.rate_limit = RateLimit {
@@ -78,24 +119,32 @@ impl World {
                 ..RateLimit::default()
             };
         }
-        let github = MockGithub::start(config).await?;
-        let github_proxy = Proxy::start(github.addr()).await?;
+        let github_server = MockGithub::start(config).await?;
+        let github_proxy = Proxy::start_on(github_listen, github_server.addr()).await?;
         let broker = broker_addr(broker)?;
         let upstream = crate::broker::resolve(&broker)
             .ok_or_else(|| WorldError::Unresolvable(broker.url()))?;
-        let broker_proxy = Proxy::start(upstream).await?;
+        let broker_proxy =
+            Proxy::start_on(SocketAddr::new(github_listen.ip(), 0), upstream).await?;
         Ok(World {
-            github,
+            github: github_server,
             github_proxy,
             broker,
             broker_proxy,
+            listen: github_listen.ip(),
         })
     }
 
-    /// The board's `api_base`: a host name, so that DNS failures can be simulated
-    /// ([`SimDns`] resolves it to the proxy).
+    /// The board's `api_base`. On 127.0.0.1 a host name, so that DNS failures can be simulated
+    /// ([`SimDns`] resolves it to the proxy); on any other address that address, as a real
+    /// board on WiFi is given it (`http://192.168.1.10:PORT`, `http://[fd00::1]:PORT`).
     pub fn api_base(&self) -> String {
-        format!("http://{GITHUB_HOST}:{}", self.github_proxy.addr().port())
+        let proxy = self.github_proxy.addr();
+        if self.listen == IpAddr::from([127, 0, 0, 1]) {
+            format!("http://{GITHUB_HOST}:{}", proxy.port())
+        } else {
+            format!("http://{proxy}")
+        }
     }
 
     /// The board's HTTP client: no automatic redirects (the core follows them), no connection

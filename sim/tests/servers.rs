@@ -840,3 +840,179 @@ async fn proxy_in_front_of_the_broker_cuts_and_restores_mqtt() {
     );
     collector.close().await;
 }
+
+/// Addresses of this host other than 127.0.0.1 that a board could be given: 127.0.0.2 (every
+/// Linux host answers on all of 127/8, and it is not the address the servers sit on behind
+/// the proxies), and the source address of the route to a TEST-NET address when there is one
+/// (eth0's, on a machine with a LAN). Connecting a UDP socket sends nothing.
+fn board_facing_addresses() -> Vec<std::net::IpAddr> {
+    let mut addrs = vec![std::net::IpAddr::from([127, 0, 0, 2])];
+    let lan = std::net::UdpSocket::bind(("0.0.0.0", 0))
+        .and_then(|s| s.connect(("203.0.113.1", 9)).map(|()| s))
+        .and_then(|s| s.local_addr());
+    if let Ok(a) = lan
+        && !a.ip().is_loopback()
+        && !a.ip().is_unspecified()
+    {
+        addrs.push(a.ip());
+    }
+    addrs
+}
+
+/// Fails if `text` (a JSON body or a `Location`) names any server but `public`.
+fn only_names(public: &str, what: &str, text: &str) {
+    for wrong in ["127.0.0.1", "localhost", "[::1]"] {
+        assert!(!text.contains(wrong), "{what} names {wrong}: {text}");
+    }
+    for url in text
+        .split('"')
+        .filter(|t| t.starts_with("http://") || t.starts_with("https://"))
+    {
+        // The release's `repository` and GitHub's own links are not the board's business, but
+        // the mock writes every URL it serves from the `Host` the client used.
+        assert!(
+            url.starts_with(&format!("http://{public}/")),
+            "{what}: {url} is not on {public}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_world_on_a_lan_address_hands_out_only_urls_a_board_there_reaches() {
+    use sim::world::{BrokerChoice, World};
+    for ip in board_facing_addresses() {
+        let world = World::start_on(&BrokerChoice::Embedded, true, ip)
+            .await
+            .unwrap_or_else(|e| panic!("world on {ip}: {e}"));
+        let public = world.github_proxy.addr();
+        eprintln!("world on {ip}: api_base {}", world.api_base());
+        assert_eq!(public.ip(), ip);
+        assert_eq!(world.board_broker().ip(), ip);
+        assert_eq!(world.api_base(), format!("http://{public}"));
+        let bytes = image(70_000);
+        world.github.set_releases(
+            OWNER,
+            REPO,
+            vec![
+                Release::new("1.1", 1_700_000_000)
+                    .with_asset(Asset::new("firmware.bin", bytes.clone())),
+            ],
+        );
+        // As the board: redirects followed by hand, one connection per request.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client builds");
+        let public = public.to_string();
+
+        // Check: the latest release, through the proxy on `ip`.
+        let r = http
+            .get(format!(
+                "{}/repos/{OWNER}/{REPO}/releases/latest",
+                world.api_base()
+            ))
+            .header("user-agent", "board")
+            .send()
+            .await
+            .expect("check");
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = r.text().await.expect("body");
+        only_names(&public, "release JSON", &body);
+        let rel: Value = serde_json::from_str(&body).expect("JSON");
+
+        // Download: browser URL → 302 → signed asset URL → bytes, each hop on `ip`.
+        let browser = rel["assets"][0]["browser_download_url"]
+            .as_str()
+            .expect("url");
+        let r = http.get(browser).send().await.expect("download");
+        assert_eq!(r.status(), StatusCode::FOUND);
+        let location = r.headers()[LOCATION].to_str().expect("ascii").to_owned();
+        only_names(&public, "download 302", &format!("\"{location}\""));
+        let r = http.get(&location).send().await.expect("asset host");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.bytes().await.expect("bytes").as_ref(), bytes.as_slice());
+
+        // The API asset URL (a private repository's path): JSON, then 302 to the bytes.
+        let api = rel["assets"][0]["url"].as_str().expect("url");
+        let body = http
+            .get(api)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .expect("asset JSON")
+            .text()
+            .await
+            .expect("body");
+        only_names(&public, "asset JSON", &body);
+        let r = http
+            .get(api)
+            .header("accept", "application/octet-stream")
+            .send()
+            .await
+            .expect("asset API");
+        assert_eq!(r.status(), StatusCode::FOUND);
+        let location = r.headers()[LOCATION].to_str().expect("ascii").to_owned();
+        only_names(&public, "asset API 302", &format!("\"{location}\""));
+        let r = http
+            .get(&location)
+            .header(RANGE, "bytes=60000-")
+            .send()
+            .await
+            .expect("range");
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.bytes().await.expect("bytes").as_ref(), &bytes[60_000..]);
+
+        // Every request went through the board-facing proxy.
+        assert_eq!(world.github.requests().len(), 6);
+        assert_eq!(world.github_proxy.stats().connections, 6, "{ip}");
+
+        // The broker answers on `ip` too: a subscriber there gets its SUBACK.
+        Collector::connect(&BrokerAddr::from(world.board_broker()), "lan-check")
+            .await
+            .unwrap_or_else(|e| panic!("broker on {ip}: {e}"));
+        assert!(world.broker_proxy.stats().connections >= 1);
+        world.github.shutdown();
+    }
+}
+
+#[tokio::test]
+async fn a_stage_on_a_lan_address_writes_it_into_the_boards_conf() {
+    use sim::scenario::{Scenario, ScenarioError, Stage};
+    use sim::world::{BrokerChoice, WorldError};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/scenarios");
+    let update = Scenario::load(&dir.join("02-update.toml")).expect("scenario");
+    let model = sim::bootloader::Model::Espflash;
+    let ip = *board_facing_addresses()
+        .last()
+        .expect("one address at least");
+    let stage = Stage::new_on(&update, model, &BrokerChoice::Embedded, ip)
+        .await
+        .expect("stage");
+    let conf = firmware::config::Config::parse(stage.conf.as_bytes())
+        .unwrap_or_else(|e| panic!("the core refuses {}: {e:?}", stage.conf));
+    let proxy = stage.world.github_proxy.addr();
+    assert_eq!(conf.api_base.as_str(), format!("http://{proxy}"));
+    assert_eq!(conf.mqtt_host.as_str(), ip.to_string());
+    assert_eq!(conf.mqtt_port, stage.world.board_broker().port());
+
+    // No address a board can be given.
+    let err = Stage::new_on(&update, model, &BrokerChoice::Embedded, [0, 0, 0, 0].into())
+        .await
+        .err()
+        .expect("0.0.0.0 is refused");
+    assert!(
+        matches!(err, ScenarioError::World(WorldError::Unspecified(_))),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("0.0.0.0 is no address a board can be given")
+    );
+
+    // The scenario gives the board a token (the default), which the core sends over plain
+    // http to loopback only: beyond it the conf carries none, and the board downloads
+    // through `browser_download_url`.
+    assert!(update.board.token);
+    assert_eq!(conf.token.is_some(), ip.is_loopback(), "{}", stage.conf);
+}

@@ -245,7 +245,8 @@ impl GithubHandle {
         self.shared.addr
     }
 
-    /// `http://127.0.0.1:PORT`: the board's `api_base`.
+    /// `http://ADDR:PORT` of the mock itself: a test's `api_base`. Behind a [`crate::world::World`]
+    /// the board's is the proxy's ([`crate::world::World::api_base`]).
     pub fn base_url(&self) -> String {
         format!("http://{}", self.shared.addr)
     }
