@@ -105,7 +105,7 @@ hil PORT="" *FLAGS:
 # flashes it over the pty, the HIL scenario set runs, then every recording in fixtures/recordings.
 hil-virtual:
     cargo run -q -p hil -- run --virtual --quiet --junit target/hil/junit-run.xml
-    cargo run -q -p hil -- replay --virtual --quiet --junit target/hil/junit-replay.xml fixtures/recordings/*/
+    cargo run -q -p hil -- replay --virtual --quiet --junit target/hil/junit-replay.xml fixtures/recordings
 
 # Replay recorded power cuts on a board (a recording made with your own firmware images).
 hil-replay PORT +RECORDINGS:

@@ -98,7 +98,7 @@ enum Command {
     Replay {
         #[command(flatten)]
         board: BoardArgs,
-        /// Recording folders (fixtures/recordings/NAME).
+        /// Recording folders (fixtures/recordings/NAME), or folders of them (fixtures/recordings).
         recordings: Vec<PathBuf>,
     },
     /// Summarise a captured serial console (boots, versions, outcomes, LEDs).
@@ -147,7 +147,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let mut cases = Vec::new();
-            for dir in &recordings {
+            for dir in &recording_dirs(&recordings) {
                 match sim::recording::Recording::load(dir) {
                     Ok(r) => match r.scenario() {
                         Ok(s) => cases.push((s, Some(r))),
@@ -271,6 +271,33 @@ fn default_host_ip() -> Option<std::net::IpAddr> {
     let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
     s.connect("192.0.2.1:9").ok()?;
     s.local_addr().ok().map(|a| a.ip())
+}
+
+/// Recording folders: each named folder that holds a `recording.toml`, or else the ones
+/// directly inside it (`fixtures/recordings`), in name order.
+fn recording_dirs(named: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for dir in named {
+        if dir.join(sim::recording::TOML_FILE).exists() {
+            out.push(dir.clone());
+            continue;
+        }
+        let mut inside: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.join(sim::recording::TOML_FILE).exists())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if inside.is_empty() {
+            // Let loading say what is wrong with it.
+            out.push(dir.clone());
+        }
+        inside.sort();
+        out.extend(inside);
+    }
+    out
 }
 
 fn scenario_list(named: &[PathBuf]) -> Result<Vec<Scenario>, String> {

@@ -155,19 +155,30 @@ pub async fn run_case(
                 .into(),
         });
     }
-    let stage = match &start {
-        Start::Fresh => Stage::new(s, model, broker).await?,
+    let listen = match target {
+        Target::Virtual { .. } => std::net::IpAddr::from([127, 0, 0, 1]),
+        Target::Board(setup) => setup.host_ip,
+    };
+    let mut stage = match &start {
+        Start::Fresh => Stage::new_on(s, model, broker, listen).await?,
         Start::Recording(_) => {
             let id = format!("hil-replay-{}", std::process::id());
-            Stage::without_faults(s, model, broker, &id).await?
+            Stage::without_faults_on(s, model, broker, &id, listen).await?
         }
     };
+    if let Start::Recording(r) = &start {
+        // GitHub's history up to the cut, so that release and asset ids and dates come out
+        // as they did when the recording was made (the resume record is keyed on them).
+        for boot in 2..=r.cut.boot {
+            stage.before_boot(boot);
+        }
+    }
     let first_boot = match &start {
         Start::Fresh => 1,
         Start::Recording(r) => r.cut.boot + 1,
     };
     let stage = Arc::new(Mutex::new(stage));
-    let (board_name, mut regions) = {
+    let mut regions = {
         let st = lock(&stage);
         let mut regions = vec![flashing::table_region()];
         regions.push(flashing::slot_region(
@@ -175,16 +186,18 @@ pub async fn run_case(
             &st.running,
             "the running image",
         )?);
-        (String::new(), regions)
+        regions
     };
-    let _ = board_name;
 
     match target {
         Target::Virtual { model } => {
             let (chip, master) = {
                 let st = lock(&stage);
                 let (master, slave) = serialport::TTYPort::pair().map_err(HilError::Pty)?;
-                let board = st.board_with(sim::flash::SimFlash::new(st.seed));
+                let mut board = st.board_with(sim::flash::SimFlash::new(st.seed));
+                // A replay's boots are numbered on from the cut's, as in the simulator: the
+                // core's jitter is seeded by the boot number.
+                board.boots = first_boot - 1;
                 let chip = sim::chip::spawn(
                     Box::new(slave),
                     board,
@@ -197,14 +210,13 @@ pub async fn run_case(
                 regions.push(flashing::config_region(st.conf.as_bytes())?);
                 (chip, master)
             };
-            regions.extend(flashing::erased_regions()?);
+            regions.extend(base_erased_regions(&lock(&stage))?);
             if let Start::Recording(r) = &start {
                 regions.extend(recording_regions(r));
             }
             // Power on straight into the ROM's download mode (GPIO9 held low), as a harness
-            // with a BOOT line does.
-            chip.power(true);
-            chip.reset(true);
+            // with a BOOT line does: nothing on the flash runs before it is written.
+            chip.power_on_into_download();
             let flash_port = master
                 .try_clone_native()
                 .map_err(HilError::Pty)?;
@@ -313,6 +325,20 @@ pub async fn run_case(
             .await
         }
     }
+}
+
+/// otadata, otastate and otalog as the stage's base flash has them: erased, but for a board
+/// that starts in `ota_1` (otadata then selects it, as after an earlier update).
+fn base_erased_regions(stage: &Stage) -> Result<Vec<Region>, HilError> {
+    let base = stage.base_flash();
+    let mut regions = flashing::erased_regions()?;
+    for r in &mut regions {
+        let at = r.offset as usize;
+        if let Some(bytes) = base.contents().get(at..at + r.data.len()) {
+            r.data.copy_from_slice(bytes);
+        }
+    }
+    Ok(regions)
 }
 
 /// The recording's sectors as regions written after the base.
@@ -643,7 +669,7 @@ async fn run_on_board(
                 .replace_asset_bytes("acme", "thermostat", tag, "firmware.bin", bytes.clone());
         }
     }
-    regions.extend(flashing::erased_regions()?);
+    regions.extend(base_erased_regions(&lock(&stage))?);
     if let Start::Recording(r) = &start {
         // A recording's slots hold the images of its scenario, built by the simulator: valid
         // ESP-IDF images a real bootloader would start and crash in.
@@ -765,24 +791,12 @@ async fn run_on_board(
     Ok(report)
 }
 
-/// conf.json for a real board: the user's WiFi, this host's mock GitHub and broker.
+/// conf.json for a real board: the stage's (this host's mock GitHub and broker, on the
+/// address the board reaches), with the user's WiFi.
 fn board_conf(stage: &Stage, setup: &BoardSetup) -> String {
-    let api_base = format!(
-        "http://{}:{}",
-        setup.host_ip,
-        stage.world.github_proxy.addr().port()
-    );
-    let broker = std::net::SocketAddr::new(setup.host_ip, stage.world.board_broker().port());
-    let conf = sim::world::conf_json(
-        &api_base,
-        broker,
-        &stage.client_id,
-        &stage.prefix,
-        false,
-        false,
-        false,
-    );
     let quoted = |v: &str| serde_json::to_string(v).unwrap_or_default();
-    conf.replace("\"sim-wifi-secret\"", &quoted(&setup.wifi.1))
+    stage
+        .conf
+        .replace("\"sim-wifi-secret\"", &quoted(&setup.wifi.1))
         .replace("\"sim-wifi\"", &quoted(&setup.wifi.0))
 }

@@ -113,6 +113,7 @@ pub enum ChipState {
 enum Command {
     Reset { download: bool },
     Power(bool),
+    PowerOnIntoDownload,
     Arm(ChipFaults),
     BeforeBoot(BeforeBoot),
     Flash(std::sync::mpsc::Sender<Vec<u8>>),
@@ -200,6 +201,12 @@ impl ChipHandle {
     /// prints nothing more; on boots it from flash.
     pub fn power(&self, on: bool) {
         let _ = self.commands.send(Command::Power(on));
+    }
+
+    /// Powers the chip on with GPIO9 held low (the BOOT button held while plugging it in):
+    /// it starts in the ROM's download mode without booting what is on its flash.
+    pub fn power_on_into_download(&self) {
+        let _ = self.commands.send(Command::PowerOnIntoDownload);
     }
 
     /// Arms power cuts and WiFi outages for the boots to come (a boot already running keeps
@@ -377,6 +384,11 @@ impl Runner {
                 (Mode::Off, false) | (_, true) => {}
                 (_, false) => self.enter(Mode::Off),
             },
+            Command::PowerOnIntoDownload => {
+                if matches!(self.mode, Mode::Off | Mode::Dark) {
+                    self.reset(true);
+                }
+            }
             Command::Arm(faults) => self.faults = faults,
             Command::BeforeBoot(hook) => self.before_boot = Some(hook),
             Command::Flash(reply) => {
