@@ -504,17 +504,18 @@ impl Runner {
                     .last()
                     .map(|(_, c)| c.version.clone())
                     .unwrap_or_default();
-                self.print(&format!("app: running {version}\n"));
+                // State first: whoever reads the line may ask the state next.
                 self.enter(Mode::App);
+                self.print(&format!("app: running {version}\n"));
             }
             Some(BootEnd::PowerCut) => self.enter(Mode::Dark),
             Some(BootEnd::Bricked(b)) => {
-                self.print(&format!("# bricked: {b}\n"));
                 self.enter(Mode::Dark);
+                self.print(&format!("# bricked: {b}\n"));
             }
             Some(BootEnd::Stuck) => {
-                self.print("# stuck: the core waits for nothing\n");
                 self.enter(Mode::Dark);
+                self.print("# stuck: the core waits for nothing\n");
             }
         }
         for cmd in deferred {
