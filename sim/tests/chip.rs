@@ -302,3 +302,33 @@ fn console_until_quiet(port: &mut TTYPort) -> String {
     }
     String::from_utf8_lossy(&seen).into_owned()
 }
+
+#[test]
+fn a_cut_armed_in_otadata_hits_the_slot_switch_and_the_board_recovers() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (_world, conf) = world_with_1_1(&rt);
+    let (chip, host) = chip(4);
+    let mut console_port = flash_board(&chip, host, &conf);
+    // The first flash operation in otadata's second sector: the core's slot switch (seq 2
+    // goes to sector 1; the bootloader's first write went to sector 0).
+    chip.arm(ChipFaults {
+        in_range: Some((0xE000, 0xF000, 1)),
+        ..ChipFaults::default()
+    });
+    chip.reset(false);
+    wait_for(&chip, |s| s == ChipState::Dark);
+    std::thread::sleep(Duration::from_millis(100));
+    let cut = console_until_quiet(&mut console_port);
+    assert!(cut.contains("verified version=1.1"), "{cut}");
+    // The simulated core still reports the erase the cut failed (as in `sim run` traces);
+    // then the board is dark: no reboot, no application.
+    assert!(cut.contains("flash erase at 0xe000 failed"), "{cut}");
+    assert!(
+        !cut.contains("OTA 0 reboot") && !cut.contains("app: running"),
+        "{cut}"
+    );
+    chip.power(true);
+    let after = console_until(&mut console_port, "app: running");
+    assert!(after.contains("app: running 1.1"), "{after}");
+    chip.shutdown();
+}

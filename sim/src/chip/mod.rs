@@ -90,6 +90,12 @@ pub struct ChipFaults {
     /// WiFi outages `(from_boot, from_ms, until_ms)`: from `from_ms` to `until_ms` after the
     /// start of boot `from_boot` (1-based over the chip's life), like a scenario's `wifi_down`.
     pub wifi_down: Vec<(u32, u64, u64)>,
+    /// Cut during the `n`-th flash operation (1-based) counted from the arming: a scenario's
+    /// `at_flash_op` (a scenario's flash counts from provisioning, the chip's from here).
+    pub at_flash_op: Option<u64>,
+    /// Cut during the `nth` (1-based) flash operation touching `[start, end)` after the
+    /// arming: a scenario's `at_partition` with its `occurrence`.
+    pub in_range: Option<(u32, u32, u32)>,
 }
 
 /// What the chip is doing.
@@ -362,7 +368,16 @@ impl Runner {
                 (Mode::Off, false) | (_, true) => {}
                 (_, false) => self.enter(Mode::Off),
             },
-            Command::Arm(faults) => self.faults = faults,
+            Command::Arm(faults) => {
+                if let Some(n) = faults.at_flash_op {
+                    let at = self.board.flash.ops() + n;
+                    self.board.flash.arm_cut(at);
+                }
+                if let Some((start, end, nth)) = faults.in_range {
+                    self.board.flash.arm_cut_in(start, end, nth);
+                }
+                self.faults = faults;
+            }
             Command::Flash(reply) => {
                 let _ = reply.send(self.board.flash.contents().to_vec());
             }
