@@ -167,12 +167,36 @@ fn flash_board(chip: &ChipHandle, host: TTYPort, conf: &str) -> TTYPort {
 #[test]
 fn espflash_connects_reads_the_revision_and_flash_size() {
     let (chip, host) = chip(104);
+    let pattern: Vec<u8> = (0..0x2000u32).map(|i| (i * 13 % 251) as u8).collect();
+    chip.set_flash(pattern.clone()).expect("set flash");
     into_download(&chip);
     let mut flasher = connect(host);
     let info = flasher.device_info().expect("device info");
     assert_eq!(info.chip, Chip::Esp32c3);
     assert_eq!(info.revision, Some((1, 4)));
     assert_eq!(info.flash_size, espflash::flasher::FlashSize::_4Mb);
+
+    // READ_FLASH_SLOW, 64 bytes a request, as `hil record` reads sectors back. One call per
+    // 64 bytes: espflash 4.7's `read_flash_rom` adds the bytes read so far to its offset
+    // cumulatively, so from the third block of one call on it reads the wrong place.
+    let out = std::env::temp_dir().join(format!("chip-read-{}.bin", std::process::id()));
+    let mut read = Vec::new();
+    for at in (0x1003..0x1003 + 300).step_by(64) {
+        let len = (0x1003 + 300 - at).min(64);
+        flasher
+            .read_flash_rom(at, len, 64, 1, out.clone())
+            .expect("read_flash_rom");
+        read.extend(std::fs::read(&out).expect("read file"));
+    }
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(read, pattern[0x1003..0x1003 + 300]);
+
+    // ERASE_REGION is the stub's: the ROM refuses it, and espflash says so.
+    let refused = flasher.erase_region(0x1000, 0x1000);
+    assert!(
+        matches!(refused, Err(espflash::Error::RomError(_))),
+        "{refused:?}"
+    );
     chip.shutdown();
 }
 
