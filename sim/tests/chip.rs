@@ -64,9 +64,13 @@ fn wait_for(chip: &ChipHandle, done: impl Fn(ChipState) -> bool) {
 }
 
 fn connect(port: TTYPort) -> Flasher {
+    connect_as(port, bridge())
+}
+
+fn connect_as(port: TTYPort, info: UsbPortInfo) -> Flasher {
     let conn = Connection::new(
         port,
-        bridge(),
+        info,
         ResetAfterOperation::NoReset,
         ResetBeforeOperation::NoReset,
         115_200,
@@ -354,5 +358,57 @@ fn a_cut_armed_in_otadata_hits_the_slot_switch_and_the_board_recovers() {
     chip.power(true);
     let after = console_until(&mut console_port, "app: running");
     assert!(after.contains("app: running 1.1"), "{after}");
+    chip.shutdown();
+}
+
+#[test]
+fn wifi_down_armed_for_the_next_boot_delays_the_network_by_an_hour() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (_world, conf) = world_with_1_1(&rt);
+    let (chip, host) = chip(4);
+    let mut console_port = flash_board(&chip, host, &conf);
+    // Boot 1 after arming (the chip's boot 2: its first boot was the blank flash).
+    chip.arm(ChipFaults {
+        wifi_down: vec![(1, 0, 3_600_000)],
+        ..ChipFaults::default()
+    });
+    chip.reset(false);
+    let console = console_until(&mut console_port, "app: running");
+    let first_up = console
+        .lines()
+        .find(|l| l.starts_with("OTA ") && l.contains(" network up=true"))
+        .expect("the network came up");
+    let ms: u64 = first_up
+        .split(' ')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .expect("ms");
+    assert!(ms >= 3_600_000, "network up at {ms} ms:\n{console}");
+    assert!(console.contains("app: running 1.1"), "{console}");
+    chip.shutdown();
+}
+
+#[test]
+fn over_the_c3_s_usb_serial_jtag_espflash_also_stops_the_rtc_watchdog_and_writes() {
+    let (chip, host) = chip(4);
+    into_download(&chip);
+    // Espressif's VID and the USB-Serial-JTAG PID: espflash writes the RTC WDT registers.
+    let usb_jtag = UsbPortInfo {
+        vid: 0x303A,
+        pid: 0x1001,
+        serial_number: None,
+        manufacturer: None,
+        product: None,
+    };
+    let mut flasher = connect_as(host, usb_jtag);
+    let data: Vec<u8> = (0..5000u32).map(|i| (i % 199) as u8).collect();
+    flasher
+        .write_bin_to_flash(0x2_0000, &data, &mut DefaultProgressCallback)
+        .expect("write_bin_to_flash");
+    // write_bin_to_flash pads to a multiple of 4 with 0xFF.
+    assert_eq!(
+        flasher.checksum_md5(0x2_0000, 5000).expect("md5"),
+        md5(&data)
+    );
     chip.shutdown();
 }

@@ -83,12 +83,15 @@ pub struct ChipOptions {
 }
 
 /// Faults driven exactly, as the scenario runner drives the virtual board.
+///
+/// Everything counts from the arming, as a scenario counts from provisioning: boot 1 is the
+/// next boot, the 1st `progress` event is the next one, download byte and time 0 are now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChipFaults {
-    /// Power cuts at an event, a download byte or a time.
+    /// Power cuts at an event, a download byte or a time (and WiFi drops at a byte).
     pub triggers: Triggers,
     /// WiFi outages `(from_boot, from_ms, until_ms)`: from `from_ms` to `until_ms` after the
-    /// start of boot `from_boot` (1-based over the chip's life), like a scenario's `wifi_down`.
+    /// start of boot `from_boot` (1-based from the arming), like a scenario's `wifi_down`.
     pub wifi_down: Vec<(u32, u64, u64)>,
     /// Cut during the `n`-th flash operation (1-based) counted from the arming: a scenario's
     /// `at_flash_op` (a scenario's flash counts from provisioning, the chip's from here).
@@ -368,7 +371,24 @@ impl Runner {
                 (Mode::Off, false) | (_, true) => {}
                 (_, false) => self.enter(Mode::Off),
             },
-            Command::Arm(faults) => {
+            Command::Arm(mut faults) => {
+                // The board counts events, bytes, time and boots over its life.
+                let board = &self.board;
+                let t = &mut faults.triggers;
+                for (name, n) in &mut t.at_events {
+                    *n += board.event_count(name);
+                }
+                if let Some((name, n, _)) = &mut t.op_after_event {
+                    *n += board.event_count(name);
+                }
+                t.at_download_byte = t.at_download_byte.map(|b| b + board.downloaded);
+                t.wifi_drop_at_byte = t
+                    .wifi_drop_at_byte
+                    .map(|(b, ms)| (b + board.downloaded, ms));
+                t.at_time_ms = t.at_time_ms.map(|ms| ms + board.clock);
+                for (from_boot, _, _) in &mut faults.wifi_down {
+                    *from_boot += board.boots;
+                }
                 if let Some(n) = faults.at_flash_op {
                     let at = self.board.flash.ops() + n;
                     self.board.flash.arm_cut(at);
