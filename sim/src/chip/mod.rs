@@ -322,6 +322,7 @@ impl Runner {
         mut commands: UnboundedReceiver<Command>,
         mut bytes: UnboundedReceiver<Vec<u8>>,
     ) {
+        let mut port_open = true;
         loop {
             if let Mode::Boot(banner) = self.mode {
                 match self.boot(banner, &mut commands, &mut bytes).await {
@@ -339,10 +340,10 @@ impl Runner {
                         return;
                     }
                 }
-                input = bytes.recv() => {
+                input = bytes.recv(), if port_open => {
                     let Some(input) = input else {
                         // The port is gone; keep serving the side channel.
-                        std::future::pending::<()>().await;
+                        port_open = false;
                         continue;
                     };
                     if let Mode::Download(loader) = &mut self.mode {
@@ -516,7 +517,7 @@ impl Runner {
                         Some(other) => deferred.push(other),
                     },
                     // The application does not read the UART.
-                    _ = bytes.recv() => {}
+                    Some(_) = bytes.recv() => {}
                 }
             }
         };
