@@ -86,7 +86,8 @@ struct BoardArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run scenarios on a board (the HIL set of fixtures/scenarios when none is named).
+    /// Run scenarios on a board (when none is named: the HIL set of fixtures/scenarios on a
+    /// board, every scenario on the virtual one).
     Run {
         #[command(flatten)]
         board: BoardArgs,
@@ -127,7 +128,7 @@ fn main() -> ExitCode {
             let Some(mut target) = target(&board) else {
                 return no_board();
             };
-            let list = match scenario_list(&scenarios) {
+            let list = match scenario_list(&scenarios, board.virtual_board) {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("{e}");
@@ -300,14 +301,24 @@ fn recording_dirs(named: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-fn scenario_list(named: &[PathBuf]) -> Result<Vec<Scenario>, String> {
-    let paths: Vec<PathBuf> = if named.is_empty() {
+/// The named scenarios; else, on a real board the HIL set, on the virtual one every scenario
+/// (its power line is exact, so it takes them all).
+fn scenario_list(named: &[PathBuf], virtual_board: bool) -> Result<Vec<Scenario>, String> {
+    let paths: Vec<PathBuf> = if !named.is_empty() {
+        named.to_vec()
+    } else if virtual_board {
+        let mut all: Vec<PathBuf> = std::fs::read_dir("fixtures/scenarios")
+            .map_err(|e| format!("fixtures/scenarios: {e} (run from the repository's root)"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        all.sort();
+        all
+    } else {
         HIL_SET
             .iter()
             .map(|n| Path::new("fixtures/scenarios").join(format!("{n}.toml")))
             .collect()
-    } else {
-        named.to_vec()
     };
     paths
         .iter()

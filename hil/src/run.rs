@@ -146,8 +146,7 @@ pub async fn run_case(
         Target::Board(_) => Model::Espflash,
     };
     let (triggers, flash_cuts) = sim::scenario::triggers_of(s, model)?;
-    let replaying = matches!(start, Start::Recording(_));
-    if !flash_cuts.is_empty() && !replaying {
+    if !flash_cuts.is_empty() && matches!(target, Target::Board(_)) {
         return Err(HilError::Unsupported {
             scenario: s.name.clone(),
             why: "a cut at one exact flash operation cannot be timed from outside a board; \
@@ -217,6 +216,7 @@ pub async fn run_case(
             // Power on straight into the ROM's download mode (GPIO9 held low), as a harness
             // with a BOOT line does: nothing on the flash runs before it is written.
             chip.power_on_into_download();
+            chip.set_dns(lock(&stage).dns.clone());
             let flash_port = master
                 .try_clone_native()
                 .map_err(HilError::Pty)?;
@@ -235,9 +235,13 @@ pub async fn run_case(
             flashing::write(&mut flasher, &regions, quiet)?;
             drop(flasher);
             let flash_secs = flashing_started.elapsed().as_secs_f64();
+            // The virtual board's power line is exact: cuts at an event, a byte, a time or
+            // one flash operation land where the scenario says, as in the simulator.
             chip.arm(ChipFaults {
                 triggers,
                 wifi_down: Vec::new(),
+                at_flash_op: flash_cuts.at_op,
+                in_range: flash_cuts.in_range,
             });
             let console = Console::start(
                 console::Source::Open(Box::new(master)),
@@ -645,11 +649,16 @@ async fn run_on_board(
     quiet: bool,
     started: Instant,
 ) -> Result<CaseReport, HilError> {
-    if triggers.op_after_event.is_some() || triggers.wifi_drop_at_byte.is_some() {
+    let dns = s
+        .faults
+        .iter()
+        .any(|f| matches!(f, sim::scenario::FaultSpec::DnsDown { .. }));
+    if triggers.op_after_event.is_some() || triggers.wifi_drop_at_byte.is_some() || dns {
         return Err(HilError::Unsupported {
             scenario: s.name.clone(),
-            why: "cuts at the n-th flash operation after an event and WiFi drops mid-download \
-                  need the virtual board or a recording"
+            why: "cuts at the n-th flash operation after an event, WiFi drops mid-download and \
+                  DNS failures (the board is given this host by address) need the virtual board \
+                  or a recording"
                 .into(),
         });
     }

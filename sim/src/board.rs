@@ -611,7 +611,10 @@ fn drain(
             ms: t.0,
             event,
         };
-        if let Some(live) = live {
+        // A board without power prints nothing: what the core reports about a flash
+        // operation the cut interrupted (its error, its outcome) stays in the simulator's
+        // trace but never reaches a console.
+        if let Some(live) = live.as_ref().filter(|_| !core.flash_mut().is_dead()) {
             // A closed receiver only means nobody watches the console.
             let _ = live.send(Live::Line(line.clone()));
         }

@@ -64,9 +64,13 @@ fn wait_for(chip: &ChipHandle, done: impl Fn(ChipState) -> bool) {
 }
 
 fn connect(port: TTYPort) -> Flasher {
+    connect_as(port, bridge())
+}
+
+fn connect_as(port: TTYPort, info: UsbPortInfo) -> Flasher {
     let conn = Connection::new(
         port,
-        bridge(),
+        info,
         ResetAfterOperation::NoReset,
         ResetBeforeOperation::NoReset,
         115_200,
@@ -167,12 +171,36 @@ fn flash_board(chip: &ChipHandle, host: TTYPort, conf: &str) -> TTYPort {
 #[test]
 fn espflash_connects_reads_the_revision_and_flash_size() {
     let (chip, host) = chip(104);
+    let pattern: Vec<u8> = (0..0x2000u32).map(|i| (i * 13 % 251) as u8).collect();
+    chip.set_flash(pattern.clone()).expect("set flash");
     into_download(&chip);
     let mut flasher = connect(host);
     let info = flasher.device_info().expect("device info");
     assert_eq!(info.chip, Chip::Esp32c3);
     assert_eq!(info.revision, Some((1, 4)));
     assert_eq!(info.flash_size, espflash::flasher::FlashSize::_4Mb);
+
+    // READ_FLASH_SLOW, 64 bytes a request, as `hil record` reads sectors back. One call per
+    // 64 bytes: espflash 4.7's `read_flash_rom` adds the bytes read so far to its offset
+    // cumulatively, so from the third block of one call on it reads the wrong place.
+    let out = std::env::temp_dir().join(format!("chip-read-{}.bin", std::process::id()));
+    let mut read = Vec::new();
+    for at in (0x1003..0x1003 + 300).step_by(64) {
+        let len = (0x1003 + 300 - at).min(64);
+        flasher
+            .read_flash_rom(at, len, 64, 1, out.clone())
+            .expect("read_flash_rom");
+        read.extend(std::fs::read(&out).expect("read file"));
+    }
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(read, pattern[0x1003..0x1003 + 300]);
+
+    // ERASE_REGION is the stub's: the ROM refuses it, and espflash says so.
+    let refused = flasher.erase_region(0x1000, 0x1000);
+    assert!(
+        matches!(refused, Err(espflash::Error::RomError(_))),
+        "{refused:?}"
+    );
     chip.shutdown();
 }
 
@@ -301,4 +329,86 @@ fn console_until_quiet(port: &mut TTYPort) -> String {
         seen.extend_from_slice(&buf[..n]);
     }
     String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn a_cut_armed_in_otadata_hits_the_slot_switch_and_the_board_recovers() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (_world, conf) = world_with_1_1(&rt);
+    let (chip, host) = chip(4);
+    let mut console_port = flash_board(&chip, host, &conf);
+    // The first flash operation in otadata's second sector: the core's slot switch (seq 2
+    // goes to sector 1; the bootloader's first write went to sector 0).
+    chip.arm(ChipFaults {
+        in_range: Some((0xE000, 0xF000, 1)),
+        ..ChipFaults::default()
+    });
+    chip.reset(false);
+    wait_for(&chip, |s| s == ChipState::Dark);
+    std::thread::sleep(Duration::from_millis(100));
+    let cut = console_until_quiet(&mut console_port);
+    assert!(cut.contains("verified version=1.1"), "{cut}");
+    // The simulated core still reports the erase the cut failed (as in `sim run` traces);
+    // then the board is dark: no reboot, no application.
+    assert!(cut.contains("flash erase at 0xe000 failed"), "{cut}");
+    assert!(
+        !cut.contains("OTA 0 reboot") && !cut.contains("app: running"),
+        "{cut}"
+    );
+    chip.power(true);
+    let after = console_until(&mut console_port, "app: running");
+    assert!(after.contains("app: running 1.1"), "{after}");
+    chip.shutdown();
+}
+
+#[test]
+fn wifi_down_armed_for_the_next_boot_delays_the_network_by_an_hour() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (_world, conf) = world_with_1_1(&rt);
+    let (chip, host) = chip(4);
+    let mut console_port = flash_board(&chip, host, &conf);
+    // Boot 1 after arming (the chip's boot 2: its first boot was the blank flash).
+    chip.arm(ChipFaults {
+        wifi_down: vec![(1, 0, 3_600_000)],
+        ..ChipFaults::default()
+    });
+    chip.reset(false);
+    let console = console_until(&mut console_port, "app: running");
+    let first_up = console
+        .lines()
+        .find(|l| l.starts_with("OTA ") && l.contains(" network up=true"))
+        .expect("the network came up");
+    let ms: u64 = first_up
+        .split(' ')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .expect("ms");
+    assert!(ms >= 3_600_000, "network up at {ms} ms:\n{console}");
+    assert!(console.contains("app: running 1.1"), "{console}");
+    chip.shutdown();
+}
+
+#[test]
+fn over_the_c3_s_usb_serial_jtag_espflash_also_stops_the_rtc_watchdog_and_writes() {
+    let (chip, host) = chip(4);
+    into_download(&chip);
+    // Espressif's VID and the USB-Serial-JTAG PID: espflash writes the RTC WDT registers.
+    let usb_jtag = UsbPortInfo {
+        vid: 0x303A,
+        pid: 0x1001,
+        serial_number: None,
+        manufacturer: None,
+        product: None,
+    };
+    let mut flasher = connect_as(host, usb_jtag);
+    let data: Vec<u8> = (0..5000u32).map(|i| (i % 199) as u8).collect();
+    flasher
+        .write_bin_to_flash(0x2_0000, &data, &mut DefaultProgressCallback)
+        .expect("write_bin_to_flash");
+    // write_bin_to_flash pads to a multiple of 4 with 0xFF.
+    assert_eq!(
+        flasher.checksum_md5(0x2_0000, 5000).expect("md5"),
+        md5(&data)
+    );
+    chip.shutdown();
 }

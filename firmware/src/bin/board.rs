@@ -29,9 +29,20 @@ use esp_hal::rng::{Trng, TrngSource};
 use esp_hal::timer::timg::TimerGroup;
 use static_cell::StaticCell;
 
-// The image's `esp_app_desc_t`: its version field is this crate's version
-// (`CARGO_PKG_VERSION`), which the core reads back as "the running version".
-esp_bootloader_esp_idf::esp_app_desc!();
+// The image's `esp_app_desc_t`. Its version field is what the core reads back as "the
+// running version": `FIRMWARE_VERSION` at build time, else the crate's version (build.rs).
+// The other fields are the macro's defaults.
+esp_bootloader_esp_idf::esp_app_desc!(
+    env!("FIRMWARE_VERSION"),
+    env!("CARGO_PKG_NAME"),
+    esp_bootloader_esp_idf::BUILD_TIME,
+    esp_bootloader_esp_idf::BUILD_DATE,
+    esp_bootloader_esp_idf::ESP_IDF_COMPATIBLE_VERSION,
+    esp_bootloader_esp_idf::MMU_PAGE_SIZE,
+    0,
+    u16::MAX,
+    esp_bootloader_esp_idf::SECURE_VERSION
+);
 
 #[esp_hal::main]
 async fn main(spawner: Spawner) -> ! {

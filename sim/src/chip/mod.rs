@@ -83,13 +83,22 @@ pub struct ChipOptions {
 }
 
 /// Faults driven exactly, as the scenario runner drives the virtual board.
+///
+/// Everything counts from the arming, as a scenario counts from provisioning: boot 1 is the
+/// next boot, the 1st `progress` event is the next one, download byte and time 0 are now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChipFaults {
-    /// Power cuts at an event, a download byte or a time.
+    /// Power cuts at an event, a download byte or a time (and WiFi drops at a byte).
     pub triggers: Triggers,
     /// WiFi outages `(from_boot, from_ms, until_ms)`: from `from_ms` to `until_ms` after the
-    /// start of boot `from_boot` (1-based over the chip's life), like a scenario's `wifi_down`.
+    /// start of boot `from_boot` (1-based from the arming), like a scenario's `wifi_down`.
     pub wifi_down: Vec<(u32, u64, u64)>,
+    /// Cut during the `n`-th flash operation (1-based) counted from the arming: a scenario's
+    /// `at_flash_op` (a scenario's flash counts from provisioning, the chip's from here).
+    pub at_flash_op: Option<u64>,
+    /// Cut during the `nth` (1-based) flash operation touching `[start, end)` after the
+    /// arming: a scenario's `at_partition` with its `occurrence`.
+    pub in_range: Option<(u32, u32, u32)>,
 }
 
 /// What the chip is doing.
@@ -116,6 +125,7 @@ enum Command {
     PowerOnIntoDownload,
     Arm(ChipFaults),
     BeforeBoot(BeforeBoot),
+    Dns(SimDns),
     Flash(std::sync::mpsc::Sender<Vec<u8>>),
     SetFlash(Vec<u8>, std::sync::mpsc::Sender<()>),
     Shutdown,
@@ -171,6 +181,7 @@ pub fn spawn(
         shared: shared.clone(),
         faults: ChipFaults::default(),
         before_boot: None,
+        dns: SimDns::default(),
         mode: Mode::Off,
     };
     std::thread::Builder::new()
@@ -201,6 +212,12 @@ impl ChipHandle {
     /// prints nothing more; on boots it from flash.
     pub fn power(&self, on: bool) {
         let _ = self.commands.send(Command::Power(on));
+    }
+
+    /// The DNS the board's network gives it (a harness fails lookups with it, as a
+    /// scenario's `dns_down` does); by default every lookup of the GitHub host succeeds.
+    pub fn set_dns(&self, dns: SimDns) {
+        let _ = self.commands.send(Command::Dns(dns));
     }
 
     /// Powers the chip on with GPIO9 held low (the BOOT button held while plugging it in):
@@ -326,6 +343,7 @@ struct Runner {
     shared: Arc<Mutex<Shared>>,
     faults: ChipFaults,
     before_boot: Option<BeforeBoot>,
+    dns: SimDns,
     mode: Mode,
 }
 
@@ -335,6 +353,7 @@ impl Runner {
         mut commands: UnboundedReceiver<Command>,
         mut bytes: UnboundedReceiver<Vec<u8>>,
     ) {
+        let mut port_open = true;
         loop {
             if let Mode::Boot(banner) = self.mode {
                 match self.boot(banner, &mut commands, &mut bytes).await {
@@ -352,10 +371,10 @@ impl Runner {
                         return;
                     }
                 }
-                input = bytes.recv() => {
+                input = bytes.recv(), if port_open => {
                     let Some(input) = input else {
                         // The port is gone; keep serving the side channel.
-                        std::future::pending::<()>().await;
+                        port_open = false;
                         continue;
                     };
                     if let Mode::Download(loader) = &mut self.mode {
@@ -389,8 +408,35 @@ impl Runner {
                     self.reset(true);
                 }
             }
-            Command::Arm(faults) => self.faults = faults,
             Command::BeforeBoot(hook) => self.before_boot = Some(hook),
+            Command::Dns(dns) => self.dns = dns,
+            Command::Arm(mut faults) => {
+                // The board counts events, bytes, time and boots over its life.
+                let board = &self.board;
+                let t = &mut faults.triggers;
+                for (name, n) in &mut t.at_events {
+                    *n += board.event_count(name);
+                }
+                if let Some((name, n, _)) = &mut t.op_after_event {
+                    *n += board.event_count(name);
+                }
+                t.at_download_byte = t.at_download_byte.map(|b| b + board.downloaded);
+                t.wifi_drop_at_byte = t
+                    .wifi_drop_at_byte
+                    .map(|(b, ms)| (b + board.downloaded, ms));
+                t.at_time_ms = t.at_time_ms.map(|ms| ms + board.clock);
+                for (from_boot, _, _) in &mut faults.wifi_down {
+                    *from_boot += board.boots;
+                }
+                if let Some(n) = faults.at_flash_op {
+                    let at = self.board.flash.ops() + n;
+                    self.board.flash.arm_cut(at);
+                }
+                if let Some((start, end, nth)) = faults.in_range {
+                    self.board.flash.arm_cut_in(start, end, nth);
+                }
+                self.faults = faults;
+            }
             Command::Flash(reply) => {
                 let _ = reply.send(self.board.flash.contents().to_vec());
             }
@@ -476,7 +522,7 @@ impl Runner {
             .and_then(|c| resolve(&c.mqtt_host, c.mqtt_port))
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1)));
         let wiring = Wiring { broker };
-        let http = match board_http_client(&SimDns::default()) {
+        let http = match board_http_client(&self.dns) {
             Ok(h) => h,
             Err(e) => {
                 self.print(&format!("# chip: no HTTP client: {e}\n"));
@@ -517,7 +563,7 @@ impl Runner {
                         Some(other) => deferred.push(other),
                     },
                     // The application does not read the UART.
-                    _ = bytes.recv() => {}
+                    Some(_) = bytes.recv() => {}
                 }
             }
         };
@@ -540,19 +586,20 @@ impl Runner {
                     .last()
                     .map(|(_, c)| c.version.clone())
                     .unwrap_or_default();
+                // State first: whoever reads the line may ask the state next.
+                self.enter(Mode::App);
                 // What the board glue prints when the application starts (the harness ends a
                 // boot on it), with the version for people reading the console.
                 self.print(&format!("# app: running {version}\n"));
-                self.enter(Mode::App);
             }
             Some(BootEnd::PowerCut) => self.enter(Mode::Dark),
             Some(BootEnd::Bricked(b)) => {
-                self.print(&format!("# bricked: {b}\n"));
                 self.enter(Mode::Dark);
+                self.print(&format!("# bricked: {b}\n"));
             }
             Some(BootEnd::Stuck) => {
-                self.print("# stuck: the core waits for nothing\n");
                 self.enter(Mode::Dark);
+                self.print("# stuck: the core waits for nothing\n");
             }
         }
         for cmd in deferred {
