@@ -91,6 +91,10 @@ enum Command {
     Run {
         #[command(flatten)]
         board: BoardArgs,
+        /// Save the flash as every power cut left it, one recording per cut, in this folder
+        /// (virtual board): `sim replay` and `hil replay` replay them.
+        #[arg(long)]
+        record: Option<PathBuf>,
         /// Scenario files.
         scenarios: Vec<PathBuf>,
     },
@@ -124,7 +128,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Console { file } => console(&file),
-        Command::Run { board, scenarios } => {
+        Command::Run {
+            board,
+            scenarios,
+            record,
+        } => {
             let Some(mut target) = target(&board) else {
                 return no_board();
             };
@@ -135,8 +143,23 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let cases: Vec<(Scenario, Option<sim::recording::Recording>)> =
-                list.into_iter().map(|s| (s, None)).collect();
+            let made_by = std::iter::once("hil".to_string())
+                .chain(std::env::args().skip(1))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let cases: Vec<Case> = list
+                .into_iter()
+                .map(|(path, text, s)| Case {
+                    scenario: s,
+                    recording: None,
+                    record_to: record.as_ref().map(|dir| run::RecordTo {
+                        dir: dir.clone(),
+                        scenario_path: path.display().to_string(),
+                        scenario_text: text,
+                        made_by: made_by.clone(),
+                    }),
+                })
+                .collect();
             run_all(&board, &mut target, cases, "hil run")
         }
         Command::Replay { board, recordings } => {
@@ -151,7 +174,11 @@ fn main() -> ExitCode {
             for dir in &recording_dirs(&recordings) {
                 match sim::recording::Recording::load(dir) {
                     Ok(r) => match r.scenario() {
-                        Ok(s) => cases.push((s, Some(r))),
+                        Ok(s) => cases.push(Case {
+                            scenario: s,
+                            recording: Some(r),
+                            record_to: None,
+                        }),
                         Err(e) => {
                             eprintln!("{}: {e}", dir.display());
                             return ExitCode::from(2);
@@ -301,9 +328,19 @@ fn recording_dirs(named: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// The named scenarios; else, on a real board the HIL set, on the virtual one every scenario
+/// One case of a run: a scenario from a fresh flash, or a recording's recovery.
+struct Case {
+    scenario: Scenario,
+    recording: Option<sim::recording::Recording>,
+    record_to: Option<run::RecordTo>,
+}
+
+/// The named scenarios (path, text, parsed); else, on a real board the HIL set, on the virtual one every scenario
 /// (its power line is exact, so it takes them all).
-fn scenario_list(named: &[PathBuf], virtual_board: bool) -> Result<Vec<Scenario>, String> {
+fn scenario_list(
+    named: &[PathBuf],
+    virtual_board: bool,
+) -> Result<Vec<(PathBuf, String, Scenario)>, String> {
     let paths: Vec<PathBuf> = if !named.is_empty() {
         named.to_vec()
     } else if virtual_board {
@@ -321,15 +358,19 @@ fn scenario_list(named: &[PathBuf], virtual_board: bool) -> Result<Vec<Scenario>
             .collect()
     };
     paths
-        .iter()
-        .map(|p| Scenario::load(p).map_err(|e| e.to_string()))
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let s = Scenario::load(&p).map_err(|e| e.to_string())?;
+            Ok((p, text, s))
+        })
         .collect()
 }
 
 fn run_all(
     args: &BoardArgs,
     target: &mut Target,
-    cases: Vec<(Scenario, Option<sim::recording::Recording>)>,
+    cases: Vec<Case>,
     suite: &str,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -349,7 +390,8 @@ fn run_all(
     );
     let mut reports: Vec<CaseReport> = Vec::new();
     let mut broken = false;
-    for (s, recording) in &cases {
+    for case in &cases {
+        let (s, recording) = (&case.scenario, &case.recording);
         let name = recording.as_ref().map_or(s.name.clone(), |r| r.name.clone());
         let folder = args.out.join(&run_id).join(&name);
         let model = match target {
@@ -376,6 +418,7 @@ fn run_all(
             &folder,
             &limits,
             args.quiet || args.json,
+            case.record_to.as_ref(),
         ));
         match result {
             Ok(mut r) => {

@@ -101,6 +101,17 @@ pub struct ChipFaults {
     pub in_range: Option<(u32, u32, u32)>,
 }
 
+/// A power cut as the chip saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutInfo {
+    /// The boot it hit (1-based over the chip's life).
+    pub boot: u32,
+    /// What it interrupted (`Erase at 0x… (flash operation N)`, `between flash operations`).
+    pub what: String,
+    /// The update's phase ([`crate::scenario::cut_phase`]).
+    pub phase: String,
+}
+
 /// What the chip is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChipState {
@@ -127,6 +138,7 @@ enum Command {
     BeforeBoot(BeforeBoot),
     Dns(SimDns),
     Flash(std::sync::mpsc::Sender<Vec<u8>>),
+    LastCut(std::sync::mpsc::Sender<Option<CutInfo>>),
     SetFlash(Vec<u8>, std::sync::mpsc::Sender<()>),
     Shutdown,
 }
@@ -251,6 +263,16 @@ impl ChipHandle {
         let (tx, rx) = std::sync::mpsc::channel();
         self.commands
             .send(Command::Flash(tx))
+            .map_err(|_| ChipError::Gone)?;
+        rx.recv().map_err(|_| ChipError::Gone)
+    }
+
+    /// The last power cut an armed fault made: its boot (over the chip's life), what it
+    /// interrupted and the update's phase (what a recording of it is named by).
+    pub fn last_cut(&self) -> Result<Option<CutInfo>, ChipError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.commands
+            .send(Command::LastCut(tx))
             .map_err(|_| ChipError::Gone)?;
         rx.recv().map_err(|_| ChipError::Gone)
     }
@@ -436,6 +458,14 @@ impl Runner {
                     self.board.flash.arm_cut_in(start, end, nth);
                 }
                 self.faults = faults;
+            }
+            Command::LastCut(reply) => {
+                let info = self.board.cuts.last().map(|(boot, what)| CutInfo {
+                    boot: *boot,
+                    what: what.clone(),
+                    phase: crate::scenario::cut_phase(&self.board, *boot).to_string(),
+                });
+                let _ = reply.send(info);
             }
             Command::Flash(reply) => {
                 let _ = reply.send(self.board.flash.contents().to_vec());
