@@ -162,7 +162,10 @@ pub fn table_region() -> Region {
 
 /// Bootloader, partition table and app (for `ota_0`) from a firmware ELF, as `espflash flash`
 /// builds them: espflash's bundled ESP-IDF bootloader for the ESP32-C3.
-pub fn regions_from_elf(elf_path: &std::path::Path, csv: &std::path::Path) -> Result<Vec<Region>, FlashError> {
+pub fn regions_from_elf(
+    elf_path: &std::path::Path,
+    csv: &std::path::Path,
+) -> Result<Vec<Region>, FlashError> {
     use espflash::flasher::{FlashData, FlashSettings};
     use espflash::image_format::idf::IdfBootloaderFormat;
     let elf_err = |why: String| FlashError::Elf {
@@ -319,9 +322,9 @@ impl Bar {
 impl ProgressCallbacks for Bar {
     fn init(&mut self, addr: u32, total: usize) {
         self.bar.set_length(total as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{msg:<28} [{bar:30}] {pos:>5}/{len:5} blocks",
-        ) {
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{msg:<28} [{bar:30}] {pos:>5}/{len:5} blocks")
+        {
             self.bar.set_style(style.progress_chars("=> "));
         }
         self.bar.set_message(format!("{} @0x{addr:06x}", self.name));
@@ -334,7 +337,8 @@ impl ProgressCallbacks for Bar {
     }
     fn finish(&mut self, skipped: bool) {
         if skipped {
-            self.bar.finish_with_message(format!("{} (unchanged)", self.name));
+            self.bar
+                .finish_with_message(format!("{} (unchanged)", self.name));
         } else {
             self.bar.finish();
         }

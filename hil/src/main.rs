@@ -54,7 +54,10 @@ struct BoardArgs {
     #[arg(long)]
     probe: Option<String>,
     /// Firmware ELF of the old version (`FIRMWARE_VERSION=1.0 just firmware`).
-    #[arg(long, default_value = "target/riscv32imc-unknown-none-elf/release/firmware")]
+    #[arg(
+        long,
+        default_value = "target/riscv32imc-unknown-none-elf/release/firmware"
+    )]
     elf: PathBuf,
     /// A release image: `TAG=PATH` (`FIRMWARE_VERSION=1.1 just firmware` writes
     /// target/firmware-esp32c3-1.1.bin). Repeat for several.
@@ -118,9 +121,9 @@ fn parse_model(s: &str) -> Result<Model, String> {
 }
 
 fn parse_image(s: &str) -> Result<(String, PathBuf), String> {
-    let (tag, path) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}`: expected TAG=PATH, e.g. 1.1=target/firmware-esp32c3-1.1.bin"))?;
+    let (tag, path) = s.split_once('=').ok_or_else(|| {
+        format!("`{s}`: expected TAG=PATH, e.g. 1.1=target/firmware-esp32c3-1.1.bin")
+    })?;
     Ok((tag.to_string(), PathBuf::from(path)))
 }
 
@@ -199,10 +202,18 @@ fn main() -> ExitCode {
 fn no_board() -> ExitCode {
     eprintln!("hil: no board given.");
     eprintln!();
-    eprintln!("Connect an ESP32-C3 board by USB and run `just hil PORT`, e.g. `just hil /dev/ttyACM0`");
-    eprintln!("(the C3's own USB port shows up as /dev/ttyACM*, a USB-UART bridge as /dev/ttyUSB*).");
-    eprintln!("Wiring, LED pins, the optional LED probe and power backends: README.md, 'Hardware in the loop'.");
-    eprintln!("Without hardware, `just hil-virtual` runs the same harness against a virtual ESP32-C3.");
+    eprintln!(
+        "Connect an ESP32-C3 board by USB and run `just hil PORT`, e.g. `just hil /dev/ttyACM0`"
+    );
+    eprintln!(
+        "(the C3's own USB port shows up as /dev/ttyACM*, a USB-UART bridge as /dev/ttyUSB*)."
+    );
+    eprintln!(
+        "Wiring, LED pins, the optional LED probe and power backends: README.md, 'Hardware in the loop'."
+    );
+    eprintln!(
+        "Without hardware, `just hil-virtual` runs the same harness against a virtual ESP32-C3."
+    );
     let ports = serialport::available_ports().unwrap_or_default();
     if ports.is_empty() {
         eprintln!();
@@ -234,7 +245,7 @@ fn target(args: &BoardArgs) -> Option<Target> {
     }
     let port = args.port.clone()?;
     match board_setup(args, &port) {
-        Ok(setup) => Some(Target::Board(setup)),
+        Ok(setup) => Some(Target::Board(Box::new(setup))),
         Err(e) => {
             eprintln!("hil: {e}");
             std::process::exit(2);
@@ -256,9 +267,11 @@ fn board_setup(args: &BoardArgs, port: &str) -> Result<BoardSetup, String> {
         images.push((tag.clone(), bytes));
     }
     if images.is_empty() {
-        return Err("name the release images: --image 1.1=target/firmware-esp32c3-1.1.bin \
+        return Err(
+            "name the release images: --image 1.1=target/firmware-esp32c3-1.1.bin \
                     (`just hil PORT` builds and passes them)"
-            .into());
+                .into(),
+        );
     }
     if !args.elf.exists() {
         return Err(format!(
@@ -266,20 +279,26 @@ fn board_setup(args: &BoardArgs, port: &str) -> Result<BoardSetup, String> {
             args.elf.display()
         ));
     }
-    let conf = std::fs::read_to_string(&args.conf)
-        .map_err(|e| format!("{}: {e} (the board's WiFi comes from it)", args.conf.display()))?;
+    let conf = std::fs::read_to_string(&args.conf).map_err(|e| {
+        format!(
+            "{}: {e} (the board's WiFi comes from it)",
+            args.conf.display()
+        )
+    })?;
     let v: serde_json::Value =
         serde_json::from_str(&conf).map_err(|e| format!("{}: {e}", args.conf.display()))?;
     let ssid = v["wifi"]["ssid"].as_str().unwrap_or_default().to_string();
-    let password = v["wifi"]["password"].as_str().unwrap_or_default().to_string();
+    let password = v["wifi"]["password"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if ssid.is_empty() {
         return Err(format!("{}: no wifi.ssid", args.conf.display()));
     }
     let host_ip = match args.host_ip {
         Some(ip) => ip,
-        None => default_host_ip().ok_or(
-            "cannot tell this host's LAN address; give it with --host-ip".to_string(),
-        )?,
+        None => default_host_ip()
+            .ok_or("cannot tell this host's LAN address; give it with --host-ip".to_string())?,
     };
     Ok(BoardSetup {
         port: port.to_string(),
@@ -367,13 +386,11 @@ fn scenario_list(
         .collect()
 }
 
-fn run_all(
-    args: &BoardArgs,
-    target: &mut Target,
-    cases: Vec<Case>,
-    suite: &str,
-) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+fn run_all(args: &BoardArgs, target: &mut Target, cases: Vec<Case>, suite: &str) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hil: {e}");
@@ -392,7 +409,9 @@ fn run_all(
     let mut broken = false;
     for case in &cases {
         let (s, recording) = (&case.scenario, &case.recording);
-        let name = recording.as_ref().map_or(s.name.clone(), |r| r.name.clone());
+        let name = recording
+            .as_ref()
+            .map_or(s.name.clone(), |r| r.name.clone());
         let folder = args.out.join(&run_id).join(&name);
         let model = match target {
             Target::Virtual { model } => *model,
@@ -409,17 +428,14 @@ fn run_all(
         if !args.quiet && !args.json {
             eprintln!("== {name}");
         }
-        let result = runtime.block_on(run::run_case(
-            s,
-            &expect,
-            start,
-            target,
-            &BrokerChoice::Embedded,
-            &folder,
-            &limits,
-            args.quiet || args.json,
-            case.record_to.as_ref(),
-        ));
+        let opts = run::RunOptions {
+            broker: &BrokerChoice::Embedded,
+            folder: &folder,
+            limits: &limits,
+            quiet: args.quiet || args.json,
+            record: case.record_to.as_ref(),
+        };
+        let result = runtime.block_on(run::run_case(s, &expect, start, target, &opts));
         match result {
             Ok(mut r) => {
                 r.name = name;

@@ -80,7 +80,9 @@ impl ResetLine {
             self.port = Some(p);
         }
         // Set just above.
-        self.port.as_mut().ok_or_else(|| PowerError::Spec(self.path.clone()))
+        self.port
+            .as_mut()
+            .ok_or_else(|| PowerError::Spec(self.path.clone()))
     }
 
     fn lines(&mut self, dtr: bool, rts: bool) -> Result<(), PowerError> {
@@ -212,7 +214,11 @@ mod tests {
             parse("uhubctl:1-1:2", "/dev/ttyACM0").unwrap().name(),
             "uhubctl hub 1-1 port 2"
         );
-        assert!(parse("cmd:relay off;relay on", "p").unwrap().removes_power());
+        assert!(
+            parse("cmd:relay off;relay on", "p")
+                .unwrap()
+                .removes_power()
+        );
         let err = parse("relay", "p").err().unwrap().to_string();
         assert!(err.contains("uhubctl:LOCATION:PORT"), "{err}");
         assert!(parse("uhubctl:1-1", "p").is_err());
@@ -233,6 +239,9 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&flag).unwrap().trim(), "on");
         let mut bad = UserCommand::new("exit 3", "true");
         let err = bad.cut().unwrap_err().to_string();
-        assert!(err.contains("exit 3") && err.contains("exit status: 3"), "{err}");
+        assert!(
+            err.contains("exit 3") && err.contains("exit status: 3"),
+            "{err}"
+        );
     }
 }

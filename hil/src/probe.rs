@@ -208,7 +208,10 @@ pub fn sequences(edges: &[Edge]) -> Vec<String> {
             times.push(Vec::new());
         }
         if let (Some(b), Some(t)) = (boots.last_mut(), times.last_mut()) {
-            b.push(Event::Led { led: e.led, on: e.on });
+            b.push(Event::Led {
+                led: e.led,
+                on: e.on,
+            });
             t.push(e.ms);
         }
     }
@@ -260,10 +263,21 @@ mod tests {
     #[test]
     fn probe_specs_parse_and_bad_ones_are_named() {
         let p = ProbeSpec::parse("/dev/ttyUSB1").unwrap();
-        assert_eq!((p.yellow, p.green, p.active_high), (Input::Cts, Input::Dsr, false));
+        assert_eq!(
+            (p.yellow, p.green, p.active_high),
+            (Input::Cts, Input::Dsr, false)
+        );
         let p = ProbeSpec::parse("/dev/ttyUSB1:yellow=dcd,green=ri:active-high").unwrap();
-        assert_eq!((p.yellow, p.green, p.active_high), (Input::Dcd, Input::Ri, true));
-        for bad in ["", "/dev/x:yellow=foo", "/dev/x:blue=cts", "/dev/x:yellow=cts,green=cts"] {
+        assert_eq!(
+            (p.yellow, p.green, p.active_high),
+            (Input::Dcd, Input::Ri, true)
+        );
+        for bad in [
+            "",
+            "/dev/x:yellow=foo",
+            "/dev/x:blue=cts",
+            "/dev/x:yellow=cts,green=cts",
+        ] {
             let e = ProbeSpec::parse(bad).unwrap_err().to_string();
             assert!(e.contains("PORT[:yellow=cts,green=dsr]"), "{bad}: {e}");
         }

@@ -56,7 +56,9 @@ pub fn table(cases: &[CaseReport]) -> String {
             c.led_source,
             c.power
         ));
-        out.push_str("  boot  version  outcome        error                LEDs (trace)  LEDs (probe)\n");
+        out.push_str(
+            "  boot  version  outcome        error                LEDs (trace)  LEDs (probe)\n",
+        );
         for (i, b) in c.boots.iter().enumerate() {
             out.push_str(&format!(
                 "  {:<5} {:<8} {:<14} {:<20} {:<13} {}\n",
@@ -111,7 +113,10 @@ pub fn junit(suite: &str, cases: &[CaseReport]) -> String {
             c.seconds
         ));
         if !c.passed {
-            let first = c.failures.first().map_or("failed", |f| f.lines().next().unwrap_or(""));
+            let first = c
+                .failures
+                .first()
+                .map_or("failed", |f| f.lines().next().unwrap_or(""));
             out.push_str(&format!(
                 "\n    <failure message=\"{}\">{}</failure>\n  ",
                 xml(first),
@@ -156,7 +161,9 @@ mod tests {
             failures: if passed {
                 vec![]
             } else {
-                vec!["outcomes:\n  boot  expected  actual\n  2     updated   <failed> & more".into()]
+                vec![
+                    "outcomes:\n  boot  expected  actual\n  2     updated   <failed> & more".into(),
+                ]
             },
             boots: vec![BootRow {
                 version: "1.0".into(),
@@ -185,7 +192,10 @@ mod tests {
     fn the_table_shows_each_boot_and_each_failure_line() {
         let t = table(&[case(false)]);
         assert!(t.starts_with("FAIL 02-update on virtual ESP32-C3"), "{t}");
-        assert!(t.contains("  | outcomes:") && t.contains("  |   2     updated"), "{t}");
+        assert!(
+            t.contains("  | outcomes:") && t.contains("  |   2     updated"),
+            "{t}"
+        );
         assert!(t.ends_with("0 passed, 1 failed\n"), "{t}");
         let j = json(&[case(true)]);
         let v: serde_json::Value = serde_json::from_str(j.trim()).unwrap();

@@ -71,7 +71,7 @@ pub enum Target {
         model: Model,
     },
     /// A real ESP32-C3 on USB.
-    Board(BoardSetup),
+    Board(Box<BoardSetup>),
 }
 
 /// A real board and what the harness has around it.
@@ -132,6 +132,21 @@ pub struct RecordTo {
     pub made_by: String,
 }
 
+/// Where and how a case runs.
+#[derive(Clone, Copy)]
+pub struct RunOptions<'a> {
+    /// The broker the board's activity log goes to.
+    pub broker: &'a BrokerChoice,
+    /// The case's folder (raw console, LED edges).
+    pub folder: &'a Path,
+    /// Real-time limits.
+    pub limits: &'a Limits,
+    /// No progress bars.
+    pub quiet: bool,
+    /// Save every power cut as a recording (virtual board).
+    pub record: Option<&'a RecordTo>,
+}
+
 /// The most boots a case may take (the simulator's bound).
 const MAX_BOOTS: u32 = 16;
 
@@ -142,12 +157,15 @@ pub async fn run_case(
     expect: &Expect,
     start: Start<'_>,
     target: &mut Target,
-    broker: &BrokerChoice,
-    folder: &Path,
-    limits: &Limits,
-    quiet: bool,
-    record: Option<&RecordTo>,
+    opts: &RunOptions<'_>,
 ) -> Result<CaseReport, HilError> {
+    let RunOptions {
+        broker,
+        folder,
+        limits,
+        quiet,
+        record,
+    } = *opts;
     let started = Instant::now();
     if record.is_some() && matches!(target, Target::Board(_)) {
         return Err(HilError::Unsupported {
@@ -247,12 +265,11 @@ pub async fn run_case(
             // with a BOOT line does: nothing on the flash runs before it is written.
             chip.power_on_into_download();
             chip.set_dns(lock(&stage).dns.clone());
-            let flash_port = master
-                .try_clone_native()
-                .map_err(HilError::Pty)?;
+            let flash_port = master.try_clone_native().map_err(HilError::Pty)?;
             // The chip asks before each boot; this loop answers with the stage (which stays
             // here: its servers must outlive the chip's last boot).
-            let (ask, asked) = std::sync::mpsc::channel::<(u32, std::sync::mpsc::Sender<Vec<(u64, u64)>>)>();
+            let (ask, asked) =
+                std::sync::mpsc::channel::<(u32, std::sync::mpsc::Sender<Vec<(u64, u64)>>)>();
             chip.before_boot(Box::new(move |boot| {
                 let (reply, answer) = std::sync::mpsc::channel();
                 if ask.send((boot, reply)).is_err() {
@@ -512,7 +529,11 @@ fn write_edges(
 ) -> Result<(), HilError> {
     let text: String = edges
         .map(|(boot, ms, led, on)| {
-            format!("{boot} {ms} {} {}\n", led.name(), if on { "on" } else { "off" })
+            format!(
+                "{boot} {ms} {} {}\n",
+                led.name(),
+                if on { "on" } else { "off" }
+            )
         })
         .collect();
     let path = folder.join("leds.txt");
@@ -614,7 +635,15 @@ fn sequences_by_boot(edges: &[sim::board::LedEdge]) -> Vec<(u32, String)> {
             let events: Vec<(u64, Event)> = edges
                 .iter()
                 .filter(|e| e.boot == b)
-                .map(|e| (e.ms, Event::Led { led: e.led, on: e.on }))
+                .map(|e| {
+                    (
+                        e.ms,
+                        Event::Led {
+                            led: e.led,
+                            on: e.on,
+                        },
+                    )
+                })
                 .collect();
             (
                 b,
@@ -804,9 +833,13 @@ async fn run_on_board(
         let conf = board_conf(&st, setup);
         regions.push(flashing::config_region(conf.as_bytes())?);
         for (tag, bytes) in &setup.images {
-            st.world
-                .github
-                .replace_asset_bytes("acme", "thermostat", tag, "firmware.bin", bytes.clone());
+            st.world.github.replace_asset_bytes(
+                "acme",
+                "thermostat",
+                tag,
+                "firmware.bin",
+                bytes.clone(),
+            );
         }
     }
     regions.extend(base_erased_regions(&lock(&stage))?);
@@ -875,11 +908,10 @@ async fn run_on_board(
                 });
             }
         }
-        let hit_event = watch.last_event.as_ref().and_then(|(name, n)| {
-            pending_events
-                .iter()
-                .position(|(e, k)| e == name && k == n)
-        });
+        let hit_event = watch
+            .last_event
+            .as_ref()
+            .and_then(|(name, n)| pending_events.iter().position(|(e, k)| e == name && k == n));
         if watch.wants_another_boot() {
             watch.restarted();
             setup.power.cut()?;
@@ -923,7 +955,10 @@ async fn run_on_board(
     let stage = take_stage(stage)?;
     let text = read_log(folder)?;
     let has_probe = probe_leds.is_some();
-    let mut report = judge(s, expect, stage, &text, probe_leds, &watch, first_boot, folder).await;
+    let mut report = judge(
+        s, expect, stage, &text, probe_leds, &watch, first_boot, folder,
+    )
+    .await;
     report.board = format!("ESP32-C3 on {}", setup.port);
     report.led_source = if has_probe {
         "probe (modem lines)".into()
