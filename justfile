@@ -5,6 +5,8 @@ fw_elf := fw_target_dir / "riscv32imc-unknown-none-elf/release/firmware"
 fw_bin := fw_target_dir / "firmware-esp32c3.bin"
 fw_elf_esp32 := fw_target_dir / "xtensa-esp32-none-elf/release/firmware"
 fw_bin_esp32 := fw_target_dir / "firmware-esp32.bin"
+# The version the image carries (esp_app_desc_t): FIRMWARE_VERSION, or the firmware crate's.
+fw_version := env_var_or_default("FIRMWARE_VERSION", `cargo pkgid -p firmware | sed 's/.*[#@]//'`)
 
 default:
     @just --list
@@ -35,10 +37,12 @@ esptool-check:
     cargo run -q -p sim -- image --version 1.2.3 --size 64KiB -o target/sim-image.bin
     esptool --chip esp32c3 image-info target/sim-image.bin
 
-# Build the ESP32-C3 release image and print its size against one OTA slot.
+# The image says it is FIRMWARE_VERSION (default: the crate's) and is also kept as firmware-esp32c3-VERSION.bin.
+# Build the ESP32-C3 release image (`FIRMWARE_VERSION=1.1 just firmware`) and print its size against one OTA slot.
 firmware:
     cargo build -p firmware --release --target riscv32imc-unknown-none-elf --features esp32c3
     espflash save-image -S --chip esp32c3 --partition-table firmware/partitions.csv {{fw_elf}} {{fw_bin}}
+    cp {{fw_bin}} {{fw_target_dir}}/firmware-esp32c3-{{fw_version}}.bin
     @just _fw-size {{fw_bin}}
 
 # Build the classic ESP32 (Xtensa) image: needs Espressif's toolchain (`espup install`, then `. ~/export-esp.sh`).
@@ -88,9 +92,10 @@ serve addr="127.0.0.1:0":
 console-summary FILE:
     cargo run -q -p hil -- console {{FILE}}
 
-# Hardware in the loop. Without PORT: how to connect a board. With one: builds firmware 1.0 and
-# 1.1, flashes 1.0 (espflash's library), publishes 1.1 on the mock GitHub and runs the HIL
-# scenario set (extra flags: --power uhubctl:1-1:2, --probe /dev/ttyUSB1, --junit FILE, --json).
+# With PORT: builds firmware 1.0 and 1.1, flashes 1.0 (espflash's library), publishes 1.1 on the
+# mock GitHub and runs the HIL scenario set (extra flags: --power uhubctl:1-1:2, --probe /dev/ttyUSB1,
+# --junit FILE, --json). Without PORT: how to connect a board.
+# Hardware in the loop: `just hil /dev/ttyACM0` runs the HIL scenario set on a board.
 hil PORT="" *FLAGS:
     #!/usr/bin/env sh
     set -eu
@@ -101,8 +106,8 @@ hil PORT="" *FLAGS:
         --image 1.0={{fw_target_dir}}/firmware-esp32c3-1.0.bin \
         --image 1.1={{fw_target_dir}}/firmware-esp32c3-1.1.bin {{FLAGS}}
 
-# The same harness against the simulator's virtual ESP32-C3 behind a pty (what CI runs): espflash
-# flashes it over the pty, the HIL scenario set runs, then every recording in fixtures/recordings.
+# espflash's library flashes it over the pty, every scenario runs, then every recording in fixtures/recordings.
+# The same harness against the simulator's virtual ESP32-C3 behind a pty (what CI runs).
 hil-virtual:
     cargo run -q -p hil -- run --virtual --quiet --junit target/hil/junit-run.xml
     cargo run -q -p hil -- replay --virtual --quiet --junit target/hil/junit-replay.xml fixtures/recordings

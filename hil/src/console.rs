@@ -1,5 +1,5 @@
 //! The board's serial console: read live from a port that may disappear and come back
-//! (the ESP32-C3's USB-Serial-JTAG re-enumerates after every reset and power cut), kept raw
+//! (the ESP32-C3's USB-Serial-JTAG re-enumerates when its power is cut), kept raw
 //! in the run's folder, and read back into boots with the core's own trace parser.
 
 use firmware::trace::{Event, ParseError};
@@ -45,18 +45,34 @@ impl std::error::Error for BadLine {}
 /// the glue's `# ` lines, the application) is skipped; a new boot starts with
 /// the yellow LED going on (the core's first event), or where the time since
 /// boot goes back.
+///
+/// A trace line cut short by a reset or a power cut (the chip stops mid-line, the bridge's
+/// FIFO holds half of it) is skipped when a restart follows it: the ROM's banner, or the
+/// harness's `# hil:` note that the port went away. Any other bad trace line is an error.
 pub fn read_console(text: &str) -> Result<Vec<Boot>, BadLine> {
     let mut boots: Vec<Boot> = Vec::new();
     let mut last_ms = None;
-    for (i, line) in text.lines().enumerate() {
+    // A banner glued to the end of a torn line starts a line of its own.
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .flat_map(|(i, line)| split_at_banner(line).into_iter().map(move |l| (i, l)))
+        .collect();
+    for (k, &(i, line)) in lines.iter().enumerate() {
         let Some(parsed) = Event::parse_line(line.trim_start()) else {
             continue;
         };
-        let (ms, event) = parsed.map_err(|error| BadLine {
-            line: i + 1,
-            error,
-            text: line.to_string(),
-        })?;
+        let (ms, event) = match parsed {
+            Ok(p) => p,
+            Err(_) if restart_follows(&lines[k + 1..]) => continue,
+            Err(error) => {
+                return Err(BadLine {
+                    line: i + 1,
+                    error,
+                    text: line.to_string(),
+                });
+            }
+        };
         // The core's first event of every boot is the yellow LED going on.
         let yellow_on = matches!(
             event,
@@ -91,6 +107,33 @@ pub fn read_console(text: &str) -> Result<Vec<Boot>, BadLine> {
         boot.leds = firmware::led::sequence(boot.events.iter().map(|(ms, e)| (*ms, e))).to_string();
     }
     Ok(boots)
+}
+
+/// `line` split before every `ESP-ROM:` that does not start it.
+fn split_at_banner(line: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(at) = rest
+        .get(1..)
+        .and_then(|r| r.find("ESP-ROM:"))
+        .map(|a| a + 1)
+    {
+        out.push(&rest[..at]);
+        rest = &rest[at..];
+    }
+    out.push(rest);
+    out
+}
+
+/// The next non-empty line restarts the console (a torn line before it is the cut's).
+fn restart_follows(rest: &[(usize, &str)]) -> bool {
+    match rest.iter().map(|(_, l)| l.trim()).find(|l| !l.is_empty()) {
+        Some(next) => {
+            next.starts_with("ESP-ROM:") || next.starts_with("rst:") || next.starts_with("# hil:")
+        }
+        // The last line of a capture can be torn too: the case ended mid-line.
+        None => true,
+    }
 }
 
 fn has_boot(boot: Option<&Boot>) -> bool {
@@ -130,11 +173,23 @@ mod tests {
     }
 
     #[test]
+    fn a_line_torn_by_a_reset_is_skipped_but_not_one_in_the_middle() {
+        let torn = "OTA 0 led led=yellow on=true\nOTA 0 boot slot=0 version=1.0 state=valid\nOTA 900 progr\n# hil: console lost (EIO)\nESP-ROM:esp32c3-api1-20210207\nOTA 0 led led=yellow on=true\nOTA 0 boot slot=0 version=1.0 state=valid\n";
+        let boots = read_console(torn).unwrap();
+        assert_eq!(boots.len(), 2);
+        let glued = "OTA 0 led led=yellow on=true\nOTA 900 progrESP-ROM:esp32c3-api1-20210207\nOTA 0 led led=yellow on=true\n";
+        assert_eq!(read_console(glued).unwrap().len(), 2);
+        let middle =
+            "OTA 0 led led=yellow on=true\nOTA 900 progr\nOTA 901 led led=yellow on=false\n";
+        assert_eq!(read_console(middle).unwrap_err().line, 2);
+    }
+
+    #[test]
     fn board_noise_is_skipped_and_a_broken_trace_line_is_reported() {
         let console = "ESP-ROM:esp32c3-api1-20210207\nI (30) boot: ESP-IDF v5.1\n# wifi: associating\nOTA 0 led led=yellow on=true\nOTA 0 boot slot=0 version=1.0 state=valid\nhello from the app\n";
         let boots = read_console(console).unwrap();
         assert_eq!((boots.len(), boots[0].slot), (1, Some(0)));
-        let err = read_console("OTA 0 boot slot=x\n").unwrap_err();
+        let err = read_console("OTA 0 boot slot=x\nOTA 1 led led=yellow on=true\n").unwrap_err();
         assert_eq!(err.line, 1);
     }
 }
@@ -145,12 +200,16 @@ pub const APP_RUNNING: &str = "# app: running";
 
 /// Where console bytes come from.
 pub enum Source {
-    /// A serial device by path, reopened whenever it disappears (USB re-enumeration).
+    /// A serial device by path, reopened whenever it disappears (a power cut re-enumerates
+    /// the C3's USB-Serial-JTAG).
     Device {
         /// `/dev/ttyACM0`, …
         path: String,
         /// Baud rate (115200 for the ESP32-C3's ROM and the firmware).
         baud: u32,
+        /// The port already open (the flasher's, kept open across the reset that starts the
+        /// firmware so that its first lines are not lost); else it is opened here.
+        open: Option<Box<dyn std::io::Read + Send>>,
     },
     /// An already open port (the virtual board's pty): never reopened.
     Open(Box<dyn std::io::Read + Send>),
@@ -212,7 +271,13 @@ impl Console {
             })?;
         let (mut reader, reopen) = match source {
             Source::Open(r) => (r, None),
-            Source::Device { path, baud } => (open_device(&path, baud)?, Some((path, baud))),
+            Source::Device { path, baud, open } => {
+                let port = match open {
+                    Some(p) => p,
+                    None => open_device(&path, baud)?,
+                };
+                (port, Some((path, baud)))
+            }
         };
         let (tx, lines) = std::sync::mpsc::channel();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -251,6 +316,8 @@ impl Console {
                             std::thread::sleep(std::time::Duration::from_millis(20));
                             continue;
                         };
+                        // Half a line from before the cut is not a line.
+                        pending.clear();
                         let _ = writeln!(raw, "\n# hil: console lost ({e}); waiting for {path}");
                         let gone = std::time::Instant::now();
                         loop {
@@ -299,8 +366,10 @@ impl Drop for Console {
 }
 
 fn open_device(path: &str, baud: u32) -> Result<Box<dyn std::io::Read + Send>, ConsoleError> {
+    // Not exclusive: the reset-line backend opens the same device for its modem lines.
     let port = serialport::new(path, baud)
         .timeout(std::time::Duration::from_millis(100))
+        .exclusive(false)
         .open()
         .map_err(|source| ConsoleError::Open {
             path: path.to_string(),

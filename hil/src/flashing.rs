@@ -212,8 +212,10 @@ pub enum Link {
 pub fn connect(link: Link) -> Result<Flasher, FlashError> {
     let (port, info, before, after, stub) = match link {
         Link::Usb { path } => {
+            // Not exclusive: the power backend may drive the same device's modem lines.
             let port = serialport::new(&path, 115_200)
                 .timeout(std::time::Duration::from_secs(3))
+                .exclusive(false)
                 .open_native()
                 .map_err(|source| FlashError::Port {
                     path: path.clone(),
@@ -225,7 +227,9 @@ pub fn connect(link: Link) -> Result<Flasher, FlashError> {
             } else {
                 ResetBeforeOperation::DefaultReset
             };
-            (port, info, before, ResetAfterOperation::HardReset, true)
+            // Each write ends with the after-operation: stay in the stub between regions and
+            // their MD5 checks; the harness resets the board once, after the last one.
+            (port, info, before, ResetAfterOperation::NoResetNoStub, true)
         }
         Link::Pty(port) => (
             port,
@@ -253,11 +257,16 @@ pub fn connect(link: Link) -> Result<Flasher, FlashError> {
 }
 
 /// The USB identity of a serial device, from the system's port list (empty when unknown).
+/// The list names `/dev/ttyACM0`; a `/dev/serial/by-id/…` link is followed to it.
 pub fn usb_info(path: &str) -> serialport::UsbPortInfo {
+    let want = std::fs::canonicalize(path).unwrap_or_else(|_| path.into());
     let found = serialport::available_ports()
         .unwrap_or_default()
         .into_iter()
-        .find(|p| p.port_name == path);
+        .find(|p| {
+            std::fs::canonicalize(&p.port_name).unwrap_or_else(|_| p.port_name.clone().into())
+                == want
+        });
     match found.map(|p| p.port_type) {
         Some(serialport::SerialPortType::UsbPort(info)) => info,
         _ => serialport::UsbPortInfo {

@@ -239,8 +239,22 @@ fn no_board() -> ExitCode {
 
 fn target(args: &BoardArgs) -> Option<Target> {
     if args.virtual_board {
+        // With --image, the user's firmware on the virtual board: the same regions and
+        // images a real board gets.
+        let firmware = if args.images.is_empty() {
+            None
+        } else {
+            match firmware(args) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    eprintln!("hil: {e}");
+                    std::process::exit(2);
+                }
+            }
+        };
         return Some(Target::Virtual {
             model: args.bootloader,
+            firmware,
         });
     }
     let port = args.port.clone()?;
@@ -253,14 +267,8 @@ fn target(args: &BoardArgs) -> Option<Target> {
     }
 }
 
-fn board_setup(args: &BoardArgs, port: &str) -> Result<BoardSetup, String> {
-    let power = hil::power::parse(&args.power, port).map_err(|e| e.to_string())?;
-    let probe = args
-        .probe
-        .as_deref()
-        .map(hil::probe::ProbeSpec::parse)
-        .transpose()
-        .map_err(|e| e.to_string())?;
+/// The user's firmware: the old version's ELF and the release images.
+fn firmware(args: &BoardArgs) -> Result<run::Firmware, String> {
     let mut images = Vec::new();
     for (tag, path) in &args.images {
         let bytes = std::fs::read(path).map_err(|e| format!("image {}: {e}", path.display()))?;
@@ -269,7 +277,7 @@ fn board_setup(args: &BoardArgs, port: &str) -> Result<BoardSetup, String> {
     if images.is_empty() {
         return Err(
             "name the release images: --image 1.1=target/firmware-esp32c3-1.1.bin \
-                    (`just hil PORT` builds and passes them)"
+             (`just hil PORT` builds and passes them)"
                 .into(),
         );
     }
@@ -279,6 +287,22 @@ fn board_setup(args: &BoardArgs, port: &str) -> Result<BoardSetup, String> {
             args.elf.display()
         ));
     }
+    Ok(run::Firmware {
+        elf: args.elf.clone(),
+        partitions: args.partitions.clone(),
+        images,
+    })
+}
+
+fn board_setup(args: &BoardArgs, port: &str) -> Result<BoardSetup, String> {
+    let power = hil::power::parse(&args.power, port).map_err(|e| e.to_string())?;
+    let probe = args
+        .probe
+        .as_deref()
+        .map(hil::probe::ProbeSpec::parse)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let firmware = firmware(args)?;
     let conf = std::fs::read_to_string(&args.conf).map_err(|e| {
         format!(
             "{}: {e} (the board's WiFi comes from it)",
@@ -287,13 +311,11 @@ fn board_setup(args: &BoardArgs, port: &str) -> Result<BoardSetup, String> {
     })?;
     let v: serde_json::Value =
         serde_json::from_str(&conf).map_err(|e| format!("{}: {e}", args.conf.display()))?;
-    let ssid = v["wifi"]["ssid"].as_str().unwrap_or_default().to_string();
-    let password = v["wifi"]["password"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    if ssid.is_empty() {
-        return Err(format!("{}: no wifi.ssid", args.conf.display()));
+    if v["wifi"]["ssid"].as_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{}: no wifi.ssid (the board joins that network to reach this host)",
+            args.conf.display()
+        ));
     }
     let host_ip = match args.host_ip {
         Some(ip) => ip,
@@ -302,12 +324,10 @@ fn board_setup(args: &BoardArgs, port: &str) -> Result<BoardSetup, String> {
     };
     Ok(BoardSetup {
         port: port.to_string(),
-        elf: args.elf.clone(),
-        partitions: args.partitions.clone(),
-        images,
+        firmware,
         power,
         probe,
-        wifi: (ssid, password),
+        user_conf: v,
         host_ip,
     })
 }
@@ -414,7 +434,7 @@ fn run_all(args: &BoardArgs, target: &mut Target, cases: Vec<Case>, suite: &str)
             .map_or(s.name.clone(), |r| r.name.clone());
         let folder = args.out.join(&run_id).join(&name);
         let model = match target {
-            Target::Virtual { model } => *model,
+            Target::Virtual { model, .. } => *model,
             Target::Board(_) => Model::Espflash,
         };
         let expect = match recording {

@@ -53,7 +53,9 @@ pub trait PowerControl: Send {
 
 /// EN through the USB-UART bridge's RTS, as espflash's hard reset does: RTS asserted pulls EN
 /// low (held in reset), released lets the chip boot; DTR (GPIO9, BOOT) stays released so it
-/// boots the firmware, not the ROM loader. The C3's USB-Serial-JTAG decodes the same lines.
+/// boots the firmware, not the ROM loader. The C3's USB-Serial-JTAG decodes the same lines
+/// into a chip reset, but its USB device is not reset with the chip: there a cut is a reset
+/// pulse, not a power-off, and the flash finishes the operation it was doing.
 pub struct ResetLine {
     path: String,
     port: Option<Box<dyn serialport::SerialPort>>,
@@ -70,8 +72,10 @@ impl ResetLine {
 
     fn port(&mut self) -> Result<&mut Box<dyn serialport::SerialPort>, PowerError> {
         if self.port.is_none() {
+            // Not exclusive: the console reads the same device.
             let p = serialport::new(&self.path, 115_200)
                 .timeout(Duration::from_millis(100))
+                .exclusive(false)
                 .open()
                 .map_err(|source| PowerError::Serial {
                     path: self.path.clone(),
@@ -107,7 +111,7 @@ impl PowerControl for ResetLine {
     }
     fn restore(&mut self) -> Result<(), PowerError> {
         let r = self.lines(false, false);
-        // The USB device re-enumerates after the reset: let the console reopen it.
+        // Opened again next time: a device that re-enumerated meanwhile is a new one.
         self.port = None;
         r
     }

@@ -133,6 +133,7 @@ impl ModemProbe {
     pub fn start(spec: &ProbeSpec) -> Result<ModemProbe, ProbeError> {
         let mut port = serialport::new(&spec.path, 115_200)
             .timeout(Duration::from_millis(50))
+            .exclusive(false)
             .open()
             .map_err(|source| ProbeError::Open {
                 path: spec.path.clone(),

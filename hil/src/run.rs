@@ -69,15 +69,16 @@ pub enum Target {
     Virtual {
         /// Its bootloader build.
         model: Model,
+        /// Real firmware images to flash and publish instead of the simulator's (the virtual
+        /// board still runs the core on the host, but flashes, boots and downloads these).
+        firmware: Option<Firmware>,
     },
     /// A real ESP32-C3 on USB.
     Board(Box<BoardSetup>),
 }
 
-/// A real board and what the harness has around it.
-pub struct BoardSetup {
-    /// The board's serial port.
-    pub port: String,
+/// The user's own firmware: what gets flashed and published instead of the simulator's images.
+pub struct Firmware {
     /// The firmware ELF of the old version (bootloader, partition table and `ota_0` come from
     /// it, as `espflash flash` builds them).
     pub elf: PathBuf,
@@ -85,12 +86,44 @@ pub struct BoardSetup {
     pub partitions: PathBuf,
     /// Release images by tag (`FIRMWARE_VERSION=1.1 just firmware` builds them).
     pub images: Vec<(String, Vec<u8>)>,
+}
+
+impl Firmware {
+    /// Puts the images on the stage's GitHub in place of the simulator's (again after every
+    /// change of its releases between boots).
+    fn publish(&self, stage: &Stage) -> Result<(), String> {
+        for (tag, bytes) in &self.images {
+            let replaced = stage.world.github.replace_asset_bytes(
+                "acme",
+                "thermostat",
+                tag,
+                "firmware.bin",
+                bytes.clone(),
+            );
+            // A release the scenario does not have would leave the simulator's image on
+            // GitHub for the board to install.
+            if !replaced {
+                return Err(format!(
+                    "--image {tag}=…: the scenario has no release {tag}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A real board and what the harness has around it.
+pub struct BoardSetup {
+    /// The board's serial port.
+    pub port: String,
+    /// The firmware.
+    pub firmware: Firmware,
     /// Power and reset.
     pub power: Box<dyn PowerControl>,
     /// The LED probe, if wired.
     pub probe: Option<probe::ProbeSpec>,
-    /// The user's WiFi (from their conf.json).
-    pub wifi: (String, String),
+    /// The user's conf.json: its `wifi` and `leds` go to the board.
+    pub user_conf: serde_json::Value,
     /// This host's address as the board reaches it.
     pub host_ip: std::net::IpAddr,
 }
@@ -180,7 +213,7 @@ pub async fn run_case(
         source,
     })?;
     let model = match target {
-        Target::Virtual { model } => *model,
+        Target::Virtual { model, .. } => *model,
         // espflash flashes ESP-IDF's bootloader built without app rollback.
         Target::Board(_) => Model::Espflash,
     };
@@ -237,7 +270,23 @@ pub async fn run_case(
     };
 
     match target {
-        Target::Virtual { model } => {
+        Target::Virtual { model, firmware } => {
+            if let Some(fw) = firmware.as_ref() {
+                if matches!(start, Start::Recording(_)) {
+                    return Err(HilError::Unsupported {
+                        scenario: s.name.clone(),
+                        why: "a recording's slots hold the simulator's images: replay it \
+                              without --image"
+                            .into(),
+                    });
+                }
+                regions = flashing::regions_from_elf(&fw.elf, &fw.partitions)?;
+                fw.publish(&lock(&stage))
+                    .map_err(|why| HilError::Unsupported {
+                        scenario: s.name.clone(),
+                        why,
+                    })?;
+            }
             let (chip, master) = {
                 let st = lock(&stage);
                 let (master, slave) = serialport::TTYPort::pair().map_err(HilError::Pty)?;
@@ -306,7 +355,13 @@ pub async fn run_case(
                 while let Ok((boot, reply)) = asked.try_recv() {
                     // The chip numbers boots over its life; the stage, over the scenario's.
                     let of_case = boot.saturating_sub(boots_before) + first_boot - 1;
-                    let _ = reply.send(lock(&stage).before_boot(of_case));
+                    let mut st = lock(&stage);
+                    let outages = st.before_boot(of_case);
+                    if let Some(fw) = firmware.as_ref() {
+                        // Checked once before flashing: the same tags are there.
+                        let _ = fw.publish(&st);
+                    }
+                    let _ = reply.send(outages);
                 }
                 match console.lines.recv_timeout(Duration::from_millis(5)) {
                     Ok(line) => {
@@ -388,8 +443,8 @@ pub async fn run_case(
         }
         Target::Board(setup) => {
             run_on_board(
-                s, expect, start, setup, stage, regions, triggers, first_boot, folder, limits,
-                quiet, started,
+                s, expect, start, setup, stage, triggers, first_boot, folder, limits, quiet,
+                started,
             )
             .await
         }
@@ -556,8 +611,11 @@ fn read_log(folder: &Path) -> Result<String, HilError> {
 /// Follows the console as it comes: boots, the application starting, bricks.
 struct Watch {
     extra_boots: u32,
-    /// Boots seen (ROM banners of a boot from flash).
+    /// Boots seen: a ROM banner of a boot from flash, or the core's first event (the yellow
+    /// LED) when the banner was not seen (a USB console reopened too late for it).
     boots: u32,
+    /// A banner came and no trace event since: the next yellow LED is that boot's.
+    banner_pending: bool,
     apps: u32,
     /// The application runs and the harness has not restarted the board since.
     app_now: bool,
@@ -577,6 +635,7 @@ impl Watch {
         Watch {
             extra_boots,
             boots: 0,
+            banner_pending: false,
             apps: 0,
             app_now: false,
             bricked: false,
@@ -591,12 +650,24 @@ impl Watch {
         let text = line.text.trim_start();
         if text.starts_with("rst:") && !text.contains("DOWNLOAD") {
             self.boots += 1;
+            self.banner_pending = true;
         } else if text.starts_with(APP_RUNNING) {
             self.apps += 1;
             self.app_now = true;
         } else if text.starts_with("# bricked") || text.starts_with("# stuck") {
             self.bricked = true;
         } else if let Some(Ok((_, event))) = Event::parse_line(text) {
+            let yellow_on = matches!(
+                event,
+                Event::Led {
+                    led: firmware::led::Led::Yellow,
+                    on: true
+                }
+            );
+            if yellow_on && !self.banner_pending {
+                self.boots += 1;
+            }
+            self.banner_pending = false;
             let name = event.name().to_string();
             let n = self.counts.entry(name.clone()).or_insert(0);
             *n += 1;
@@ -801,7 +872,6 @@ async fn run_on_board(
     start: Start<'_>,
     setup: &mut BoardSetup,
     stage: Arc<Mutex<Stage>>,
-    mut regions: Vec<Region>,
     triggers: sim::board::Triggers,
     first_boot: u32,
     folder: &Path,
@@ -822,25 +892,32 @@ async fn run_on_board(
                 .into(),
         });
     }
-    // Bootloader, partition table and the old firmware from the ELF; the running image of
-    // the stage is the simulator's, replaced by the user's own.
-    regions.retain(|r| r.name == "config");
-    let mut from_elf = flashing::regions_from_elf(&setup.elf, &setup.partitions)?;
-    from_elf.append(&mut regions);
-    let mut regions = from_elf;
+    if lock(&stage).slot != 0 {
+        return Err(HilError::Unsupported {
+            scenario: s.name.clone(),
+            why: "the board starts in ota_1; the harness flashes the firmware ELF into ota_0"
+                .into(),
+        });
+    }
+    // Bootloader, partition table and the old firmware from the ELF, as `espflash flash`
+    // writes them; the stage's own running image is the simulator's.
+    let mut regions = flashing::regions_from_elf(&setup.firmware.elf, &setup.firmware.partitions)?;
     {
         let st = lock(&stage);
         let conf = board_conf(&st, setup);
+        // What the board would refuse is better refused before flashing it.
+        firmware::config::Config::parse(conf.as_bytes()).map_err(|e| HilError::Unsupported {
+            scenario: s.name.clone(),
+            why: format!("the board's conf.json would not parse: {e}"),
+        })?;
         regions.push(flashing::config_region(conf.as_bytes())?);
-        for (tag, bytes) in &setup.images {
-            st.world.github.replace_asset_bytes(
-                "acme",
-                "thermostat",
-                tag,
-                "firmware.bin",
-                bytes.clone(),
-            );
-        }
+        setup
+            .firmware
+            .publish(&st)
+            .map_err(|why| HilError::Unsupported {
+                scenario: s.name.clone(),
+                why,
+            })?;
     }
     regions.extend(base_erased_regions(&lock(&stage))?);
     if let Start::Recording(r) = &start {
@@ -858,12 +935,13 @@ async fn run_on_board(
         path: setup.port.clone(),
     })?;
     flashing::write(&mut flasher, &regions, quiet)?;
-    // espflash's hard reset after flashing starts the firmware.
+    // One hard reset starts the firmware. The port stays open from here on, so the first
+    // boot's banner is read (a closed tty drops it; the C3's USB console drops what nobody
+    // reads).
     let mut connection = flasher.into_connection();
-    connection
-        .reset_after(true, espflash::target::Chip::Esp32c3)
-        .map_err(flashing::FlashError::from)?;
-    drop(connection);
+    connection.reset().map_err(flashing::FlashError::from)?;
+    let mut port = connection.into_serial();
+    let _ = serialport::SerialPort::set_timeout(&mut port, Duration::from_millis(100));
     let probe = match &setup.probe {
         Some(spec) => Some(ModemProbe::start(spec).map_err(|e| HilError::Unsupported {
             scenario: s.name.clone(),
@@ -875,6 +953,7 @@ async fn run_on_board(
         console::Source::Device {
             path: setup.port.clone(),
             baud: 115_200,
+            open: Some(Box::new(port)),
         },
         &folder.join("console.log"),
     )?;
@@ -896,7 +975,13 @@ async fn run_on_board(
         if watch.boots > seen_boots {
             seen_boots = watch.boots;
             // The board needs seconds to join WiFi: time enough to change the world.
-            let outages = lock(&stage).before_boot(watch.boots + first_boot - 1);
+            let outages = {
+                let mut st = lock(&stage);
+                let outages = st.before_boot(watch.boots + first_boot - 1);
+                // Checked once before flashing: the same tags are there.
+                let _ = setup.firmware.publish(&st);
+                outages
+            };
             for (from, until) in outages {
                 // No radio to switch off: the board's way to GitHub goes down instead.
                 let proxy = lock(&stage).world.github_proxy.clone();
@@ -971,11 +1056,84 @@ async fn run_on_board(
 }
 
 /// conf.json for a real board: the stage's (this host's mock GitHub and broker, on the
-/// address the board reaches), with the user's WiFi.
+/// address the board reaches), with the user's WiFi and LED pins.
 fn board_conf(stage: &Stage, setup: &BoardSetup) -> String {
-    let quoted = |v: &str| serde_json::to_string(v).unwrap_or_default();
-    stage
-        .conf
-        .replace("\"sim-wifi-secret\"", &quoted(&setup.wifi.1))
-        .replace("\"sim-wifi\"", &quoted(&setup.wifi.0))
+    let mut conf: serde_json::Value = match serde_json::from_str(&stage.conf) {
+        Ok(v) => v,
+        // The stage writes its conf with serde-compatible JSON; keep it as it is otherwise.
+        Err(_) => return stage.conf.clone(),
+    };
+    for key in ["wifi", "leds"] {
+        if let Some(v) = setup.user_conf.get(key) {
+            conf[key] = v.clone();
+        }
+    }
+    serde_json::to_string_pretty(&conf).unwrap_or_else(|_| stage.conf.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(watch: &mut Watch, lines: &[&str]) {
+        for (i, text) in lines.iter().enumerate() {
+            watch.line(&Line {
+                at_ms: i as u64,
+                text: text.to_string(),
+            });
+        }
+    }
+
+    #[test]
+    fn boots_are_counted_by_banner_or_by_the_first_yellow_led_when_the_banner_was_missed() {
+        let mut w = Watch::new(0);
+        feed(
+            &mut w,
+            &[
+                // The first boot's banner was lost (the console opened late).
+                "OTA 0 led led=yellow on=true",
+                "OTA 0 boot slot=0 version=1.0 state=valid",
+                "OTA 10 reboot",
+                "ESP-ROM:esp32c3-api1-20210207",
+                "rst:0xc (RTC_SW_CPU_RST),boot:0xc (SPI_FAST_FLASH_BOOT)",
+                "OTA 0 led led=yellow on=true",
+                "OTA 0 boot slot=1 version=1.1 state=new",
+                "# app: running",
+            ],
+        );
+        assert_eq!((w.boots, w.apps), (2, 1));
+        assert!(w.done());
+        assert_eq!(w.counts.get("boot"), Some(&2));
+    }
+
+    #[test]
+    fn extra_boots_are_asked_for_once_per_application_start() {
+        let mut w = Watch::new(1);
+        feed(
+            &mut w,
+            &[
+                "rst:0x1 (POWERON)",
+                "OTA 0 led led=yellow on=true",
+                "# app: running 1.0",
+            ],
+        );
+        assert!(w.wants_another_boot() && !w.done());
+        w.restarted();
+        assert!(!w.wants_another_boot());
+        feed(
+            &mut w,
+            &[
+                "rst:0x1 (POWERON)",
+                "OTA 0 led led=yellow on=true",
+                "# app: running 1.0",
+            ],
+        );
+        assert!(w.done() && !w.wants_another_boot());
+        // A download-mode banner is no boot.
+        feed(
+            &mut w,
+            &["rst:0x1 (POWERON),boot:0x4 (DOWNLOAD(USB/UART0/1))"],
+        );
+        assert_eq!(w.boots, 2);
+    }
 }

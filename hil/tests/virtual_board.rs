@@ -32,6 +32,7 @@ async fn run_on_virtual(
 ) -> hil::report::CaseReport {
     let mut target = Target::Virtual {
         model: Model::Espflash,
+        firmware: None,
     };
     let folder = folder(tag);
     let opts = run::RunOptions {
