@@ -112,6 +112,15 @@ hil-virtual:
     cargo run -q -p hil -- run --virtual --quiet --junit target/hil/junit-run.xml
     cargo run -q -p hil -- replay --virtual --quiet --junit target/hil/junit-replay.xml fixtures/recordings
 
+# The HIL set with your firmware on the virtual board: what `just hil PORT` flashes and publishes
+# (espflash's bootloader, partition table, firmware 1.0 and 1.1), through the same harness.
+hil-virtual-firmware:
+    FIRMWARE_VERSION=1.1 just firmware
+    FIRMWARE_VERSION=1.0 just firmware
+    cargo run -q -p hil -- run --virtual --quiet --junit target/hil/junit-firmware.xml --elf {{fw_elf}} \
+        --image 1.0={{fw_target_dir}}/firmware-esp32c3-1.0.bin \
+        --image 1.1={{fw_target_dir}}/firmware-esp32c3-1.1.bin
+
 # Replay recorded power cuts on a board (a recording made with your own firmware images).
 hil-replay PORT +RECORDINGS:
     cargo run -q -p hil -- replay --port {{PORT}} {{RECORDINGS}}

@@ -139,13 +139,14 @@ fn main() -> ExitCode {
             let Some(mut target) = target(&board) else {
                 return no_board();
             };
-            let list = match scenario_list(&scenarios, board.virtual_board) {
-                Ok(l) => l,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
+            let list =
+                match scenario_list(&scenarios, board.virtual_board, !board.images.is_empty()) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(2);
+                    }
+                };
             let made_by = std::iter::once("hil".to_string())
                 .chain(std::env::args().skip(1))
                 .collect::<Vec<_>>()
@@ -374,15 +375,17 @@ struct Case {
     record_to: Option<run::RecordTo>,
 }
 
-/// The named scenarios (path, text, parsed); else, on a real board the HIL set, on the virtual one every scenario
-/// (its power line is exact, so it takes them all).
+/// The named scenarios (path, text, parsed); else the HIL set, but for the virtual board
+/// with the simulator's images: every scenario (its power line is exact, and the simulator
+/// builds the odd images some scenarios need: oversized, for another chip revision …).
 fn scenario_list(
     named: &[PathBuf],
     virtual_board: bool,
+    with_firmware: bool,
 ) -> Result<Vec<(PathBuf, String, Scenario)>, String> {
     let paths: Vec<PathBuf> = if !named.is_empty() {
         named.to_vec()
-    } else if virtual_board {
+    } else if virtual_board && !with_firmware {
         let mut all: Vec<PathBuf> = std::fs::read_dir("fixtures/scenarios")
             .map_err(|e| format!("fixtures/scenarios: {e} (run from the repository's root)"))?
             .filter_map(|e| e.ok().map(|e| e.path()))

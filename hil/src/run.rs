@@ -91,21 +91,32 @@ pub struct Firmware {
 impl Firmware {
     /// Puts the images on the stage's GitHub in place of the simulator's (again after every
     /// change of its releases between boots).
-    fn publish(&self, stage: &Stage) -> Result<(), String> {
+    fn publish(&self, stage: &Stage) {
         for (tag, bytes) in &self.images {
-            let replaced = stage.world.github.replace_asset_bytes(
+            // A tag GitHub does not show at this boot has nothing to replace.
+            let _ = stage.world.github.replace_asset_bytes(
                 "acme",
                 "thermostat",
                 tag,
                 "firmware.bin",
                 bytes.clone(),
             );
-            // A release the scenario does not have would leave the simulator's image on
-            // GitHub for the board to install.
-            if !replaced {
-                return Err(format!(
-                    "--image {tag}=…: the scenario has no release {tag}"
-                ));
+        }
+    }
+
+    /// Every release of `s` a board could install (any but the version it starts with) has
+    /// an image here: else the simulator's image would be served, which a real board boots
+    /// and crashes in.
+    fn covers(&self, s: &Scenario) -> Result<(), HilError> {
+        for r in &s.releases {
+            if r.tag != s.board.version && !self.images.iter().any(|(tag, _)| *tag == r.tag) {
+                return Err(HilError::Unsupported {
+                    scenario: s.name.clone(),
+                    why: format!(
+                        "it publishes release {0}: give its image with --image {0}=PATH",
+                        r.tag
+                    ),
+                });
             }
         }
         Ok(())
@@ -280,12 +291,9 @@ pub async fn run_case(
                             .into(),
                     });
                 }
+                fw.covers(s)?;
                 regions = flashing::regions_from_elf(&fw.elf, &fw.partitions)?;
-                fw.publish(&lock(&stage))
-                    .map_err(|why| HilError::Unsupported {
-                        scenario: s.name.clone(),
-                        why,
-                    })?;
+                fw.publish(&lock(&stage));
             }
             let (chip, master) = {
                 let st = lock(&stage);
@@ -359,7 +367,7 @@ pub async fn run_case(
                     let outages = st.before_boot(of_case);
                     if let Some(fw) = firmware.as_ref() {
                         // Checked once before flashing: the same tags are there.
-                        let _ = fw.publish(&st);
+                        fw.publish(&st);
                     }
                     let _ = reply.send(outages);
                 }
@@ -911,13 +919,8 @@ async fn run_on_board(
             why: format!("the board's conf.json would not parse: {e}"),
         })?;
         regions.push(flashing::config_region(conf.as_bytes())?);
-        setup
-            .firmware
-            .publish(&st)
-            .map_err(|why| HilError::Unsupported {
-                scenario: s.name.clone(),
-                why,
-            })?;
+        setup.firmware.covers(s)?;
+        setup.firmware.publish(&st);
     }
     regions.extend(base_erased_regions(&lock(&stage))?);
     if let Start::Recording(r) = &start {
@@ -978,8 +981,7 @@ async fn run_on_board(
             let outages = {
                 let mut st = lock(&stage);
                 let outages = st.before_boot(watch.boots + first_boot - 1);
-                // Checked once before flashing: the same tags are there.
-                let _ = setup.firmware.publish(&st);
+                setup.firmware.publish(&st);
                 outages
             };
             for (from, until) in outages {
