@@ -210,6 +210,16 @@ pub enum Link {
 /// Connects to the ROM loader. The stub is used on real boards (faster), not on the
 /// virtual one (it answers the ROM's own protocol only).
 pub fn connect(link: Link) -> Result<Flasher, FlashError> {
+    connect_with(link, true)
+}
+
+/// Connects for reading a board back: the ROM's own loader, no stub (the ROM's
+/// `READ_FLASH_SLOW` is the read both the ROM and [`read_back`] know).
+pub fn connect_rom(link: Link) -> Result<Flasher, FlashError> {
+    connect_with(link, false)
+}
+
+fn connect_with(link: Link, stub_on_usb: bool) -> Result<Flasher, FlashError> {
     let (port, info, before, after, stub) = match link {
         Link::Usb { path } => {
             // Not exclusive: the power backend may drive the same device's modem lines.
@@ -229,7 +239,7 @@ pub fn connect(link: Link) -> Result<Flasher, FlashError> {
             };
             // Each write ends with the after-operation: stay in the stub between regions and
             // their MD5 checks; the harness resets the board once, after the last one.
-            (port, info, before, ResetAfterOperation::NoResetNoStub, true)
+            (port, info, before, ResetAfterOperation::NoResetNoStub, stub_on_usb)
         }
         Link::Pty(port) => (
             port,
@@ -300,6 +310,94 @@ pub fn write(flasher: &mut Flasher, regions: &[Region], quiet: bool) -> Result<(
         }
     }
     Ok(())
+}
+
+/// What [`read_back`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadBack {
+    /// Sectors compared by MD5 on the chip.
+    pub compared: usize,
+    /// Sectors whose MD5 matched one of the candidates (not read).
+    pub known: usize,
+    /// Sectors read byte for byte (torn, or written with something no candidate has).
+    pub read: usize,
+}
+
+/// The ROM reads at most this much per `READ_FLASH_SLOW`.
+const ROM_READ_LEN: u32 = 64;
+const SECTOR: u32 = 4096;
+
+/// Reads back what a board's flash holds in `ranges` after a cut, into `image` (a whole-flash
+/// image that starts as what was flashed). Each 4 KiB sector is first compared by MD5 on the
+/// chip with the same sector of `image` and of each `candidates` image (e.g. the flashed
+/// base with a release image in a slot): a match is taken as that, without reading it. Any
+/// other sector (torn, or written with something no candidate has) is read, 64 bytes at a
+/// time, which is what the ROM's `READ_FLASH_SLOW` gives.
+pub fn read_back(
+    flasher: &mut Flasher,
+    image: &mut [u8],
+    candidates: &[Vec<u8>],
+    ranges: &[(u32, u32)],
+) -> Result<ReadBack, FlashError> {
+    use espflash::command::{Command, CommandType};
+    let mut stats = ReadBack::default();
+    for &(start, end) in ranges {
+        let mut at = start;
+        while at + SECTOR <= end && (at + SECTOR) as usize <= image.len() {
+            let span = at as usize..(at + SECTOR) as usize;
+            let chip = flasher.checksum_md5(at, SECTOR)?;
+            stats.compared += 1;
+            if chip == md5_of(&image[span.clone()]) {
+                stats.known += 1;
+            } else if let Some(c) = candidates
+                .iter()
+                .filter_map(|c| c.get(span.clone()))
+                .find(|c| md5_of(c) == chip)
+            {
+                let c = c.to_vec();
+                image[span].copy_from_slice(&c);
+                stats.known += 1;
+            } else {
+                let mut sector = Vec::with_capacity(SECTOR as usize);
+                while (sector.len() as u32) < SECTOR {
+                    let offset = at + sector.len() as u32;
+                    let response = flasher.connection().with_timeout(
+                        CommandType::ReadFlashSlow.timeout(),
+                        |c| {
+                            c.command(Command::ReadFlashSlow {
+                                offset,
+                                size: ROM_READ_LEN,
+                                block_size: ROM_READ_LEN,
+                                max_in_flight: 1,
+                            })
+                        },
+                    )?;
+                    let bytes: Vec<u8> = response.try_into()?;
+                    let take = bytes.len().min(ROM_READ_LEN as usize);
+                    if take == 0 {
+                        return Err(FlashError::Espflash(espflash::Error::InvalidResponse(
+                            format!("READ_FLASH_SLOW at 0x{offset:x} returned nothing"),
+                        )));
+                    }
+                    sector.extend_from_slice(&bytes[..take]);
+                }
+                sector.truncate(SECTOR as usize);
+                // The read is checked like a write: against the chip's own MD5.
+                if md5_of(&sector) != chip {
+                    return Err(FlashError::Verify {
+                        region: "read back".into(),
+                        offset: at,
+                        chip,
+                        host: md5_of(&sector),
+                    });
+                }
+                image[span].copy_from_slice(&sector);
+                stats.read += 1;
+            }
+            at += SECTOR;
+        }
+    }
+    Ok(stats)
 }
 
 /// MD5 as espflash returns it (the digest's bytes, big-endian).
