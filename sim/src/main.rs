@@ -290,7 +290,8 @@ fn warn_unless_image_of(tag: &str, path: &Path, bytes: &[u8]) {
     }
 }
 
-/// The user's images for scenario `s`: its `board.version`'s runs, all are release assets.
+/// The user's images for scenario `s`: its `board.version`'s runs, those of the tags it
+/// publishes are the release assets.
 fn images_for(
     s: &Scenario,
     images: &[(String, Vec<u8>)],
@@ -309,10 +310,13 @@ fn images_for(
                 s.board.version
             )
         })?;
-    Ok(Some(scenario::UserImages {
-        running,
-        releases: images.to_vec(),
-    }))
+    // Only the tags it publishes: a recording stores each release image.
+    let releases = images
+        .iter()
+        .filter(|(tag, _)| s.releases.iter().any(|r| r.tag == *tag))
+        .cloned()
+        .collect();
+    Ok(Some(scenario::UserImages { running, releases }))
 }
 
 async fn run_scenarios(
