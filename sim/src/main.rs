@@ -45,6 +45,12 @@ enum Command {
         /// replay shows) in this folder, one sub-folder each.
         #[arg(long)]
         record: Option<PathBuf>,
+        /// Your own firmware image for version TAG (TAG=PATH, repeatable), e.g.
+        /// 1.1=target/firmware-esp32c3-1.1.bin: the one whose tag is the scenario's
+        /// `board.version` runs in the board's slot, the others are the release assets of
+        /// their tags. Recordings carry them.
+        #[arg(long = "image", value_parser = parse_release)]
+        images: Vec<(String, PathBuf)>,
     },
     /// Replay recorded power cuts (recording folders, or folders of them) and check that the
     /// board recovers as recorded.
@@ -253,12 +259,73 @@ fn report_json(r: &Report) -> serde_json::Value {
     })
 }
 
+/// The files of `--image TAG=PATH`, read, each checked for the version its tag says.
+fn read_images(files: &[(String, PathBuf)]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut images: Vec<(String, Vec<u8>)> = Vec::new();
+    for (tag, path) in files {
+        if images.iter().any(|(t, _)| t == tag) {
+            return Err(format!("--image {tag}=…: given twice"));
+        }
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("--image {tag}={}: {e}", path.display()))?;
+        warn_unless_image_of(tag, path, &bytes);
+        images.push((tag.clone(), bytes));
+    }
+    Ok(images)
+}
+
+/// Warns when `bytes` is not an app image a board accepts as version `tag`.
+fn warn_unless_image_of(tag: &str, path: &Path, bytes: &[u8]) {
+    match firmware::format::app_image::inspect(bytes) {
+        Ok(info) if info.app_desc.version.as_str() != tag => eprintln!(
+            "warning: {} carries version {}, given as {tag}",
+            path.display(),
+            info.app_desc.version
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!(
+            "warning: {} is not an ESP32 app image a board accepts ({e:?})",
+            path.display()
+        ),
+    }
+}
+
+/// The user's images for scenario `s`: its `board.version`'s runs, those of the tags it
+/// publishes are the release assets.
+fn images_for(
+    s: &Scenario,
+    images: &[(String, Vec<u8>)],
+) -> Result<Option<scenario::UserImages>, String> {
+    if images.is_empty() {
+        return Ok(None);
+    }
+    let running = images
+        .iter()
+        .find(|(tag, _)| *tag == s.board.version)
+        .map(|(_, bytes)| bytes.clone())
+        .ok_or_else(|| {
+            format!(
+                "scenario {}: the board starts at version {1}: give its image with --image {1}=PATH",
+                s.name,
+                s.board.version
+            )
+        })?;
+    // Only the tags it publishes: a recording stores each release image.
+    let releases = images
+        .iter()
+        .filter(|(tag, _)| s.releases.iter().any(|r| r.tag == *tag))
+        .cloned()
+        .collect();
+    Ok(Some(scenario::UserImages { running, releases }))
+}
+
 async fn run_scenarios(
     paths: &[PathBuf],
     dir: &Path,
     json: bool,
     trace: bool,
     only: Option<Model>,
+    images: &[(String, Vec<u8>)],
     broker: &BrokerChoice,
 ) -> Result<bool, String> {
     let scenarios: Vec<Scenario> = if paths.is_empty() {
@@ -281,7 +348,10 @@ async fn run_scenarios(
             .into_iter()
             .filter(|m| only.is_none_or(|o| o == *m))
             .collect();
-        let runs = models.iter().map(|&model| scenario::run(s, model, broker));
+        let user = images_for(s, images)?;
+        let runs = models
+            .iter()
+            .map(|&model| scenario::run_with(s, model, broker, user.as_ref()));
         for (model, result) in models
             .iter()
             .zip(futures_util::future::join_all(runs).await)
@@ -328,6 +398,7 @@ async fn record_scenarios(
     dir: &Path,
     only: Option<Model>,
     out: &Path,
+    images: &[(String, Vec<u8>)],
     broker: &BrokerChoice,
 ) -> Result<bool, String> {
     let made_by = std::iter::once("sim".to_string())
@@ -339,26 +410,40 @@ async fn record_scenarios(
         let text =
             std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let s = Scenario::load(&path).map_err(|e| e.to_string())?;
+        let user = images_for(&s, images)?;
         for model in s
             .models()
             .into_iter()
             .filter(|m| only.is_none_or(|o| o == *m))
         {
             let shown = path.display().to_string();
-            let recorded = sim::recording::record(&s, &shown, &text, model, broker, &made_by)
-                .await
-                .map_err(|e| format!("{} [{model}]: {e}", s.name))?;
+            let recorded = sim::recording::record_with(
+                &s,
+                &shown,
+                &text,
+                model,
+                broker,
+                &made_by,
+                user.as_ref(),
+            )
+            .await
+            .map_err(|e| format!("{} [{model}]: {e}", s.name))?;
             for rec in &recorded.recordings {
                 let to = out.join(&rec.name);
                 rec.save(&to).map_err(|e| e.to_string())?;
                 println!(
-                    "recorded {}: cut at boot {} in phase {} ({}), {} sectors, recovery {}",
+                    "recorded {}: cut at boot {} in phase {} ({}), {} sectors, recovery {}, {} images",
                     to.display(),
                     rec.cut.boot,
                     rec.cut.phase,
                     rec.cut.what,
                     rec.sectors.len(),
-                    rec.expect.outcomes.join(",")
+                    rec.expect.outcomes.join(","),
+                    if rec.images_are_simulated() {
+                        "simulated"
+                    } else {
+                        "your"
+                    }
                 );
             }
             reports.push(recorded.report);
@@ -573,9 +658,17 @@ async fn main() -> ExitCode {
             trace,
             bootloader,
             record,
-        } => match record {
-            None => run_scenarios(&scenarios, &dir, json, trace, bootloader, &broker).await,
-            Some(out) => record_scenarios(&scenarios, &dir, bootloader, &out, &broker).await,
+            images,
+        } => match read_images(&images) {
+            Err(e) => Err(e),
+            Ok(images) => match record {
+                None => {
+                    run_scenarios(&scenarios, &dir, json, trace, bootloader, &images, &broker).await
+                }
+                Some(out) => {
+                    record_scenarios(&scenarios, &dir, bootloader, &out, &images, &broker).await
+                }
+            },
         },
         Command::Replay {
             recordings,
@@ -614,7 +707,8 @@ async fn main() -> ExitCode {
             run_sweep(opts, &broker).await
         }
         Command::All { dir, image_size } => {
-            let mut results = vec![run_scenarios(&[], &dir, false, false, None, &broker).await];
+            let mut results =
+                vec![run_scenarios(&[], &dir, false, false, None, &[], &broker).await];
             // Behind each bootloader: every flash operation, then random multi-cut runs.
             let sweeps = Model::ALL
                 .into_iter()
@@ -743,18 +837,7 @@ fn served_releases(files: &[(String, PathBuf)]) -> Result<Vec<sim::github::Relea
             std::fs::read(path).map_err(|e| format!("--release {tag}={}: {e}", path.display()))?;
         // The board refuses an image whose descriptor does not carry the tag's version: say so
         // now rather than after a download.
-        match firmware::format::app_image::inspect(&bytes) {
-            Ok(info) if info.app_desc.version.as_str() != tag.as_str() => eprintln!(
-                "warning: {} carries version {}, served as release {tag}",
-                path.display(),
-                info.app_desc.version
-            ),
-            Ok(_) => {}
-            Err(e) => eprintln!(
-                "warning: {} is not an ESP32 app image a board accepts ({e:?})",
-                path.display()
-            ),
-        }
+        warn_unless_image_of(tag, path, &bytes);
         // One day apart, in the order given: the last one is the latest.
         releases.push(
             sim::github::Release::new(tag, 1_700_000_000 + i as u64 * 86_400)

@@ -25,8 +25,22 @@
 //!   log = ["installed", "updated"]
 //!   versions = ["1.0", "1.1"]
 //!   ```
+//!   A recording made with the user's own firmware images (`sim run --image TAG=PATH
+//!   --record …`) also lists them, each a file of the folder with its SHA-256:
+//!   ```toml
+//!   [images.running]              # the image in the board's slot before the update
+//!   file = "images/running.bin"
+//!   sha256 = "…"
+//!   [[images.releases]]           # the release assets, by tag
+//!   tag = "1.1"
+//!   file = "images/1.1.bin"
+//!   sha256 = "…"
+//!   ```
+//!   Without `[images]` (every recording made before them), the slots and assets hold the
+//!   images the simulator builds from the scenario: see [`Recording::images_are_simulated`].
 //! - `sectors.bin`: the flash as the cut left it, as a sparse diff against the flashed base
-//!   (partition table, conf.json, the scenario's running image in its slot:
+//!   (partition table, conf.json, the running image in its slot — the scenario's, or the
+//!   user's `images/running.bin`:
 //!   [`Stage::base_flash`]). Only the 4 KiB sectors that differ from the base are stored,
 //!   torn bytes included. The config partition is never stored: whoever replays writes a
 //!   conf.json pointing at its own servers. Layout, all integers little endian:
@@ -45,10 +59,12 @@ use crate::board::Triggers;
 use crate::bootloader::Model;
 use crate::flash::SimFlash;
 use crate::scenario::{
-    self, Expect, FaultSpec, Report, Scenario, ScenarioError, Stage, acked_seqs, triggers_of,
+    self, Expect, FaultSpec, Report, Scenario, ScenarioError, Stage, UserImages, acked_seqs,
+    triggers_of,
 };
 use crate::world::BrokerChoice;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// The version of the folder's format this code reads and writes.
@@ -63,6 +79,13 @@ pub const MAGIC: &[u8; 8] = b"OTAFLSH1";
 pub const TOML_FILE: &str = "recording.toml";
 /// The sector file of a recording folder.
 pub const SECTORS_FILE: &str = "sectors.bin";
+/// The folder of a recording's own firmware images.
+pub const IMAGES_DIR: &str = "images";
+/// The running image's file in [`IMAGES_DIR`].
+pub const RUNNING_FILE: &str = "running.bin";
+
+/// The user's images a recording carries: what its slots and release assets hold.
+pub type RecordedImages = UserImages;
 
 /// Why a recording cannot be read, written or replayed.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +166,36 @@ pub enum RecordingError {
         /// What is wrong.
         why: &'static str,
     },
+    /// An image file's bytes are not those `recording.toml` lists.
+    #[error(
+        "{path}: SHA-256 {actual}, but recording.toml lists {expected} (the image was changed or replaced)"
+    )]
+    ImageHash {
+        /// The image file.
+        path: PathBuf,
+        /// The hash `recording.toml` lists.
+        expected: String,
+        /// The file's.
+        actual: String,
+    },
+    /// An image entry names a file outside the recording's `images/` folder.
+    #[error("{path}: image file `{file}` is not a file name inside {IMAGES_DIR}/")]
+    ImagePath {
+        /// `recording.toml`.
+        path: PathBuf,
+        /// The file named.
+        file: String,
+    },
+    /// A release tag that cannot name an image file.
+    #[error(
+        "recording {name}: release tag `{tag}` cannot name a file (letters, digits, `.`, `-`, `_`; not `running`)"
+    )]
+    ImageTag {
+        /// The recording.
+        name: String,
+        /// The tag.
+        tag: String,
+    },
     /// The embedded scenario is not valid.
     #[error("embedded scenario: {0}")]
     Scenario(#[from] ScenarioError),
@@ -200,6 +253,39 @@ pub struct Recording {
     pub expect: Expect,
     /// The sectors that differ from the flashed base, by offset.
     pub sectors: Vec<Sector>,
+    /// The user's firmware images it was made with; `None`: the simulator's, rebuilt from
+    /// the scenario.
+    pub images: Option<RecordedImages>,
+}
+
+/// An image file listed in `recording.toml`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageFile {
+    file: String,
+    sha256: String,
+}
+
+/// A release image listed in `recording.toml`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseImageFile {
+    tag: String,
+    file: String,
+    sha256: String,
+}
+
+/// `[images]` of `recording.toml`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImagesToml {
+    running: ImageFile,
+    #[serde(default)]
+    releases: Vec<ReleaseImageFile>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// `recording.toml` as written.
@@ -215,6 +301,53 @@ struct TomlFile {
     scenario: ScenarioSource,
     cut: CutPoint,
     expect: Expect,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    images: Option<ImagesToml>,
+}
+
+/// Reads image `file` (relative to `dir`, inside its `images/`) and checks its SHA-256.
+fn read_image(
+    dir: &Path,
+    toml_path: &Path,
+    file: &str,
+    sha256: &str,
+) -> Result<Vec<u8>, RecordingError> {
+    let inside = file
+        .strip_prefix(IMAGES_DIR)
+        .and_then(|f| f.strip_prefix('/'))
+        .is_some_and(|name| {
+            !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != ".."
+        });
+    if !inside {
+        return Err(RecordingError::ImagePath {
+            path: toml_path.to_path_buf(),
+            file: file.to_string(),
+        });
+    }
+    let path = dir.join(file);
+    let bytes = std::fs::read(&path).map_err(|source| RecordingError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let actual = sha256_hex(&bytes);
+    if !actual.eq_ignore_ascii_case(sha256) {
+        return Err(RecordingError::ImageHash {
+            path,
+            expected: sha256.to_string(),
+            actual,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Whether `tag` can name a file of `images/` by itself.
+fn tag_is_file_name(tag: &str) -> bool {
+    !tag.is_empty()
+        && !tag.starts_with('.')
+        && tag != "running"
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
 impl Recording {
@@ -244,6 +377,17 @@ impl Recording {
             path: sectors_path.clone(),
             source,
         })?;
+        let images = match &file.images {
+            None => None,
+            Some(listed) => {
+                let running = read_image(dir, &path, &listed.running.file, &listed.running.sha256)?;
+                let mut releases = Vec::new();
+                for r in &listed.releases {
+                    releases.push((r.tag.clone(), read_image(dir, &path, &r.file, &r.sha256)?));
+                }
+                Some(RecordedImages { running, releases })
+            }
+        };
         Ok(Recording {
             name: file.name,
             description: file.description,
@@ -254,13 +398,50 @@ impl Recording {
             cut: file.cut,
             expect: file.expect,
             sectors: decode_sectors(&bytes, &sectors_path)?,
+            images,
         })
+    }
+
+    /// Whether its slots and release assets hold the simulator's images (rebuilt from the
+    /// scenario), which a real ESP32-C3 cannot run: true when it carries no image of its own.
+    pub fn images_are_simulated(&self) -> bool {
+        self.images.is_none()
     }
 
     /// Writes the recording into folder `dir` (created if needed).
     pub fn save(&self, dir: &Path) -> Result<(), RecordingError> {
         let io = |path: PathBuf| move |source| RecordingError::Io { path, source };
         std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+        let images = match &self.images {
+            None => None,
+            Some(images) => {
+                let images_dir = dir.join(IMAGES_DIR);
+                std::fs::create_dir_all(&images_dir).map_err(io(images_dir.clone()))?;
+                let write = |name: &str, bytes: &[u8]| {
+                    let path = images_dir.join(name);
+                    std::fs::write(&path, bytes).map_err(io(path))?;
+                    Ok::<_, RecordingError>((format!("{IMAGES_DIR}/{name}"), sha256_hex(bytes)))
+                };
+                let (file, sha256) = write(RUNNING_FILE, &images.running)?;
+                let running = ImageFile { file, sha256 };
+                let mut releases = Vec::new();
+                for (tag, bytes) in &images.releases {
+                    if !tag_is_file_name(tag) {
+                        return Err(RecordingError::ImageTag {
+                            name: self.name.clone(),
+                            tag: tag.clone(),
+                        });
+                    }
+                    let (file, sha256) = write(&format!("{tag}.bin"), bytes)?;
+                    releases.push(ReleaseImageFile {
+                        tag: tag.clone(),
+                        file,
+                        sha256,
+                    });
+                }
+                Some(ImagesToml { running, releases })
+            }
+        };
         let file = TomlFile {
             format: FORMAT,
             name: self.name.clone(),
@@ -271,6 +452,7 @@ impl Recording {
             scenario: self.scenario.clone(),
             cut: self.cut.clone(),
             expect: self.expect.clone(),
+            images,
         };
         let text = toml::to_string(&file).map_err(|source| RecordingError::Serialize {
             name: self.name.clone(),
@@ -431,6 +613,9 @@ pub async fn replay(rec: &Recording, broker: &BrokerChoice) -> Result<Report, Re
     let n = REPLAYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let client_id = format!("replay-{}-{n}", std::process::id());
     let mut stage = Stage::without_faults(&s, rec.model, broker, &client_id).await?;
+    if let Some(images) = &rec.images {
+        stage = stage.with_images(Some(images.running.clone()), images.releases.clone())?;
+    }
     // GitHub's history up to the cut: ids and dates come out as they did when it was made.
     for boot in 2..=rec.cut.boot {
         stage.before_boot(boot);
@@ -487,8 +672,33 @@ pub async fn record(
     broker: &BrokerChoice,
     made_by: &str,
 ) -> Result<Recorded, RecordingError> {
+    record_with(s, path, text, model, broker, made_by, None).await
+}
+
+/// As [`record`], with the user's firmware images in the board's slot and as the release
+/// assets ([`Stage::with_images`]); every recording carries them.
+pub async fn record_with(
+    s: &Scenario,
+    path: &str,
+    text: &str,
+    model: Model,
+    broker: &BrokerChoice,
+    made_by: &str,
+    images: Option<&RecordedImages>,
+) -> Result<Recorded, RecordingError> {
     let started = std::time::Instant::now();
     let mut stage = Stage::new(s, model, broker).await?;
+    if let Some(images) = images {
+        for (tag, _) in &images.releases {
+            if !tag_is_file_name(tag) {
+                return Err(RecordingError::ImageTag {
+                    name: s.name.clone(),
+                    tag: tag.clone(),
+                });
+            }
+        }
+        stage = stage.with_images(Some(images.running.clone()), images.releases.clone())?;
+    }
     stage.snapshot_cuts = true;
     let (mut triggers, flash_cuts) = triggers_of(s, model)?;
     let base = stage.base_flash();
@@ -539,6 +749,7 @@ pub async fn record(
             },
             expect: Expect::default(),
             sectors: diff(&base_bytes, &snap.flash),
+            images: images.cloned(),
         };
         let last = i + 1 == snapshots.len();
         pending.push((rec, last && only_cuts, after(snap.boot)));

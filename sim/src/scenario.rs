@@ -728,6 +728,25 @@ pub enum ScenarioError {
     /// The collector.
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
+    /// The user's images do not fit the scenario (a release without one, a rebuild).
+    #[error("scenario {name}: {why}")]
+    Images {
+        /// Scenario.
+        name: String,
+        /// What is missing or cannot be modelled, naming the release.
+        why: String,
+    },
+}
+
+/// The user's own firmware images (`FIRMWARE_VERSION=1.1 just firmware`), staged instead of
+/// the images the simulator builds: the one the board runs at the start and the release
+/// assets, by tag.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserImages {
+    /// The app image in the board's slot at the start.
+    pub running: Vec<u8>,
+    /// Release assets by tag (an image may be given for a tag the scenario does not publish).
+    pub releases: Vec<(String, Vec<u8>)>,
 }
 
 impl Scenario {
@@ -1183,8 +1202,18 @@ pub struct Stage {
     pub snapshot_cuts: bool,
     /// The flash after each power cut, when `snapshot_cuts` is on.
     pub cut_snapshots: Vec<CutSnapshot>,
+    /// Release assets replaced by the user's images, by tag ([`Stage::with_images`]).
+    pub user_releases: Vec<(String, Vec<u8>)>,
+    /// Whether `running` is the user's image rather than the simulator's.
+    pub user_running: bool,
     releases: Vec<Published>,
     on_github: Vec<usize>,
+    /// The scenario's name, for errors.
+    scenario_name: String,
+    /// The version the board starts with.
+    board_version: String,
+    /// Whether the board installs lower versions too.
+    allow_downgrade: bool,
     /// GitHub faults armed when a boot starts: (boot, fault).
     later_faults: Vec<(u32, Armed)>,
     /// WiFi outages counted from a boot's start: (boot, from ms, until ms).
@@ -1333,8 +1362,13 @@ impl Stage {
             setup_failures: Vec::new(),
             snapshot_cuts: false,
             cut_snapshots: Vec::new(),
+            user_releases: Vec::new(),
+            user_running: false,
             releases,
             on_github: Vec::new(),
+            scenario_name: s.name.clone(),
+            board_version: s.board.version.clone(),
+            allow_downgrade: s.board.allow_downgrade,
             later_faults: Vec::new(),
             later_outages: Vec::new(),
             broker_down: Vec::new(),
@@ -1406,6 +1440,85 @@ impl Stage {
             }
         }
         Ok(())
+    }
+
+    /// Stages the user's own images instead of the simulator's: `running` (if given) in the
+    /// board's slot ([`Stage::base_flash`]), and each `(tag, image)` as the asset of every
+    /// release entry with that tag, now and after every change of GitHub's releases (asset
+    /// ids and `updated_at` stay the scenario's, so a recording's replay meets the same
+    /// identity). Refused, naming the release: a release the board could install (above its
+    /// version, or any other with `allow_downgrade`) without an image (the simulator's would
+    /// be served, which a real board boots and crashes in), and a release rebuilt under the
+    /// same asset (`rebuilt_from_boot` needs a second build of the tag).
+    pub fn with_images(
+        mut self,
+        running: Option<Vec<u8>>,
+        releases: Vec<(String, Vec<u8>)>,
+    ) -> Result<Stage, ScenarioError> {
+        let refuse = |why: String| ScenarioError::Images {
+            name: self.scenario_name.clone(),
+            why,
+        };
+        let board = firmware::version::Version::parse(&self.board_version).ok();
+        for p in &self.releases {
+            let tag = &p.release.tag_name;
+            let given = releases.iter().any(|(t, _)| t == tag);
+            let installable = *tag != self.board_version
+                && (self.allow_downgrade
+                    || match (board, firmware::version::Version::parse(tag).ok()) {
+                        (Some(board), Some(v)) => v > board,
+                        // A tag the core cannot compare: assume it may be installed.
+                        _ => true,
+                    });
+            if installable && !given {
+                return Err(refuse(format!(
+                    "the board (version {}) could install release {tag}: give its image \
+                     (--image {tag}=PATH)",
+                    self.board_version
+                )));
+            }
+            if given && p.rebuilt.is_some() {
+                return Err(refuse(format!(
+                    "release {tag} is rebuilt under the same asset (rebuilt_from_boot): one \
+                     image per tag cannot model a second build"
+                )));
+            }
+        }
+        for (tag, bytes) in &releases {
+            for p in self
+                .releases
+                .iter_mut()
+                .filter(|p| p.release.tag_name == *tag)
+            {
+                for asset in &mut p.release.assets {
+                    asset.bytes = bytes.clone().into();
+                }
+            }
+            for (_, _, image) in self.builds.iter_mut().filter(|(t, _, _)| t == tag) {
+                image.clone_from(bytes);
+            }
+            // What GitHub shows now: the same entries, other bytes (ids and dates kept).
+            for &i in &self.on_github {
+                let release = &self.releases[i].release;
+                if release.tag_name == *tag {
+                    for asset in &release.assets {
+                        self.world.github.replace_asset_bytes(
+                            "acme",
+                            "thermostat",
+                            tag,
+                            &asset.name,
+                            bytes.clone(),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(running) = running {
+            self.running = running;
+            self.user_running = true;
+        }
+        self.user_releases = releases;
+        Ok(self)
     }
 
     /// Which release entries are on GitHub during `boot`.
@@ -1600,8 +1713,21 @@ pub async fn run(
     model: Model,
     broker: &BrokerChoice,
 ) -> Result<Report, ScenarioError> {
+    run_with(s, model, broker, None).await
+}
+
+/// As [`run`], with the user's images instead of the simulator's ([`Stage::with_images`]).
+pub async fn run_with(
+    s: &Scenario,
+    model: Model,
+    broker: &BrokerChoice,
+    images: Option<&UserImages>,
+) -> Result<Report, ScenarioError> {
     let started = std::time::Instant::now();
     let mut stage = Stage::new(s, model, broker).await?;
+    if let Some(images) = images {
+        stage = stage.with_images(Some(images.running.clone()), images.releases.clone())?;
+    }
     let (mut triggers, flash_cuts) = triggers_of(s, model)?;
     let mut board = stage.board_with(stage.base_flash());
     flash_cuts.arm(&mut board.flash);
