@@ -513,6 +513,7 @@ async fn save_recordings(
             },
             expect: Expect::default(),
             sectors: sim::recording::diff(base, &flash),
+            images: None,
         };
         // Observe first with an expectation nothing but invariants can fail, then keep what
         // the recovery did.

@@ -313,9 +313,18 @@ impl VirtualBoard {
         let mut flight: Option<Flight> = None;
         let mut join_at: Option<u64> = None;
         let mut mqtt: Option<Mqtt> = None;
+        // The power is gone: the console shows no more of this boot.
+        let mut silenced = false;
         let end = 'boot: loop {
             clock_out.store(start + now, std::sync::atomic::Ordering::Relaxed);
-            let cut = drain(&mut core, &mut trace, &mut counts, triggers, boot, &live);
+            let cut = drain(
+                &mut core,
+                &mut trace,
+                &mut counts,
+                triggers,
+                boot,
+                (&live, &mut silenced),
+            );
             if cut || core.flash_mut().is_dead() {
                 core.flash_mut().cut_now();
                 break 'boot BootEnd::PowerCut;
@@ -479,7 +488,14 @@ impl VirtualBoard {
                             }
                             core.handle_response_body(Instant(now), id, piece);
                             // Triggers on events count per piece, whatever the network's chunking.
-                            if drain(&mut core, &mut trace, &mut counts, triggers, boot, &live) {
+                            if drain(
+                                &mut core,
+                                &mut trace,
+                                &mut counts,
+                                triggers,
+                                boot,
+                                (&live, &mut silenced),
+                            ) {
                                 core.flash_mut().cut_now();
                                 break;
                             }
@@ -582,7 +598,7 @@ fn drain(
     counts: &mut std::collections::HashMap<&'static str, u32>,
     triggers: &mut Triggers,
     boot: u32,
-    live: &Option<tokio::sync::mpsc::UnboundedSender<Live>>,
+    (live, silenced): (&Option<tokio::sync::mpsc::UnboundedSender<Live>>, &mut bool),
 ) -> bool {
     let mut cut = false;
     while let Some((t, event)) = core.poll_event() {
@@ -611,10 +627,22 @@ fn drain(
             ms: t.0,
             event,
         };
-        // A board without power prints nothing: what the core reports about a flash
-        // operation the cut interrupted (its error, its outcome) stays in the simulator's
-        // trace but never reaches a console.
-        if let Some(live) = live.as_ref().filter(|_| !core.flash_mut().is_dead()) {
+        // A board without power prints nothing: what the core reports about the flash
+        // operation the cut interrupted (its flash error, and all after it) stays in the
+        // simulator's trace but never reaches a console. What it reported before that
+        // operation was printed before the cut.
+        if core.flash_mut().is_dead()
+            && matches!(
+                line.event,
+                Event::Error {
+                    code: firmware::trace::ErrorCode::Flash,
+                    ..
+                }
+            )
+        {
+            *silenced = true;
+        }
+        if let Some(live) = live.as_ref().filter(|_| !*silenced) {
             // A closed receiver only means nobody watches the console.
             let _ = live.send(Live::Line(line.clone()));
         }

@@ -348,9 +348,10 @@ fn a_cut_armed_in_otadata_hits_the_slot_switch_and_the_board_recovers() {
     std::thread::sleep(Duration::from_millis(100));
     let cut = console_until_quiet(&mut console_port);
     assert!(cut.contains("verified version=1.1"), "{cut}");
-    // The simulated core still reports the erase the cut failed (as in `sim run` traces);
-    // then the board is dark: no reboot, no application.
-    assert!(cut.contains("flash erase at 0xe000 failed"), "{cut}");
+    // The simulated core still reports the erase the cut failed (`sim run` traces show it),
+    // but a board without power prints nothing: the console ends before it, and the board
+    // is dark: no reboot, no application.
+    assert!(!cut.contains("flash erase at 0xe000 failed"), "{cut}");
     assert!(
         !cut.contains("OTA 0 reboot") && !cut.contains("app: running"),
         "{cut}"
