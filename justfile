@@ -112,18 +112,24 @@ hil-virtual:
     cargo run -q -p hil -- run --virtual --quiet --junit target/hil/junit-run.xml
     cargo run -q -p hil -- replay --virtual --quiet --junit target/hil/junit-replay.xml fixtures/recordings
 
-# The HIL set with your firmware on the virtual board: what `just hil PORT` flashes and publishes
-# (espflash's bootloader, partition table, firmware 1.0 and 1.1), through the same harness.
+# Then a recording of a cut in every phase with that firmware (target/hil/recordings), replayed: what
+# `just hil-replay PORT` writes to a board.
+# The HIL set with your firmware 1.0/1.1 on the virtual board, flashed and published as `just hil PORT` does.
 hil-virtual-firmware:
     FIRMWARE_VERSION=1.1 just firmware
     FIRMWARE_VERSION=1.0 just firmware
     cargo run -q -p hil -- run --virtual --quiet --junit target/hil/junit-firmware.xml --elf {{fw_elf}} \
         --image 1.0={{fw_target_dir}}/firmware-esp32c3-1.0.bin \
         --image 1.1={{fw_target_dir}}/firmware-esp32c3-1.1.bin
+    rm -rf {{fw_target_dir}}/hil/recordings
+    cargo run -q -p hil -- run --virtual --quiet --elf {{fw_elf}} --record {{fw_target_dir}}/hil/recordings \
+        --image 1.0={{fw_target_dir}}/firmware-esp32c3-1.0.bin \
+        --image 1.1={{fw_target_dir}}/firmware-esp32c3-1.1.bin fixtures/recordings/sources/*.toml
+    cargo run -q -p hil -- replay --virtual --quiet {{fw_target_dir}}/hil/recordings
 
-# Replay recorded power cuts on a board (a recording made with your own firmware images).
-hil-replay PORT +RECORDINGS:
-    cargo run -q -p hil -- replay --port {{PORT}} {{RECORDINGS}}
+# Write recorded power cuts (made with your firmware: `just hil-virtual-firmware`) to a board and check its recovery.
+hil-replay PORT recordings=(fw_target_dir / "hil/recordings") *FLAGS:
+    cargo run -q -p hil -- replay --port {{PORT}} --elf {{fw_elf}} {{FLAGS}} {{recordings}}
 
 # What a board running 1.0 would do with a repository's latest release, against the real server
 # (extra flags: --from 1.1, --api-base URL, --token-env GITHUB_TOKEN, --json, --trace).

@@ -20,7 +20,14 @@ pub struct Boot {
     pub leds: String,
     /// Every event with its time.
     pub events: Vec<(u64, Event)>,
+    /// The harness cut its power ([`POWER_CUT`] in the console after its lines).
+    pub cut: bool,
 }
+
+/// The note the harness writes into the console log when it cuts the power: the boot it
+/// ends was cut, whatever it printed (an `outcome` line comes before the log record the cut
+/// may interrupt).
+pub const POWER_CUT: &str = "# hil: power cut";
 
 /// A console line that starts like a trace line but does not parse.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +66,12 @@ pub fn read_console(text: &str) -> Result<Vec<Boot>, BadLine> {
         .flat_map(|(i, line)| split_at_banner(line).into_iter().map(move |l| (i, l)))
         .collect();
     for (k, &(i, line)) in lines.iter().enumerate() {
+        if line.trim_start().starts_with(POWER_CUT) {
+            if let Some(boot) = boots.last_mut() {
+                boot.cut = true;
+            }
+            continue;
+        }
         let Some(parsed) = Event::parse_line(line.trim_start()) else {
             continue;
         };
@@ -231,6 +244,7 @@ pub struct Console {
     pub lines: std::sync::mpsc::Receiver<Line>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    log: std::path::PathBuf,
 }
 
 /// Why the console could not be started.
@@ -351,7 +365,17 @@ impl Console {
             lines,
             stop,
             thread: Some(thread),
+            log: log.to_path_buf(),
         })
+    }
+
+    /// Writes a note of the harness's into the raw log, as a `# hil: …` line of its own
+    /// (after whatever the board printed so far).
+    pub fn note(&self, text: &str) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&self.log) {
+            let _ = write!(f, "\n# hil: {text}\n");
+        }
     }
 }
 

@@ -239,7 +239,13 @@ fn connect_with(link: Link, stub_on_usb: bool) -> Result<Flasher, FlashError> {
             };
             // Each write ends with the after-operation: stay in the stub between regions and
             // their MD5 checks; the harness resets the board once, after the last one.
-            (port, info, before, ResetAfterOperation::NoResetNoStub, stub_on_usb)
+            (
+                port,
+                info,
+                before,
+                ResetAfterOperation::NoResetNoStub,
+                stub_on_usb,
+            )
         }
         Link::Pty(port) => (
             port,

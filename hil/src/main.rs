@@ -136,7 +136,7 @@ fn main() -> ExitCode {
             scenarios,
             record,
         } => {
-            let Some(mut target) = target(&board) else {
+            let Some(mut target) = target(&board, false) else {
                 return no_board();
             };
             let list =
@@ -167,7 +167,7 @@ fn main() -> ExitCode {
             run_all(&board, &mut target, cases, "hil run")
         }
         Command::Replay { board, recordings } => {
-            let Some(mut target) = target(&board) else {
+            let Some(mut target) = target(&board, true) else {
                 return no_board();
             };
             if recordings.is_empty() {
@@ -238,14 +238,14 @@ fn no_board() -> ExitCode {
     ExitCode::from(2)
 }
 
-fn target(args: &BoardArgs) -> Option<Target> {
+fn target(args: &BoardArgs, replay: bool) -> Option<Target> {
     if args.virtual_board {
         // With --image, the user's firmware on the virtual board: the same regions and
         // images a real board gets.
         let firmware = if args.images.is_empty() {
             None
         } else {
-            match firmware(args) {
+            match firmware(args, true) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     eprintln!("hil: {e}");
@@ -259,7 +259,7 @@ fn target(args: &BoardArgs) -> Option<Target> {
         });
     }
     let port = args.port.clone()?;
-    match board_setup(args, &port) {
+    match board_setup(args, &port, !replay) {
         Ok(setup) => Some(Target::Board(Box::new(setup))),
         Err(e) => {
             eprintln!("hil: {e}");
@@ -268,14 +268,15 @@ fn target(args: &BoardArgs) -> Option<Target> {
     }
 }
 
-/// The user's firmware: the old version's ELF and the release images.
-fn firmware(args: &BoardArgs) -> Result<run::Firmware, String> {
+/// The user's firmware: the old version's ELF and the release images (a replay takes its
+/// images from the recording: there, the ELF gives only the bootloader).
+fn firmware(args: &BoardArgs, need_images: bool) -> Result<run::Firmware, String> {
     let mut images = Vec::new();
     for (tag, path) in &args.images {
         let bytes = std::fs::read(path).map_err(|e| format!("image {}: {e}", path.display()))?;
         images.push((tag.clone(), bytes));
     }
-    if images.is_empty() {
+    if images.is_empty() && need_images {
         return Err(
             "name the release images: --image 1.1=target/firmware-esp32c3-1.1.bin \
              (`just hil PORT` builds and passes them)"
@@ -295,7 +296,7 @@ fn firmware(args: &BoardArgs) -> Result<run::Firmware, String> {
     })
 }
 
-fn board_setup(args: &BoardArgs, port: &str) -> Result<BoardSetup, String> {
+fn board_setup(args: &BoardArgs, port: &str, need_images: bool) -> Result<BoardSetup, String> {
     let power = hil::power::parse(&args.power, port).map_err(|e| e.to_string())?;
     let probe = args
         .probe
@@ -303,7 +304,7 @@ fn board_setup(args: &BoardArgs, port: &str) -> Result<BoardSetup, String> {
         .map(hil::probe::ProbeSpec::parse)
         .transpose()
         .map_err(|e| e.to_string())?;
-    let firmware = firmware(args)?;
+    let firmware = firmware(args, need_images)?;
     let conf = std::fs::read_to_string(&args.conf).map_err(|e| {
         format!(
             "{}: {e} (the board's WiFi comes from it)",

@@ -89,37 +89,32 @@ pub struct Firmware {
 }
 
 impl Firmware {
-    /// Puts the images on the stage's GitHub in place of the simulator's (again after every
-    /// change of its releases between boots).
-    fn publish(&self, stage: &Stage) {
-        for (tag, bytes) in &self.images {
-            // A tag GitHub does not show at this boot has nothing to replace.
-            let _ = stage.world.github.replace_asset_bytes(
-                "acme",
-                "thermostat",
-                tag,
-                "firmware.bin",
-                bytes.clone(),
-            );
-        }
+    /// The images as the stage takes them: the running image is the ELF's app (what
+    /// `espflash flash` writes into `ota_0`), the releases are the images by tag.
+    fn user_images(&self) -> Result<sim::scenario::UserImages, HilError> {
+        let running = flashing::regions_from_elf(&self.elf, &self.partitions)?
+            .into_iter()
+            .find(|r| r.name == "ota_0")
+            .map(|r| r.data)
+            .ok_or_else(|| HilError::Unsupported {
+                scenario: self.elf.display().to_string(),
+                why: "espflash made no app image of it".into(),
+            })?;
+        Ok(sim::scenario::UserImages {
+            running,
+            releases: self.images.clone(),
+        })
     }
 
-    /// Every release of `s` a board could install (any but the version it starts with) has
-    /// an image here: else the simulator's image would be served, which a real board boots
-    /// and crashes in.
-    fn covers(&self, s: &Scenario) -> Result<(), HilError> {
-        for r in &s.releases {
-            if r.tag != s.board.version && !self.images.iter().any(|(tag, _)| *tag == r.tag) {
-                return Err(HilError::Unsupported {
-                    scenario: s.name.clone(),
-                    why: format!(
-                        "it publishes release {0}: give its image with --image {0}=PATH",
-                        r.tag
-                    ),
-                });
-            }
-        }
-        Ok(())
+    /// espflash's ESP-IDF bootloader for the ESP32-C3, as `espflash flash` writes it.
+    fn bootloader(&self) -> Result<Region, HilError> {
+        flashing::regions_from_elf(&self.elf, &self.partitions)?
+            .into_iter()
+            .find(|r| r.name == "bootloader")
+            .ok_or_else(|| HilError::Unsupported {
+                scenario: self.elf.display().to_string(),
+                why: "espflash made no bootloader for it".into(),
+            })
     }
 }
 
@@ -191,6 +186,9 @@ pub struct RunOptions<'a> {
     pub record: Option<&'a RecordTo>,
 }
 
+/// The note a cut leaves in the console (`console::POWER_CUT` starts it).
+const POWER_CUT_NOTE: &str = "power cut";
+
 /// The most boots a case may take (the simulator's bound).
 const MAX_BOOTS: u32 = 16;
 
@@ -257,6 +255,38 @@ pub async fn run_case(
             Stage::without_faults_on(s, model, broker, &id, listen).await?
         }
     };
+    // Whose images the board runs and GitHub serves: a recording's own (or the
+    // simulator's, for one made without), else the user's firmware when given.
+    let firmware = match &*target {
+        Target::Virtual { firmware, .. } => firmware.as_ref(),
+        Target::Board(setup) => Some(&setup.firmware),
+    };
+    let images = match (&start, firmware) {
+        (Start::Recording(r), _) => r.images.clone(),
+        (Start::Fresh, Some(fw)) => Some(fw.user_images()?),
+        (Start::Fresh, None) => None,
+    };
+    if let Start::Recording(r) = &start
+        && r.images_are_simulated()
+        && matches!(target, Target::Board(_))
+    {
+        return Err(HilError::Recording {
+            name: r.name.clone(),
+            why: "its slots hold the simulator's images, which a real ESP32-C3 would boot and \
+                  crash in; replay a recording made with your firmware (`sim run … --image \
+                  1.0=… --image 1.1=… --record DIR`, or `hil run --virtual --elf … --image … \
+                  --record DIR`)"
+                .into(),
+        });
+    }
+    if let Some(i) = &images {
+        stage = stage.with_images(Some(i.running.clone()), i.releases.clone())?;
+    }
+    // The bootloader a real board needs (the virtual one's is the simulator's model).
+    let bootloader = match firmware {
+        Some(fw) if images.is_some() => Some(fw.bootloader()?),
+        _ => None,
+    };
     if let Start::Recording(r) = &start {
         // GitHub's history up to the cut, so that release and asset ids and dates come out
         // as they did when the recording was made (the resume record is keyed on them).
@@ -269,9 +299,11 @@ pub async fn run_case(
         Start::Recording(r) => r.cut.boot + 1,
     };
     let stage = Arc::new(Mutex::new(stage));
+    // What `just flash` writes: bootloader, partition table, the running image in its slot.
     let mut regions = {
         let st = lock(&stage);
-        let mut regions = vec![flashing::table_region()];
+        let mut regions: Vec<Region> = bootloader.into_iter().collect();
+        regions.push(flashing::table_region());
         regions.push(flashing::slot_region(
             if st.slot == 0 { "ota_0" } else { "ota_1" },
             &st.running,
@@ -281,20 +313,7 @@ pub async fn run_case(
     };
 
     match target {
-        Target::Virtual { model, firmware } => {
-            if let Some(fw) = firmware.as_ref() {
-                if matches!(start, Start::Recording(_)) {
-                    return Err(HilError::Unsupported {
-                        scenario: s.name.clone(),
-                        why: "a recording's slots hold the simulator's images: replay it \
-                              without --image"
-                            .into(),
-                    });
-                }
-                fw.covers(s)?;
-                regions = flashing::regions_from_elf(&fw.elf, &fw.partitions)?;
-                fw.publish(&lock(&stage));
-            }
+        Target::Virtual { model, .. } => {
             let (chip, master) = {
                 let st = lock(&stage);
                 let (master, slave) = serialport::TTYPort::pair().map_err(HilError::Pty)?;
@@ -363,13 +382,7 @@ pub async fn run_case(
                 while let Ok((boot, reply)) = asked.try_recv() {
                     // The chip numbers boots over its life; the stage, over the scenario's.
                     let of_case = boot.saturating_sub(boots_before) + first_boot - 1;
-                    let mut st = lock(&stage);
-                    let outages = st.before_boot(of_case);
-                    if let Some(fw) = firmware.as_ref() {
-                        // Checked once before flashing: the same tags are there.
-                        fw.publish(&st);
-                    }
-                    let _ = reply.send(outages);
+                    let _ = reply.send(lock(&stage).before_boot(of_case));
                 }
                 match console.lines.recv_timeout(Duration::from_millis(5)) {
                     Ok(line) => {
@@ -386,6 +399,13 @@ pub async fn run_case(
                         // An armed cut left the board dark: the power comes back, as in
                         // the simulator, where the next boot follows a cut at once.
                         if chip.state() == ChipState::Dark && !watch.bricked {
+                            // The boot's last lines first, then the note that it was cut.
+                            while let Ok(line) =
+                                console.lines.recv_timeout(Duration::from_millis(50))
+                            {
+                                watch.line(&line);
+                            }
+                            console.note(POWER_CUT_NOTE);
                             cuts += 1;
                             watch.cut();
                             if record.is_some()
@@ -444,15 +464,20 @@ pub async fn run_case(
                         (cut, flash)
                     })
                     .collect();
-                save_recordings(s, *model, broker, to, &base, cut_boots, &mut report).await?;
+                let recorded = Recorded {
+                    base: &base,
+                    images: images.as_ref(),
+                    cuts: cut_boots,
+                };
+                save_recordings(s, *model, broker, to, recorded, &mut report).await?;
             }
             report.seconds = started.elapsed().as_secs_f64();
             Ok(report)
         }
         Target::Board(setup) => {
             run_on_board(
-                s, expect, start, setup, stage, triggers, first_boot, folder, limits, quiet,
-                started,
+                s, expect, start, setup, stage, regions, triggers, first_boot, folder, limits,
+                quiet, started,
             )
             .await
         }
@@ -473,6 +498,16 @@ fn base_erased_regions(stage: &Stage) -> Result<Vec<Region>, HilError> {
     Ok(regions)
 }
 
+/// What a run leaves for its recordings.
+struct Recorded<'a> {
+    /// The flash as the harness flashed it.
+    base: &'a [u8],
+    /// The user's images, when the run had them (a recording carries them).
+    images: Option<&'a sim::scenario::UserImages>,
+    /// Each cut, with the whole flash as it left it.
+    cuts: Vec<(sim::chip::CutInfo, Vec<u8>)>,
+}
+
 /// Saves one recording per cut of a virtual run. Its `[expect]` is what the simulator's
 /// own replay of that state does (an in-process virtual board, not the chip on the pty);
 /// for the last cut, that replay must agree with what the chip did after it, boot for boot.
@@ -481,10 +516,10 @@ async fn save_recordings(
     model: Model,
     broker: &BrokerChoice,
     to: &RecordTo,
-    base: &[u8],
-    cuts: Vec<(sim::chip::CutInfo, Vec<u8>)>,
+    recorded: Recorded<'_>,
     report: &mut CaseReport,
 ) -> Result<(), HilError> {
+    let Recorded { base, images, cuts } = recorded;
     use sim::recording::{CutPoint, Recording, ScenarioSource};
     let rec_err = |name: &str, e: sim::recording::RecordingError| HilError::Recording {
         name: name.to_string(),
@@ -513,7 +548,7 @@ async fn save_recordings(
             },
             expect: Expect::default(),
             sectors: sim::recording::diff(base, &flash),
-            images: None,
+            images: images.cloned(),
         };
         // Observe first with an expectation nothing but invariants can fail, then keep what
         // the recovery did.
@@ -772,17 +807,13 @@ async fn judge(
             } else {
                 b.version.clone()
             },
-            // A boot without an outcome was cut (by the harness, or by an armed cut of the
-            // virtual board). Console boots and power cycles need not line up one to one (a
-            // boot cut before the core printed shows nothing), so any cut in the case counts;
-            // without one, `-`, which no scenario expects.
-            outcome: b.outcome.clone().unwrap_or_else(|| {
-                if watch.cut_boots.is_empty() {
-                    "-".into()
-                } else {
-                    "cut".into()
-                }
-            }),
+            // A boot the harness cut is `cut`, whatever it printed before (as the simulator
+            // reports it); one that ended without an outcome otherwise, `-`.
+            outcome: if b.cut {
+                "cut".into()
+            } else {
+                b.outcome.clone().unwrap_or_else(|| "-".into())
+            },
             leds: b.leds.clone(),
             probe_leds: None,
             error: b.error.clone().unwrap_or_else(|| "-".into()),
@@ -881,6 +912,7 @@ async fn run_on_board(
     start: Start<'_>,
     setup: &mut BoardSetup,
     stage: Arc<Mutex<Stage>>,
+    mut regions: Vec<Region>,
     triggers: sim::board::Triggers,
     first_boot: u32,
     folder: &Path,
@@ -908,9 +940,6 @@ async fn run_on_board(
                 .into(),
         });
     }
-    // Bootloader, partition table and the old firmware from the ELF, as `espflash flash`
-    // writes them; the stage's own running image is the simulator's.
-    let mut regions = flashing::regions_from_elf(&setup.firmware.elf, &setup.firmware.partitions)?;
     {
         let st = lock(&stage);
         let conf = board_conf(&st, setup);
@@ -920,20 +949,10 @@ async fn run_on_board(
             why: format!("the board's conf.json would not parse: {e}"),
         })?;
         regions.push(flashing::config_region(conf.as_bytes())?);
-        setup.firmware.covers(s)?;
-        setup.firmware.publish(&st);
     }
     regions.extend(base_erased_regions(&lock(&stage))?);
     if let Start::Recording(r) = &start {
-        // A recording's slots hold the images of its scenario, built by the simulator: valid
-        // ESP-IDF images a real bootloader would start and crash in.
-        return Err(HilError::Recording {
-            name: r.name.clone(),
-            why: "its slots hold the simulator's images, which a real ESP32-C3 cannot run; \
-                  recordings with your own firmware images are not built yet (README, \
-                  'What is missing')"
-                .into(),
-        });
+        regions.extend(recording_regions(r));
     }
     let mut flasher = flashing::connect(Link::Usb {
         path: setup.port.clone(),
@@ -979,12 +998,7 @@ async fn run_on_board(
         if watch.boots > seen_boots {
             seen_boots = watch.boots;
             // The board needs seconds to join WiFi: time enough to change the world.
-            let outages = {
-                let mut st = lock(&stage);
-                let outages = st.before_boot(watch.boots + first_boot - 1);
-                setup.firmware.publish(&st);
-                outages
-            };
+            let outages = lock(&stage).before_boot(watch.boots + first_boot - 1);
             for (from, until) in outages {
                 // No radio to switch off: the board's way to GitHub goes down instead.
                 let proxy = lock(&stage).world.github_proxy.clone();
@@ -1017,6 +1031,7 @@ async fn run_on_board(
             }
             watch.last_event = None;
             setup.power.cut()?;
+            console.note(POWER_CUT_NOTE);
             watch.cut();
             cuts.push(line.text.clone());
             // Long enough for the rails to drop and the USB device to go away.

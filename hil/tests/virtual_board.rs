@@ -253,7 +253,10 @@ async fn the_flash_a_cut_left_reads_back_through_the_rom_loader() {
     chip.reset(false);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while chip.state() != sim::chip::ChipState::Dark {
-        assert!(std::time::Instant::now() < deadline, "the armed cut never came");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the armed cut never came"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     drop(console);
@@ -264,7 +267,12 @@ async fn the_flash_a_cut_left_reads_back_through_the_rom_loader() {
     let base = stage.base_flash().contents().to_vec();
     let table = firmware::format::partition::default_table();
     let ota_1 = table.by_label("ota_1").unwrap().clone();
-    let release = &stage.builds.iter().find(|(tag, _, _)| tag == "1.1").unwrap().2;
+    let release = &stage
+        .builds
+        .iter()
+        .find(|(tag, _, _)| tag == "1.1")
+        .unwrap()
+        .2;
     let mut with_release = base.clone();
     with_release[ota_1.offset as usize..ota_1.offset as usize + release.len()]
         .copy_from_slice(release);
@@ -282,7 +290,10 @@ async fn the_flash_a_cut_left_reads_back_through_the_rom_loader() {
     let stats = flashing::read_back(&mut flasher, &mut image, &[with_release], &ranges).unwrap();
     for (start, end) in &ranges {
         let (a, b) = (*start as usize, *end as usize);
-        assert!(image[a..b] == truth[a..b], "0x{a:x}..0x{b:x} differs from the chip's flash");
+        assert!(
+            image[a..b] == truth[a..b],
+            "0x{a:x}..0x{b:x} differs from the chip's flash"
+        );
     }
     // Most sectors are known by MD5; the progress record and the torn sector are read.
     assert!(stats.read >= 1 && stats.read < 10, "{stats:?}");
