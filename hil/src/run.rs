@@ -209,11 +209,13 @@ pub async fn run_case(
         record,
     } = *opts;
     let started = Instant::now();
-    if record.is_some() && matches!(target, Target::Board(_)) {
+    if let (Some(_), Target::Board(setup)) = (record, &*target)
+        && setup.power.removes_power()
+    {
         return Err(HilError::Unsupported {
             scenario: s.name.clone(),
-            why: "recording a real board's flash after a cut is not built yet (README, 'What is \
-                  missing'); record on the virtual board or in the simulator"
+            why: "recording on a board needs `--power reset`: the chip must stay in reset \
+                  until it is put into download mode, and a power backend lets it boot first"
                 .into(),
         });
     }
@@ -475,11 +477,14 @@ pub async fn run_case(
             Ok(report)
         }
         Target::Board(setup) => {
-            run_on_board(
-                s, expect, start, setup, stage, regions, triggers, first_boot, folder, limits,
-                quiet, started,
-            )
-            .await
+            let plan = BoardPlan {
+                regions,
+                triggers,
+                first_boot,
+                images,
+                started,
+            };
+            run_on_board(s, expect, start, setup, stage, plan, opts).await
         }
     }
 }
@@ -903,23 +908,45 @@ async fn judge(
     }
 }
 
+/// What `run_case` prepared for a real board.
+struct BoardPlan {
+    /// Bootloader, partition table, running image.
+    regions: Vec<Region>,
+    /// The scenario's power cuts.
+    triggers: sim::board::Triggers,
+    /// The scenario's number of the first boot.
+    first_boot: u32,
+    /// The user's images, as the stage has them.
+    images: Option<sim::scenario::UserImages>,
+    /// When the case started.
+    started: Instant,
+}
+
 /// The real board: flash over USB, reset into the firmware, follow the console, cut power
 /// where the scenario says (as soon as the console shows the moment), restore it.
-#[allow(clippy::too_many_arguments)]
 async fn run_on_board(
     s: &Scenario,
     expect: &Expect,
     start: Start<'_>,
     setup: &mut BoardSetup,
     stage: Arc<Mutex<Stage>>,
-    mut regions: Vec<Region>,
-    triggers: sim::board::Triggers,
-    first_boot: u32,
-    folder: &Path,
-    limits: &Limits,
-    quiet: bool,
-    started: Instant,
+    plan: BoardPlan,
+    opts: &RunOptions<'_>,
 ) -> Result<CaseReport, HilError> {
+    let BoardPlan {
+        mut regions,
+        triggers,
+        first_boot,
+        images,
+        started,
+    } = plan;
+    let RunOptions {
+        broker,
+        folder,
+        limits,
+        quiet,
+        record,
+    } = *opts;
     let dns = s
         .faults
         .iter()
@@ -972,14 +999,18 @@ async fn run_on_board(
         })?),
         None => None,
     };
-    let console = Console::start(
+    let log = folder.join("console.log");
+    let mut console = Console::start(
         console::Source::Device {
             path: setup.port.clone(),
             baud: 115_200,
             open: Some(Box::new(port)),
         },
-        &folder.join("console.log"),
+        &log,
     )?;
+    // The flash as each cut left it, for `--record`.
+    let mut snapshots: Vec<(sim::chip::CutInfo, Vec<u8>)> = Vec::new();
+    let base = lock(&stage).base_flash().contents().to_vec();
     let extra_boots = match start {
         Start::Fresh => s.extra_boots,
         Start::Recording(_) => 0,
@@ -1029,14 +1060,38 @@ async fn run_on_board(
             if hit_byte {
                 at_byte = None;
             }
+            let phase = phase_after(watch.last_event.as_ref().map(|(n, _)| n.as_str()));
             watch.last_event = None;
             setup.power.cut()?;
             console.note(POWER_CUT_NOTE);
             watch.cut();
             cuts.push(line.text.clone());
-            // Long enough for the rails to drop and the USB device to go away.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            setup.power.restore()?;
+            if record.is_some() {
+                // Still in reset: read the flash back through the ROM before the firmware
+                // runs again, then one hard reset lets it recover.
+                drop(console);
+                let (image, port) = read_board_back(setup, &lock(&stage), &base)?;
+                snapshots.push((
+                    sim::chip::CutInfo {
+                        boot: watch.boots + first_boot - 1,
+                        what: format!("{} after `{}`", setup.power.name(), line.text.trim()),
+                        phase: phase.to_string(),
+                    },
+                    image,
+                ));
+                console = Console::start(
+                    console::Source::Device {
+                        path: setup.port.clone(),
+                        baud: 115_200,
+                        open: Some(Box::new(port)),
+                    },
+                    &log,
+                )?;
+            } else {
+                // Long enough for the rails to drop and the USB device to go away.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                setup.power.restore()?;
+            }
         }
     }
     let edges = probe.as_ref().map(|p| p.edges());
@@ -1069,8 +1124,68 @@ async fn run_on_board(
         "trace (no LED probe)".into()
     };
     report.power = format!("{}, {} cut(s)", setup.power.name(), cuts.len());
+    if let Some(to) = record {
+        let recorded = Recorded {
+            base: &base,
+            images: images.as_ref(),
+            cuts: snapshots,
+        };
+        save_recordings(s, Model::Espflash, broker, to, recorded, &mut report).await?;
+    }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The update's phase a cut right after this trace event hits (the simulator's names).
+fn phase_after(event: Option<&str>) -> &'static str {
+    match event {
+        Some("progress" | "resume" | "response" | "request") => "download",
+        Some("verified") => "verify",
+        Some("switch") => "otadata",
+        Some("trial" | "trial_returned" | "boot") => "trial",
+        Some("confirmed") => "confirm",
+        Some("outcome" | "published" | "log_kept") => "log",
+        _ => "idle",
+    }
+}
+
+/// Reads a board held in reset back through its ROM: the partitions the core writes, by MD5
+/// against what was flashed and the release images in either slot, reading what matches
+/// none. Returns the whole flash as the cut left it and the port, after a hard reset.
+fn read_board_back(
+    setup: &BoardSetup,
+    stage: &Stage,
+    base: &[u8],
+) -> Result<(Vec<u8>, espflash::connection::Port), HilError> {
+    let table = firmware::format::partition::default_table();
+    let mut candidates = Vec::new();
+    for (_, bytes) in &stage.user_releases {
+        for slot in ["ota_0", "ota_1"] {
+            if let Some(p) = table.by_label(slot) {
+                let at = p.offset as usize;
+                let mut c = base.to_vec();
+                if let Some(dst) = c.get_mut(at..at + bytes.len()) {
+                    dst.copy_from_slice(bytes);
+                    candidates.push(c);
+                }
+            }
+        }
+    }
+    let ranges: Vec<(u32, u32)> = ["otadata", "ota_0", "ota_1", "otastate", "otalog"]
+        .iter()
+        .filter_map(|l| table.by_label(l).map(|p| (p.offset, p.end())))
+        .collect();
+    // espflash's reset into the loader releases EN with GPIO9 low: the ROM, not the firmware.
+    let mut flasher = flashing::connect_rom(Link::Usb {
+        path: setup.port.clone(),
+    })?;
+    let mut image = base.to_vec();
+    flashing::read_back(&mut flasher, &mut image, &candidates, &ranges)?;
+    let mut connection = flasher.into_connection();
+    connection.reset().map_err(flashing::FlashError::from)?;
+    let mut port = connection.into_serial();
+    let _ = serialport::SerialPort::set_timeout(&mut port, Duration::from_millis(100));
+    Ok((image, port))
 }
 
 /// conf.json for a real board: the stage's (this host's mock GitHub and broker, on the
