@@ -41,6 +41,8 @@ pub struct CaseReport {
     pub folder: String,
     /// Real time taken.
     pub seconds: f64,
+    /// The virtual board's seed (its jitter, how cuts tear), which reproduces its run.
+    pub seed: Option<u64>,
 }
 
 /// The table.
@@ -56,9 +58,11 @@ pub fn table(cases: &[CaseReport]) -> String {
             c.led_source,
             c.power
         ));
-        out.push_str(
-            "  boot  version  outcome        error                LEDs (trace)  LEDs (probe)\n",
-        );
+        if !c.boots.is_empty() {
+            out.push_str(
+                "  boot  version  outcome        error                LEDs (trace)  LEDs (probe)\n",
+            );
+        }
         for (i, b) in c.boots.iter().enumerate() {
             out.push_str(&format!(
                 "  {:<5} {:<8} {:<14} {:<20} {:<13} {}\n",
@@ -70,13 +74,22 @@ pub fn table(cases: &[CaseReport]) -> String {
                 b.probe_leds.as_deref().unwrap_or("-")
             ));
         }
-        out.push_str(&format!("  MQTT log: {:?}\n", c.log));
+        if !c.boots.is_empty() {
+            out.push_str(&format!("  MQTT log: {:?}\n", c.log));
+        }
         for f in &c.failures {
             for line in f.lines() {
                 out.push_str(&format!("  | {line}\n"));
             }
         }
-        out.push_str(&format!("  console: {}/console.log\n", c.folder));
+        if let Some(seed) = c.seed {
+            out.push_str(&format!(
+                "  seed: {seed} (the scenario's: a rerun repeats the virtual board's run)\n"
+            ));
+        }
+        if !c.boots.is_empty() {
+            out.push_str(&format!("  console: {}/console.log\n", c.folder));
+        }
     }
     let failed = cases.iter().filter(|c| !c.passed).count();
     out.push_str(&format!(
@@ -176,6 +189,7 @@ mod tests {
             power: "virtual".into(),
             folder: "target/hil/x".into(),
             seconds: 1.5,
+            seed: Some(7),
         }
     }
 

@@ -454,6 +454,7 @@ pub async fn run_case(
             )
             .await;
             report.board = "virtual ESP32-C3 (pty)".into();
+            report.seed = Some(s.seed);
             report.led_source = "probe (the glue's GPIO writes, over the side channel)".into();
             report.power = format!(
                 "virtual power line, {cuts} cut(s); flashed in {flash_secs:.1} s over the pty"
@@ -905,6 +906,7 @@ async fn judge(
         power: String::new(),
         folder: folder.display().to_string(),
         seconds: 0.0,
+        seed: None,
     }
 }
 
