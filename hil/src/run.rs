@@ -1023,10 +1023,26 @@ async fn run_on_board(
     let mut at_byte = triggers.at_download_byte;
     let mut cuts = Vec::new();
     let mut seen_boots = 0;
+    // `at_time_ms`: real milliseconds since the first boot showed on the console.
+    let mut at_time = triggers.at_time_ms;
+    let mut first_seen: Option<Instant> = None;
     while !watch.done() && Instant::now() < deadline && watch.boots <= MAX_BOOTS {
-        let Ok(line) = console.lines.recv_timeout(Duration::from_millis(50)) else {
-            continue;
+        let received = console.lines.recv_timeout(Duration::from_millis(50)).ok();
+        let time_is_up = at_time
+            .zip(first_seen)
+            .is_some_and(|(t, first)| first.elapsed() >= Duration::from_millis(t));
+        let line = match received {
+            Some(line) => line,
+            None if time_is_up => Line {
+                at_ms: 0,
+                text: format!("{} ms after the first boot", at_time.unwrap_or_default()),
+            },
+            None => continue,
         };
+        if time_is_up {
+            at_time = None;
+        }
+        first_seen.get_or_insert_with(Instant::now);
         watch.line(&line);
         if watch.boots > seen_boots {
             seen_boots = watch.boots;
@@ -1055,7 +1071,7 @@ async fn run_on_board(
             continue;
         }
         let hit_byte = at_byte.is_some_and(|b| watch.progress_bytes >= b);
-        if hit_event.is_some() || hit_byte {
+        if hit_event.is_some() || hit_byte || time_is_up {
             if let Some(i) = hit_event {
                 pending_events.remove(i);
             }
