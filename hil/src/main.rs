@@ -101,6 +101,18 @@ enum Command {
         /// Scenario files.
         scenarios: Vec<PathBuf>,
     },
+    /// `hil run --record DIR`: run scenarios with power cuts and save each cut's flash state
+    /// as a recording (virtual board, or a board with `--power reset`).
+    Record {
+        #[command(flatten)]
+        board: BoardArgs,
+        /// Where the recordings go (one folder per cut).
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Scenario files.
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+    },
     /// Write recorded flash states to a board, boot it, and check it recovers as the
     /// simulator says.
     Replay {
@@ -131,41 +143,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Console { file } => console(&file),
+        Command::Record {
+            board,
+            out_dir,
+            scenarios,
+        } => run_scenarios(board, scenarios, Some(out_dir)),
         Command::Run {
             board,
             scenarios,
             record,
-        } => {
-            let Some(mut target) = target(&board, false) else {
-                return no_board();
-            };
-            let list =
-                match scenario_list(&scenarios, board.virtual_board, !board.images.is_empty()) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::from(2);
-                    }
-                };
-            let made_by = std::iter::once("hil".to_string())
-                .chain(std::env::args().skip(1))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let cases: Vec<Case> = list
-                .into_iter()
-                .map(|(path, text, s)| Case {
-                    scenario: s,
-                    recording: None,
-                    record_to: record.as_ref().map(|dir| run::RecordTo {
-                        dir: dir.clone(),
-                        scenario_path: path.display().to_string(),
-                        scenario_text: text,
-                        made_by: made_by.clone(),
-                    }),
-                })
-                .collect();
-            run_all(&board, &mut target, cases, "hil run")
-        }
+        } => run_scenarios(board, scenarios, record),
         Command::Replay { board, recordings } => {
             let Some(mut target) = target(&board, true) else {
                 return no_board();
@@ -197,6 +184,38 @@ fn main() -> ExitCode {
             run_all(&board, &mut target, cases, "hil replay")
         }
     }
+}
+
+/// `hil run` and `hil record`: scenarios on a board, each cut saved when `record` is given.
+fn run_scenarios(board: BoardArgs, scenarios: Vec<PathBuf>, record: Option<PathBuf>) -> ExitCode {
+    let Some(mut target) = target(&board, false) else {
+        return no_board();
+    };
+    let list = match scenario_list(&scenarios, board.virtual_board, !board.images.is_empty()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let made_by = std::iter::once("hil".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cases: Vec<Case> = list
+        .into_iter()
+        .map(|(path, text, s)| Case {
+            scenario: s,
+            recording: None,
+            record_to: record.as_ref().map(|dir| run::RecordTo {
+                dir: dir.clone(),
+                scenario_path: path.display().to_string(),
+                scenario_text: text,
+                made_by: made_by.clone(),
+            }),
+        })
+        .collect();
+    run_all(&board, &mut target, cases, "hil run")
 }
 
 /// With no board: how to connect one, and the serial ports this machine has.
