@@ -65,12 +65,25 @@ pub fn read_console(text: &str) -> Result<Vec<Boot>, BadLine> {
         .enumerate()
         .flat_map(|(i, line)| split_at_banner(line).into_iter().map(move |l| (i, l)))
         .collect();
+    // A reset banner came after the last trace event: a boot started that printed nothing yet.
+    let mut restarted = false;
     for (k, &(i, line)) in lines.iter().enumerate() {
-        if line.trim_start().starts_with(POWER_CUT) {
-            if let Some(boot) = boots.last_mut() {
-                boot.cut = true;
+        let text = line.trim_start();
+        if text.starts_with(POWER_CUT) {
+            match boots.last_mut() {
+                // A boot cut before its first trace line (in the bootloader) is a boot too.
+                Some(boot) if !restarted => boot.cut = true,
+                _ => boots.push(Boot {
+                    cut: true,
+                    ..Boot::default()
+                }),
             }
+            restarted = false;
             continue;
+        }
+        if (text.starts_with("ESP-ROM:") || text.starts_with("rst:")) && !text.contains("DOWNLOAD")
+        {
+            restarted = true;
         }
         let Some(parsed) = Event::parse_line(line.trim_start()) else {
             continue;
@@ -86,6 +99,7 @@ pub fn read_console(text: &str) -> Result<Vec<Boot>, BadLine> {
                 });
             }
         };
+        restarted = false;
         // The core's first event of every boot is the yellow LED going on.
         let yellow_on = matches!(
             event,
@@ -183,6 +197,17 @@ mod tests {
             ),
             ("1.1", Some("updated"), "Y..y")
         );
+    }
+
+    #[test]
+    fn a_power_cut_marks_its_boot_even_one_that_printed_nothing() {
+        let console = "rst:0x1 (POWERON),boot:0xc (SPI_FAST_FLASH_BOOT)\nOTA 0 led led=yellow on=true\nOTA 0 boot slot=0 version=1.0 state=valid\nOTA 9 outcome result=installed from=1.0 to=1.1 bytes=1 resumed_from=0 retries=0 error=none pattern=\"\"\n\n# hil: power cut\nESP-ROM:esp32c3-api1-20210207\nrst:0x1 (POWERON),boot:0xc (SPI_FAST_FLASH_BOOT)\n\n# hil: power cut\nrst:0x1 (POWERON),boot:0xc (SPI_FAST_FLASH_BOOT)\nOTA 0 led led=yellow on=true\nOTA 0 boot slot=1 version=1.1 state=new\n";
+        let boots = read_console(console).unwrap();
+        // The first boot printed its outcome, then lost power (its log write, say); the second
+        // was cut in the bootloader, before any trace line.
+        let shown: Vec<(bool, &str)> = boots.iter().map(|b| (b.cut, b.version.as_str())).collect();
+        assert_eq!(shown, [(true, "1.0"), (true, ""), (false, "1.1")]);
+        assert_eq!(boots[0].outcome.as_deref(), Some("installed"));
     }
 
     #[test]

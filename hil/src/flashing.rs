@@ -48,6 +48,22 @@ pub enum FlashError {
         /// The partition's size.
         room: u32,
     },
+    /// conf.json holds a byte `FF`, which the core takes for the end of the file (erased
+    /// flash).
+    #[error("conf.json has a byte FF at offset {at}: the core would stop reading there")]
+    ConfHasErasedByte {
+        /// Its offset.
+        at: usize,
+    },
+    /// The firmware's partition table (from the CSV) is not the one the core and the
+    /// harness use.
+    #[error(
+        "{csv} gives a partition table that differs from the core's (firmware/partitions.csv is the one the core reads)"
+    )]
+    TableDiffers {
+        /// The CSV.
+        csv: String,
+    },
     /// An image does not fit its slot.
     #[error("{what} is {len} bytes; slot {slot} holds {room}")]
     ImageTooLarge {
@@ -98,11 +114,14 @@ pub fn config_region(conf_json: &[u8]) -> Result<Region, FlashError> {
     let p = part("config")?;
     // The core reads at most 4 KiB of conf.json.
     let room = p.size.min(4096);
-    if conf_json.len() > room as usize || conf_json.contains(&0xFF) {
+    if conf_json.len() > room as usize {
         return Err(FlashError::ConfTooLarge {
             len: conf_json.len(),
             room,
         });
+    }
+    if let Some(at) = conf_json.iter().position(|&b| b == 0xFF) {
+        return Err(FlashError::ConfHasErasedByte { at });
     }
     let mut data = vec![0xFF; p.size as usize];
     data[..conf_json.len()].copy_from_slice(conf_json);
@@ -182,16 +201,32 @@ pub fn regions_from_elf(
     );
     let image = IdfBootloaderFormat::new(&elf, &data, Some(csv), None, None, Some("ota_0"))
         .map_err(|e| elf_err(e.to_string()))?;
-    let names = ["bootloader", "partition table", "ota_0"];
-    Ok(image
+    let table = partition::default_table();
+    let app_at = table.by_label("ota_0").map(|p| p.offset);
+    let regions: Vec<Region> = image
         .flash_segments()
-        .enumerate()
-        .map(|(i, s)| Region {
-            name: names.get(i).map_or("segment", |n| n).to_string(),
+        .map(|s| Region {
+            // Named by where they go, not by espflash's order.
+            name: match s.addr {
+                0 => "bootloader".to_string(),
+                a if a == partition::TABLE_OFFSET => "partition table".to_string(),
+                a if Some(a) == app_at => "ota_0".to_string(),
+                a => format!("segment at 0x{a:x}"),
+            },
             offset: s.addr,
             data: s.data.into_owned(),
         })
-        .collect())
+        .collect();
+    // The board must get the table the core reads its partitions from.
+    let ours = table_region();
+    if let Some(t) = regions.iter().find(|r| r.name == "partition table")
+        && t.data.get(..ours.data.len()) != Some(&ours.data[..])
+    {
+        return Err(FlashError::TableDiffers {
+            csv: csv.display().to_string(),
+        });
+    }
+    Ok(regions)
 }
 
 /// How the harness reaches the chip's ROM loader.

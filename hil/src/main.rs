@@ -430,7 +430,10 @@ fn scenario_list(
 }
 
 fn run_all(args: &BoardArgs, target: &mut Target, cases: Vec<Case>, suite: &str) -> ExitCode {
+    // The case loops block a worker while they read the console: the servers need others,
+    // whatever the machine's core count.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
         .enable_all()
         .build()
     {

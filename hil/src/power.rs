@@ -49,6 +49,9 @@ pub trait PowerControl: Send {
     /// True when a cut takes the power away (the flash loses it mid-operation); false when it
     /// only holds EN low (the chip stops at once, the flash finishes its current operation).
     fn removes_power(&self) -> bool;
+    /// Someone else (espflash's resets, after a cut) drove the board's lines since: forget
+    /// what this backend holds open, so that its next action starts afresh.
+    fn released(&mut self) {}
 }
 
 /// EN through the USB-UART bridge's RTS, as espflash's hard reset does: RTS asserted pulls EN
@@ -71,22 +74,19 @@ impl ResetLine {
     }
 
     fn port(&mut self) -> Result<&mut Box<dyn serialport::SerialPort>, PowerError> {
-        if self.port.is_none() {
+        let port = match self.port.take() {
+            Some(p) => p,
             // Not exclusive: the console reads the same device.
-            let p = serialport::new(&self.path, 115_200)
+            None => serialport::new(&self.path, 115_200)
                 .timeout(Duration::from_millis(100))
                 .exclusive(false)
                 .open()
                 .map_err(|source| PowerError::Serial {
                     path: self.path.clone(),
                     source,
-                })?;
-            self.port = Some(p);
-        }
-        // Set just above.
-        self.port
-            .as_mut()
-            .ok_or_else(|| PowerError::Spec(self.path.clone()))
+                })?,
+        };
+        Ok(self.port.insert(port))
     }
 
     fn lines(&mut self, dtr: bool, rts: bool) -> Result<(), PowerError> {
@@ -117,6 +117,9 @@ impl PowerControl for ResetLine {
     }
     fn removes_power(&self) -> bool {
         false
+    }
+    fn released(&mut self) {
+        self.port = None;
     }
 }
 

@@ -407,6 +407,10 @@ pub async fn run_case(
                             {
                                 watch.line(&line);
                             }
+                            // Dark because it bricked or got stuck, not because of a cut.
+                            if watch.bricked {
+                                break;
+                            }
                             console.note(POWER_CUT_NOTE);
                             cuts += 1;
                             watch.cut();
@@ -421,6 +425,7 @@ pub async fn run_case(
                     }
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                 }
+                // The 17th boot's banner: 16 ran, the simulator's bound.
                 if watch.boots > MAX_BOOTS {
                     break;
                 }
@@ -442,17 +447,7 @@ pub async fn run_case(
             let stage = take_stage(stage)?;
             let base = stage.base_flash().contents().to_vec();
             let text = read_log(folder)?;
-            let mut report = judge(
-                s,
-                expect,
-                stage,
-                &text,
-                Some(probe_leds),
-                &watch,
-                first_boot,
-                folder,
-            )
-            .await;
+            let mut report = judge(s, expect, stage, &text, Some(probe_leds), &watch, folder).await;
             report.board = "virtual ESP32-C3 (pty)".into();
             report.seed = Some(s.seed);
             report.led_source = "probe (the glue's GPIO writes, over the side channel)".into();
@@ -563,6 +558,18 @@ async fn save_recordings(
         let seen = sim::recording::replay(&observe, broker)
             .await
             .map_err(|e| rec_err(&name, e))?;
+        // Nothing is expected yet, so only the invariants can fail it: a recovery that
+        // bricks or never reaches the application is no recording to keep quiet about.
+        for f in seen
+            .failures
+            .iter()
+            .filter(|f| !f.starts_with("final_version") && !f.starts_with("log"))
+        {
+            report
+                .failures
+                .push(format!("recording {name}: its replay: {f}"));
+            report.passed = false;
+        }
         rec.expect = Expect {
             final_version: seen.versions.last().cloned().unwrap_or_default(),
             outcomes: seen.outcomes.clone(),
@@ -571,7 +578,13 @@ async fn save_recordings(
             versions: seen.versions.clone(),
             ..Expect::default()
         };
-        if i + 1 == last {
+        // The replay has no faults; the run kept the scenario's other faults after its last
+        // cut, so only a run with nothing but power cuts must recover as the replay does.
+        let only_cuts = s
+            .faults
+            .iter()
+            .all(|f| matches!(f, sim::scenario::FaultSpec::PowerCut { .. }));
+        if i + 1 == last && only_cuts {
             // What the chip did after the cut, as the simulator's replay must do it too.
             let after: Vec<&BootRow> = report.boots.iter().skip(rec.cut.boot as usize).collect();
             let chip_outcomes: Vec<String> = after.iter().map(|b| b.outcome.clone()).collect();
@@ -783,7 +796,6 @@ async fn judge(
     console_text: &str,
     probe_leds: Option<Vec<(u32, String)>>,
     watch: &Watch,
-    first_boot: u32,
     folder: &Path,
 ) -> CaseReport {
     let mut failures = Vec::new();
@@ -887,7 +899,6 @@ async fn judge(
             .collect(),
         cut_kinds: None,
     };
-    let _ = first_boot;
     failures.extend(expect.check(&observed).iter().map(|m| m.to_string()));
     if watch.bricked {
         failures.push("invariant: the board bricked (see the console)".into());
@@ -1026,8 +1037,17 @@ async fn run_on_board(
     // `at_time_ms`: real milliseconds since the first boot showed on the console.
     let mut at_time = triggers.at_time_ms;
     let mut first_seen: Option<Instant> = None;
+    let mut console_lost = false;
     while !watch.done() && Instant::now() < deadline && watch.boots <= MAX_BOOTS {
-        let received = console.lines.recv_timeout(Duration::from_millis(50)).ok();
+        let received = match console.lines.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => Some(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            // The reader gave up: the device did not come back.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                console_lost = true;
+                break;
+            }
+        };
         let time_is_up = at_time
             .zip(first_seen)
             .is_some_and(|(t, first)| first.elapsed() >= Duration::from_millis(t));
@@ -1039,9 +1059,6 @@ async fn run_on_board(
             },
             None => continue,
         };
-        if time_is_up {
-            at_time = None;
-        }
         first_seen.get_or_insert_with(Instant::now);
         watch.line(&line);
         if watch.boots > seen_boots {
@@ -1078,6 +1095,9 @@ async fn run_on_board(
             if hit_byte {
                 at_byte = None;
             }
+            if time_is_up {
+                at_time = None;
+            }
             let phase = phase_after(watch.last_event.as_ref().map(|(n, _)| n.as_str()));
             watch.last_event = None;
             setup.power.cut()?;
@@ -1089,6 +1109,9 @@ async fn run_on_board(
                 // runs again, then one hard reset lets it recover.
                 drop(console);
                 let (image, port) = read_board_back(setup, &lock(&stage), &base)?;
+                // espflash's resets drove EN and BOOT meanwhile; the board may also have
+                // re-enumerated: the backend opens its lines afresh.
+                setup.power.released();
                 snapshots.push((
                     sim::chip::CutInfo {
                         boot: watch.boots + first_boot - 1,
@@ -1131,10 +1154,14 @@ async fn run_on_board(
     let stage = take_stage(stage)?;
     let text = read_log(folder)?;
     let has_probe = probe_leds.is_some();
-    let mut report = judge(
-        s, expect, stage, &text, probe_leds, &watch, first_boot, folder,
-    )
-    .await;
+    let mut report = judge(s, expect, stage, &text, probe_leds, &watch, folder).await;
+    if console_lost {
+        report.failures.push(format!(
+            "console lost: {} did not come back (see console.log)",
+            setup.port
+        ));
+        report.passed = false;
+    }
     report.board = format!("ESP32-C3 on {}", setup.port);
     report.led_source = if has_probe {
         "probe (modem lines)".into()

@@ -57,7 +57,7 @@ fn trace_lines(console: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn update_power_cut_network_down_and_rollback_pass_on_the_virtual_board() {
     for name in [
         "02-update",
@@ -83,7 +83,7 @@ async fn update_power_cut_network_down_and_rollback_pass_on_the_virtual_board() 
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wrong_expectation_fails_with_a_readable_diff() {
     let (_, s) = scenario("02-update");
     let mut wrong = s.expect_for(Model::Espflash);
@@ -107,7 +107,7 @@ async fn a_wrong_expectation_fails_with_a_readable_diff() {
     assert!(junit.contains("failures=\"1\""), "{junit}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cut_recorded_on_the_virtual_board_replays_identically_in_the_simulator() {
     let (path, s) = scenario("06-power-cut-first-boot");
     let dir = folder("recordings");
@@ -165,7 +165,7 @@ async fn a_cut_recorded_on_the_virtual_board_replays_identically_in_the_simulato
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_simulator_recording_replays_identically_on_the_virtual_board() {
     let dir = root().join("fixtures/recordings/download-espflash-boot1-download");
     let rec = sim::recording::Recording::load(&dir).unwrap();
@@ -190,7 +190,7 @@ async fn a_simulator_recording_replays_identically_on_the_virtual_board() {
     assert_eq!(lines, trace_lines(&in_sim.console()));
 }
 
-#[tokio::test(flavor = "multi_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tampered_recording_is_caught_on_the_virtual_board() {
     let dir = root().join("fixtures/recordings/download-espflash-boot1-download");
     let mut rec = sim::recording::Recording::load(&dir).unwrap();
@@ -208,7 +208,7 @@ async fn a_tampered_recording_is_caught_on_the_virtual_board() {
 
 /// `hil record`'s read-back of a board after a cut, against the virtual ESP32-C3's ROM: what it
 /// reads (by MD5 where a known image matches, byte for byte where none does) is the flash.
-#[tokio::test(flavor = "multi_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_flash_a_cut_left_reads_back_through_the_rom_loader() {
     use hil::flashing::{self, Link};
     let (_, s) = scenario("03-power-cut-mid-download");

@@ -555,7 +555,8 @@ impl Runner {
         let http = match board_http_client(&self.dns) {
             Ok(h) => h,
             Err(e) => {
-                self.print(&format!("# chip: no HTTP client: {e}\n"));
+                // The line first: whoever sees the chip dark may read the console next.
+                self.print(&format!("# bricked: no HTTP client: {e}\n"));
                 self.enter(Mode::Dark);
                 return None;
             }
@@ -623,13 +624,15 @@ impl Runner {
                 self.print(&format!("# app: running {version}\n"));
             }
             Some(BootEnd::PowerCut) => self.enter(Mode::Dark),
+            // The line first: whoever sees the chip dark may read the console next (and tell
+            // a brick from a power cut by it).
             Some(BootEnd::Bricked(b)) => {
-                self.enter(Mode::Dark);
                 self.print(&format!("# bricked: {b}\n"));
+                self.enter(Mode::Dark);
             }
             Some(BootEnd::Stuck) => {
-                self.enter(Mode::Dark);
                 self.print("# stuck: the core waits for nothing\n");
+                self.enter(Mode::Dark);
             }
         }
         for cmd in deferred {

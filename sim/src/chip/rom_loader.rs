@@ -477,9 +477,17 @@ impl RomLoader {
             if payload.len() != s.block_size as usize {
                 return refuse(rom_error::INVALID_MESSAGE);
             }
-            let at = s.offset + seq * s.block_size;
+            // A sequence number past the region (a hostile or confused host) must not wrap.
+            let Some(at) = seq
+                .checked_mul(s.block_size)
+                .and_then(|o| o.checked_add(s.offset))
+            else {
+                return refuse(rom_error::INVALID_MESSAGE);
+            };
             // Blocks are padded to the block size; the padding past the region is not written.
-            let room = (s.offset + s.size.div_ceil(SECTOR) * SECTOR).saturating_sub(at) as usize;
+            // `begin` checked that offset + size stays inside the 4 MB flash.
+            let end = s.offset + s.size.div_ceil(SECTOR) * SECTOR;
+            let room = end.saturating_sub(at) as usize;
             let take = payload.len().min(room);
             program(flash, at, &payload[..take])?;
             s.written += take as u32;
