@@ -229,6 +229,80 @@ mod tests {
         assert_eq!((boots.len(), boots[0].slot), (1, Some(0)));
         let err = read_console("OTA 0 boot slot=x\nOTA 1 led led=yellow on=true\n").unwrap_err();
         assert_eq!(err.line, 1);
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with("line 1: ") && shown.ends_with("OTA 0 boot slot=x"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_boot_starts_where_time_goes_back_or_a_second_boot_event_comes() {
+        // No yellow LED lines (a console that lost them): the clock going back splits boots,
+        // and so does a second `boot` event at a later time.
+        let back = "OTA 0 boot slot=0 version=1.0 state=valid\nOTA 900 reboot\nOTA 0 boot slot=1 version=1.1 state=new\n";
+        let boots = read_console(back).unwrap();
+        let versions: Vec<&str> = boots.iter().map(|b| b.version.as_str()).collect();
+        assert_eq!(versions, ["1.0", "1.1"]);
+        let again =
+            "OTA 0 boot slot=0 version=1.0 state=valid\nOTA 5 boot slot=1 version=1.1 state=new\n";
+        assert_eq!(read_console(again).unwrap().len(), 2);
+        // One boot: a `boot` event after other events of the same boot does not split it.
+        let one = "OTA 0 led led=yellow on=true\nOTA 1 boot slot=0 version=1.0 state=valid\nOTA 2 network up=true\n";
+        assert_eq!(read_console(one).unwrap().len(), 1);
+    }
+
+    /// A device that goes away is noted in the raw log and waited for; a quiet device is
+    /// not taken for one that went away.
+    #[test]
+    fn a_vanished_device_is_noted_and_silence_is_not_mistaken_for_it() {
+        use std::io::Write;
+        let (mut master, slave) = serialport::TTYPort::pair().unwrap();
+        let path = serialport::SerialPort::name(&slave).unwrap();
+        let dir = std::env::temp_dir().join(format!("hil-console-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("console.log");
+        let _ = std::fs::remove_file(&log);
+        let console = Console::start(
+            Source::Device {
+                path: path.clone(),
+                baud: 115_200,
+                open: None,
+            },
+            &log,
+        )
+        .unwrap();
+        // Longer than the reader's 100 ms read timeout: silence, not a lost device.
+        std::thread::sleep(std::time::Duration::from_millis(350));
+        master
+            .write_all(b"OTA 0 led led=yellow on=true\r\n")
+            .unwrap();
+        let line = console
+            .lines
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(line.text, "OTA 0 led led=yellow on=true");
+        assert!(
+            !std::fs::read_to_string(&log)
+                .unwrap()
+                .contains("console lost")
+        );
+        // The other end closes: reads fail, as when a USB device disappears.
+        drop(slave);
+        drop(master);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("# hil: console lost")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the loss was never noted"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Dropping the console stops its wait for the device.
+        drop(console);
     }
 }
 
