@@ -268,6 +268,8 @@ mod tests {
             (p.yellow, p.green, p.active_high),
             (Input::Cts, Input::Dsr, false)
         );
+        let p = ProbeSpec::parse("/dev/ttyUSB1:yellow=dsr,green=cts").unwrap();
+        assert_eq!((p.yellow, p.green), (Input::Dsr, Input::Cts));
         let p = ProbeSpec::parse("/dev/ttyUSB1:yellow=dcd,green=ri:active-high").unwrap();
         assert_eq!(
             (p.yellow, p.green, p.active_high),
