@@ -203,6 +203,33 @@ mod tests {
     }
 
     #[test]
+    fn junit_marks_only_failed_cases_and_keeps_xml_valid() {
+        let passed = junit("hil", &[case(true)]);
+        assert!(!passed.contains("<failure"), "{passed}");
+        let mut garbled = case(false);
+        garbled.failures = vec!["boot 1:\ta\u{1}b".into()];
+        let x = junit("hil", &[garbled]);
+        // A control character has no XML 1.0 escape: replaced; tabs and line ends are kept.
+        assert!(
+            x.contains("boot 1:\ta\u{FFFD}b") && !x.contains('\u{1}'),
+            "{x}"
+        );
+    }
+
+    #[test]
+    fn a_case_that_could_not_run_shows_no_empty_boot_table() {
+        let mut c = case(false);
+        c.boots.clear();
+        c.failures = vec!["could not run: serial port /dev/ttyACM9: No such file".into()];
+        let t = table(&[c]);
+        assert!(
+            !t.contains("boot  version") && !t.contains("MQTT log") && !t.contains("console:"),
+            "{t}"
+        );
+        assert!(t.contains("  | could not run: serial port"), "{t}");
+    }
+
+    #[test]
     fn the_table_shows_each_boot_and_each_failure_line() {
         let t = table(&[case(false)]);
         assert!(t.starts_with("FAIL 02-update on virtual ESP32-C3"), "{t}");
@@ -211,6 +238,14 @@ mod tests {
             "{t}"
         );
         assert!(t.ends_with("0 passed, 1 failed\n"), "{t}");
+        assert!(
+            t.contains("  boot  version") && t.contains("  MQTT log: [\"installed\"]"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  seed: 7 ") && t.contains("console: target/hil/x/console.log"),
+            "{t}"
+        );
         let j = json(&[case(true)]);
         let v: serde_json::Value = serde_json::from_str(j.trim()).unwrap();
         assert_eq!(v["boots"][0]["outcome"], "installed");
