@@ -650,6 +650,33 @@ pub async fn replay(rec: &Recording, broker: &BrokerChoice) -> Result<Report, Re
     Ok(report)
 }
 
+/// What a recording's state recovers into, observed by replaying it with an expectation only
+/// the invariants can fail: the `[expect]` to keep (final version, outcomes, LEDs, log,
+/// versions), the invariants the replay broke, and the replay itself.
+pub async fn observe_recovery(
+    rec: &Recording,
+    broker: &BrokerChoice,
+) -> Result<(Expect, Vec<String>, Report), RecordingError> {
+    let mut probe = rec.clone();
+    probe.expect = Expect::default();
+    let seen = replay(&probe, broker).await?;
+    let broken = seen
+        .failures
+        .iter()
+        .filter(|f| !f.starts_with("final_version") && !f.starts_with("log"))
+        .cloned()
+        .collect();
+    let expect = Expect {
+        final_version: seen.versions.last().cloned().unwrap_or_default(),
+        outcomes: seen.outcomes.clone(),
+        leds: seen.leds.clone(),
+        log: seen.log.clone(),
+        versions: seen.versions.clone(),
+        ..Expect::default()
+    };
+    Ok((expect, broken, seen))
+}
+
 /// What `sim run --record` produced for one scenario and model.
 pub struct Recorded {
     /// The run, as `sim run` reports it (with a failure for every recording whose replay
@@ -760,32 +787,13 @@ pub async fn record_with(
     let run_leds = report.leds.clone();
     let mut recordings = Vec::new();
     for (mut rec, compare, run_versions) in pending {
-        // Observe first (an expectation that cannot fail but for invariants), then keep
-        // what the recovery did as the recording's expectation.
-        let mut probe = rec.clone();
-        probe.expect = Expect {
-            final_version: String::new(),
-            ..Expect::default()
-        };
-        let seen = replay(&probe, broker).await?;
-        let invariants: Vec<&String> = seen
-            .failures
-            .iter()
-            .filter(|f| !f.starts_with("final_version") && !f.starts_with("log"))
-            .collect();
-        for f in invariants {
+        let (expect, broken, seen) = observe_recovery(&rec, broker).await?;
+        for f in broken {
             report
                 .failures
                 .push(format!("recording {}: its replay: {f}", rec.name));
         }
-        rec.expect = Expect {
-            final_version: seen.versions.last().cloned().unwrap_or_default(),
-            outcomes: seen.outcomes.clone(),
-            leds: seen.leds.clone(),
-            log: seen.log.clone(),
-            versions: seen.versions.clone(),
-            ..Expect::default()
-        };
+        rec.expect = expect;
         if compare {
             let from = rec.cut.boot as usize; // outcomes[from..] are the boots after the cut
             let ran = |list: &[String]| list.get(from..).unwrap_or_default().to_vec();
