@@ -9,6 +9,7 @@
 //! only partially; for an erase, a prefix of the sector back to `FF` and the
 //! rest untouched or garbled), then the flash is dead until the next boot.
 
+use crate::torn::Torn;
 use embedded_storage::nor_flash::{
     ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
 };
@@ -79,6 +80,25 @@ pub struct Cut {
     pub kind: OpKind,
     /// Where.
     pub offset: u32,
+    /// The shape it was torn in, when the cut was armed with one.
+    pub torn: Option<Torn>,
+}
+
+/// One operation as it was asked for, when recording is on ([`SimFlash::record_ops`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpRecord {
+    /// Global operation number (1-based).
+    pub op: u64,
+    /// Erase or program.
+    pub kind: OpKind,
+    /// Where (a sector for an erase).
+    pub offset: u32,
+    /// Bytes covered.
+    pub len: u32,
+    /// What a program writes (empty for an erase).
+    pub data: Vec<u8>,
+    /// Virtual ms since the board's first boot, as the board last set it.
+    pub ms: u64,
 }
 
 /// The simulated flash.
@@ -89,9 +109,14 @@ pub struct SimFlash {
     cut_at: Option<u64>,
     /// Cut during the n-th operation inside `[start, end)`: (start, end, operations left).
     cut_in: Option<(u32, u32, u32)>,
+    /// The shape and seed the armed cut tears its operation with (else the RNG decides).
+    shape: Option<(Torn, u64)>,
     dead: bool,
     last_cut: Option<Cut>,
     rng: SplitMix,
+    recording: bool,
+    log: Vec<OpRecord>,
+    clock_ms: u64,
 }
 
 impl SimFlash {
@@ -102,9 +127,13 @@ impl SimFlash {
             ops: 0,
             cut_at: None,
             cut_in: None,
+            shape: None,
             dead: false,
             last_cut: None,
             rng: SplitMix(seed),
+            recording: false,
+            log: Vec::new(),
+            clock_ms: 0,
         }
     }
 
@@ -133,6 +162,31 @@ impl SimFlash {
         self.cut_at = Some(op);
     }
 
+    /// Cut power during operation number `op` and tear it in `shape`, drawn from `seed`
+    /// (a shape that does not fit the operation's kind falls back to the RNG's tearing).
+    pub fn arm_cut_torn(&mut self, op: u64, shape: Torn, seed: u64) {
+        self.cut_at = Some(op);
+        self.shape = Some((shape, seed));
+    }
+
+    /// Record every operation from now on (with what programs write), or stop and clear.
+    pub fn record_ops(&mut self, on: bool) {
+        self.recording = on;
+        if !on {
+            self.log.clear();
+        }
+    }
+
+    /// The operations recorded since [`SimFlash::record_ops`] was turned on.
+    pub fn take_ops(&mut self) -> Vec<OpRecord> {
+        std::mem::take(&mut self.log)
+    }
+
+    /// The virtual time recorded operations are stamped with.
+    pub fn set_clock(&mut self, ms: u64) {
+        self.clock_ms = ms;
+    }
+
     /// Cut power during the `nth` (1-based) operation that touches `[start, end)`.
     pub fn arm_cut_in(&mut self, start: u32, end: u32, nth: u32) {
         self.cut_in = Some((start, end, nth.max(1)));
@@ -158,11 +212,25 @@ impl SimFlash {
         self.dead = false;
     }
 
-    fn begin(&mut self, kind: OpKind, offset: u32) -> Result<bool, SimFlashError> {
+    fn begin(&mut self, kind: OpKind, offset: u32, data: &[u8]) -> Result<bool, SimFlashError> {
         if self.dead {
             return Err(SimFlashError::PowerCut);
         }
         self.ops += 1;
+        if self.recording {
+            self.log.push(OpRecord {
+                op: self.ops,
+                kind,
+                offset,
+                len: if kind == OpKind::Erase {
+                    SECTOR as u32
+                } else {
+                    data.len() as u32
+                },
+                data: data.to_vec(),
+                ms: self.clock_ms,
+            });
+        }
         let in_region = match self.cut_in.as_mut() {
             Some((start, end, left)) if (*start..*end).contains(&offset) => {
                 *left -= 1;
@@ -180,6 +248,10 @@ impl SimFlash {
                 op: self.ops,
                 kind,
                 offset,
+                torn: self
+                    .shape
+                    .filter(|(shape, _)| shape.kind() == kind)
+                    .map(|(shape, _)| shape),
             });
             return Ok(true);
         }
@@ -226,7 +298,14 @@ impl NorFlash for SimFlash {
         self.check(from, (to - from) as usize, SECTOR)?;
         for sector in (from..to).step_by(SECTOR) {
             let range = sector as usize..sector as usize + SECTOR;
-            if self.begin(OpKind::Erase, sector)? {
+            if self.begin(OpKind::Erase, sector, &[])? {
+                if let Some((shape, seed)) =
+                    self.shape.take().filter(|(s, _)| s.kind() == OpKind::Erase)
+                {
+                    // Erase shapes cannot fail on a whole sector.
+                    let _ = shape.tear(&mut self.bytes[range], &[], seed);
+                    return Err(SimFlashError::PowerCut);
+                }
                 // Torn erase: a prefix is erased, a few bytes after it garbled, the rest untouched.
                 let done = self.rng.below(SECTOR as u64) as usize;
                 self.bytes[range.start..range.start + done].fill(0xFF);
@@ -244,7 +323,15 @@ impl NorFlash for SimFlash {
     fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), SimFlashError> {
         self.check(offset, data.len(), 4)?;
         let start = offset as usize;
-        if self.begin(OpKind::Write, offset)? {
+        if self.begin(OpKind::Write, offset, data)? {
+            if let Some((shape, seed)) =
+                self.shape.take().filter(|(s, _)| s.kind() == OpKind::Write)
+            {
+                let covered = &mut self.bytes[start..start + data.len()];
+                if shape.tear(covered, data, seed).is_ok() {
+                    return Err(SimFlashError::PowerCut);
+                }
+            }
             // Torn program: a prefix lands, the byte at the cut only partly (some bits cleared).
             let done = self.rng.below(data.len() as u64 + 1) as usize;
             for (i, b) in data[..done].iter().enumerate() {
@@ -291,7 +378,8 @@ mod tests {
             Some(Cut {
                 op: 2,
                 kind: OpKind::Write,
-                offset: 4096
+                offset: 4096,
+                torn: None,
             })
         );
         let written = f.contents()[4096..8192].iter().filter(|&&b| b == 0).count();

@@ -11,4 +11,5 @@ pub mod proxy;
 pub mod recording;
 pub mod scenario;
 pub mod sweep;
+pub mod torn;
 pub mod world;
