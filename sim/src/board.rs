@@ -258,6 +258,35 @@ impl VirtualBoard {
         }
     }
 
+    /// A copy of this board between two boots (flash, history and counters), under another
+    /// MQTT client id: the power-cut sweep runs many futures from one past. Nobody watches
+    /// the copy's console, and its clock is its own.
+    pub fn fork(&self, client_id: &str) -> VirtualBoard {
+        VirtualBoard {
+            flash: self.flash.clone(),
+            clock: self.clock,
+            boots: self.boots,
+            trace: self.trace.clone(),
+            bootloader: self.bootloader,
+            boot_choices: self.boot_choices.clone(),
+            downloaded: self.downloaded,
+            outages: self.outages.clone(),
+            client_id: client_id.to_string(),
+            cuts: self.cuts.clone(),
+            cuts_seen: self.cuts_seen,
+            record_exchanges: self.record_exchanges,
+            exchanges: self.exchanges.clone(),
+            io_patience: self.io_patience,
+            clock_handle: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
+                self.clock_handle.load(std::sync::atomic::Ordering::Relaxed),
+            )),
+            led_edges: self.led_edges.clone(),
+            live: None,
+            seed: self.seed,
+            event_counts: self.event_counts.clone(),
+        }
+    }
+
     /// How many events of this name the board reported so far.
     pub fn event_count(&self, name: &str) -> u32 {
         self.event_counts.get(name).copied().unwrap_or(0)
@@ -317,6 +346,7 @@ impl VirtualBoard {
         let mut silenced = false;
         let end = 'boot: loop {
             clock_out.store(start + now, std::sync::atomic::Ordering::Relaxed);
+            core.flash_mut().set_clock(start + now);
             let cut = drain(
                 &mut core,
                 &mut trace,

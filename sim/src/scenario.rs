@@ -1853,6 +1853,19 @@ pub fn check_invariants_from(
     log_from: u64,
     failures: &mut Vec<String>,
 ) {
+    check_boot_invariants(boot_choices, trace, allowed_fallbacks, failures);
+    let received: std::collections::BTreeSet<u64> = log.iter().map(|e| e.0).collect();
+    LogFacts::of(boot_choices, trace, cut_boots).check(&received, log_from, failures);
+}
+
+/// The invariants of the boots themselves: no bootloader fallback, otadata keeps a bootable
+/// entry, every boot reports what the bootloader started, only the running image confirms.
+pub fn check_boot_invariants(
+    boot_choices: &[(u32, BootChoice)],
+    trace: &[TraceLine],
+    allowed_fallbacks: &[u32],
+    failures: &mut Vec<String>,
+) {
     // The core only ever switches to an image the bootloader accepts: no fallback.
     let fallbacks: Vec<&(u32, BootChoice)> = boot_choices
         .iter()
@@ -1927,46 +1940,81 @@ pub fn check_invariants_from(
             }
         }
     }
-    // Records of boots that were not cut were stored; once a boot delivered the whole log
-    // (no `log_kept` in the last boot), every one of them must have reached the broker.
-    let last = boot_choices.last().map_or(0, |(b, _)| *b);
-    let last_delivered = trace
-        .iter()
-        .filter(|l| l.boot == last)
-        .any(|l| matches!(l.event, Event::Published { .. }))
-        && !trace
+}
+
+/// What a board's trace says about its activity log, to check against what a broker received.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogFacts {
+    /// Sequence numbers the board saw acknowledged.
+    pub acked: std::collections::BTreeSet<u64>,
+    /// Boots that were not cut and so stored a record.
+    pub stored: usize,
+    /// The last boot delivered the whole backlog (it published and kept nothing).
+    pub last_delivered: bool,
+}
+
+impl LogFacts {
+    /// The facts of a trace.
+    pub fn of(
+        boot_choices: &[(u32, BootChoice)],
+        trace: &[TraceLine],
+        cut_boots: &[u32],
+    ) -> LogFacts {
+        let last = boot_choices.last().map_or(0, |(b, _)| *b);
+        let last_delivered = trace
             .iter()
-            .any(|l| l.boot == last && matches!(l.event, Event::LogKept { .. }));
-    let stored = trace
-        .iter()
-        .filter(|l| !cut_boots.contains(&l.boot) && matches!(l.event, Event::Outcome { .. }))
-        .count();
-    if last_delivered && log.len() < stored {
-        failures.push(format!(
-            "invariant: {stored} boots stored a log record but the broker got {}",
-            log.len()
-        ));
+            .filter(|l| l.boot == last)
+            .any(|l| matches!(l.event, Event::Published { .. }))
+            && !trace
+                .iter()
+                .any(|l| l.boot == last && matches!(l.event, Event::LogKept { .. }));
+        let stored = trace
+            .iter()
+            .filter(|l| !cut_boots.contains(&l.boot) && matches!(l.event, Event::Outcome { .. }))
+            .count();
+        let acked = trace
+            .iter()
+            .filter_map(|l| match l.event {
+                Event::Published { seq } => Some(u64::from(seq)),
+                _ => None,
+            })
+            .collect();
+        LogFacts {
+            acked,
+            stored,
+            last_delivered,
+        }
     }
-    // Every record the board saw acknowledged reached the broker; sequence numbers have no gaps.
-    let acked: std::collections::BTreeSet<u64> = trace
-        .iter()
-        .filter_map(|l| match l.event {
-            Event::Published { seq } => Some(u64::from(seq)),
-            _ => None,
-        })
-        .collect();
-    let received: std::collections::BTreeSet<u64> = log.iter().map(|e| e.0).collect();
-    if let Some(missing) = acked.difference(&received).next() {
-        failures.push(format!(
-            "invariant: record {missing} was acknowledged but the collector never got it"
-        ));
-    }
-    if let Some(&max) = received.iter().max()
-        && let Some(gap) = (log_from..=max).find(|s| !received.contains(s))
-    {
-        failures.push(format!(
-            "invariant: activity log lost record {gap} (received up to {max})"
-        ));
+
+    /// Records of boots that were not cut were stored; once a boot delivered the whole log
+    /// (no `log_kept` in the last boot), every one of them must have reached the broker.
+    /// Every record the board saw acknowledged reached it; sequence numbers from `log_from`
+    /// on have no gaps.
+    pub fn check(
+        &self,
+        received: &std::collections::BTreeSet<u64>,
+        log_from: u64,
+        failures: &mut Vec<String>,
+    ) {
+        if self.last_delivered && received.len() < self.stored {
+            failures.push(format!(
+                "invariant: {} boots stored a log record but the broker got {}",
+                self.stored,
+                received.len()
+            ));
+        }
+        if let Some(missing) = self.acked.difference(received).next() {
+            failures.push(format!(
+                "invariant: record {missing} was acknowledged but the collector never got it"
+            ));
+        }
+        if let Some(&max) = received.iter().max()
+            && let Some(gap) = (log_from..=max).find(|s| !received.contains(s))
+        {
+            failures.push(format!(
+                "invariant: activity log lost record {gap} (received up to {max})"
+            ));
+        }
     }
 }
 

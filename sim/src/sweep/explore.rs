@@ -1,0 +1,827 @@
+//! The exhaustive sweep: every flash operation of a workload, torn in every shape, and
+//! again in the recovery from each of those cuts, down to a depth.
+//!
+//! 1. The clean run: a freshly flashed board runs the workload to its end while the flash
+//!    records every operation.
+//! 2. From that record, the flash state every (operation, shape) cut leaves is computed
+//!    without running anything, and identified by a digest. A state already judged is
+//!    counted as a duplicate and not run again.
+//! 3. Each new state is reached by a real run: a copy of the board, the cut armed on its
+//!    flash at that operation in that shape. The flash it leaves must have the computed
+//!    digest (else the run was not deterministic: a violation). Then the board recovers
+//!    with no more cuts, recording its operations, and the result is judged:
+//!    - by the oracle ([`crate::oracle`]), which shares no code with the core or the
+//!      bootloader model, at every boot and at the end: bootloader and partition table
+//!      intact, the slot that boots holds an approved image byte for byte, otadata confirms
+//!      it at the end, no downgrade below a confirmed image;
+//!    - by the core's own reports checked against the oracle (the slot and version each
+//!      boot reports);
+//!    - by the boot and log invariants of the scenarios (no bootloader fallback, otadata
+//!      keeps an entry, every acknowledged record reached the broker, no gap);
+//!    - by the workload's end state (the version it must end on, settled).
+//! 4. With depth left, the recovery's own record gives the next cuts (step 2 again).
+//!
+//! Every tearing is drawn from a seed derived from the sweep's seed and the path of cuts, so
+//! `--cut` reproduces one path exactly.
+
+use super::states::{SectorDigests, candidates};
+use super::workload::Workload;
+use super::{SweepOptions, Violation};
+use crate::board::{BootEnd, Triggers, VirtualBoard, Wiring};
+use crate::bootloader::Bootloader;
+use crate::flash::{OpKind, OpRecord};
+use crate::oracle::{History, Oracle, OracleSpec};
+use crate::report::{BootTimeline, FlashMark, LedMark, MqttMark, Timeline};
+use crate::scenario::{LogFacts, check_boot_invariants};
+use crate::torn::Torn;
+use crate::world::{World, conf_json};
+use firmware::storage::SECTOR;
+use firmware::trace::{Event, Outcome};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Where `conf.json` lives in the default partition table (and what digests leave out).
+pub(super) const CONFIG: Range<u32> = 0x3d_0000..0x3d_4000;
+/// Where otadata lives in the default partition table.
+const OTADATA: Range<u32> = 0xd000..0xf000;
+/// Boots a run may take before it counts as not settling.
+const MAX_BOOTS: u32 = 14;
+
+/// One cut of a path: the n-th operation of a run from the previous state, in a shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// Operation number, counted from 1 in the run from the previous state.
+    pub op: u64,
+    /// The shape.
+    pub torn: Torn,
+    /// Erase or program.
+    pub kind: OpKind,
+    /// Where.
+    pub offset: u32,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "op{}:{}", self.op, self.torn)
+    }
+}
+
+/// Parses `--cut`: steps like `op37:erase-early` separated by `/`.
+pub fn parse_path(s: &str) -> Result<Vec<(u64, Torn)>, String> {
+    s.split('/')
+        .map(|step| {
+            let (op, torn) = step
+                .strip_prefix("op")
+                .and_then(|r| r.split_once(':'))
+                .ok_or_else(|| format!("`{step}`: a cut is opN:SHAPE, e.g. op37:erase-early"))?;
+            let op: u64 = op
+                .parse()
+                .map_err(|_| format!("`{step}`: `{op}` is no operation number"))?;
+            let torn: Torn = torn.parse().map_err(|e| format!("`{step}`: {e}"))?;
+            Ok((op, torn))
+        })
+        .collect()
+}
+
+fn path_id(path: &[Step]) -> String {
+    path.iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The seed a cut tears with: a function of its parent's seed, operation and shape only.
+fn child_seed(parent: u64, op: u64, torn: Torn) -> u64 {
+    let mut z = parent ^ op.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((torn as u64 + 1) << 56);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A board between two boots from which runs start, with the operations of its uncut run.
+struct Parent {
+    board: VirtualBoard,
+    triggers: Triggers,
+    history: History,
+    path: Vec<Step>,
+    seed: u64,
+    digests: SectorDigests,
+    ops: Vec<OpRecord>,
+    /// Records acknowledged before this state (checked when its ancestors were judged).
+    acked: BTreeSet<u64>,
+}
+
+struct Node {
+    parent: Arc<Parent>,
+    step: Step,
+    seed: u64,
+    digest: u128,
+}
+
+/// What one workload's exploration found.
+#[derive(Clone, Debug, Default)]
+pub struct Explored {
+    /// Operations of the clean run.
+    pub clean_ops: u64,
+    /// Cut points considered per depth (index 0: depth 1), duplicates included.
+    pub cuts_per_depth: Vec<u64>,
+    /// States run and judged.
+    pub distinct: u64,
+    /// Cut points whose state was already judged.
+    pub duplicates: u64,
+    /// (operation, shape) pairs where the shape does not fit the operation.
+    pub not_applicable: u64,
+    /// Cut points per partition the cut operation touched.
+    pub phases: BTreeMap<String, u64>,
+    /// Boots over all runs.
+    pub boots: u64,
+    /// Failed paths.
+    pub violations: Vec<Violation>,
+    /// Largest download again after a single cut.
+    pub max_redownload: u64,
+    /// Runs that resumed a download.
+    pub resumed_runs: u64,
+}
+
+/// A judged run waiting for the broker's side of its log.
+struct Judged {
+    client_id: String,
+    path: Vec<Step>,
+    seed: u64,
+    facts: LogFacts,
+    inherited: BTreeSet<u64>,
+}
+
+pub(super) struct Engine {
+    world: World,
+    http: reqwest::Client,
+    prefix: String,
+    workload: Workload,
+    oracle: Oracle,
+    bootloader: Bootloader,
+    shapes: Vec<Torn>,
+    max_depth: u32,
+    /// Only this path (and its prefixes) when reproducing one.
+    only: Option<Vec<(u64, Torn)>>,
+    regions: Vec<(Range<u32>, String)>,
+    image_size: u64,
+    seen: Mutex<HashMap<u128, u32>>,
+    found: Mutex<Explored>,
+    judged: Mutex<Vec<Judged>>,
+    ids: AtomicU64,
+    sweep_seed: u64,
+}
+
+enum RunEnd {
+    /// The armed cut happened.
+    Cut,
+    /// The board settled in the workload's end state.
+    Settled,
+    /// Something else (described in the run's failures).
+    Failed,
+}
+
+impl Engine {
+    pub(super) fn new(
+        world: World,
+        http: reqwest::Client,
+        prefix: String,
+        workload: Workload,
+        template: &[u8],
+        opts: &SweepOptions,
+    ) -> Result<Engine, String> {
+        let oracle = Oracle::new(OracleSpec {
+            reference: template.to_vec(),
+            approved: workload.approved.clone(),
+            rollback: opts.bootloader == crate::bootloader::Model::IdfRollback,
+        })
+        .map_err(|e| format!("oracle: {e}"))?;
+        let table = firmware::storage::Layout::read(&mut crate::flash::SimFlash::from_bytes(
+            template,
+        ))
+        .map_err(|e| format!("partition table: {e:?}"))?;
+        let mut regions = vec![(OTADATA, "otadata".to_string())];
+        for (i, s) in table.slots.iter().enumerate() {
+            regions.push((s.offset..s.end(), format!("ota_{i}")));
+        }
+        regions.push((table.state.offset..table.state.end(), "otastate".into()));
+        regions.push((table.log.offset..table.log.end(), "otalog".into()));
+        Ok(Engine {
+            world,
+            http,
+            prefix,
+            workload,
+            oracle,
+            bootloader: Bootloader {
+                model: opts.bootloader,
+                ..Bootloader::default()
+            },
+            shapes: opts.torn.clone(),
+            max_depth: opts.depth.max(1),
+            only: opts.cut.clone(),
+            regions,
+            image_size: 0,
+            seen: Mutex::new(HashMap::new()),
+            found: Mutex::new(Explored::default()),
+            judged: Mutex::new(Vec::new()),
+            ids: AtomicU64::new(0),
+            sweep_seed: opts.seed,
+        })
+    }
+
+    fn region(&self, offset: u32) -> String {
+        self.regions
+            .iter()
+            .find(|(r, _)| r.contains(&offset))
+            .map_or_else(|| format!("0x{offset:x}"), |(_, n)| n.clone())
+    }
+
+    fn wiring(&self) -> Wiring {
+        Wiring {
+            broker: self.world.board_broker(),
+        }
+    }
+
+    /// A copy of `board` under a fresh client id, written into its conf.json too.
+    fn fork(&self, board: &VirtualBoard) -> VirtualBoard {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let client_id = format!("{}-{id}", self.workload.kind);
+        let mut copy = board.fork(&client_id);
+        let conf = conf_json(
+            &self.world.api_base(),
+            self.world.board_broker(),
+            &client_id,
+            &self.prefix,
+            false,
+            false,
+            true,
+        );
+        copy.flash.load(CONFIG.start, &[0xFF; SECTOR as usize]);
+        copy.flash.load(CONFIG.start, conf.as_bytes());
+        copy
+    }
+
+    /// Boots `board` until the armed cut at operation `cut_at` (when given) or until it
+    /// settles, judging every boot with the oracle.
+    async fn run(
+        &self,
+        board: &mut VirtualBoard,
+        triggers: &mut Triggers,
+        history: &mut History,
+        cut_at: Option<u64>,
+        what: &mut Vec<String>,
+        mut on_boot: impl FnMut(&VirtualBoard, u64, &BootEnd),
+    ) -> RunEnd {
+        let wiring = self.wiring();
+        for _ in 0..MAX_BOOTS {
+            let boot = board.boots + 1;
+            let view = history.boot(&self.oracle, boot, board.flash.contents());
+            let start = board.clock;
+            let end = board.boot(&self.http, &wiring, triggers).await;
+            on_boot(board, start, &end);
+            self.found.lock().map(|mut f| f.boots += 1).ok();
+            // The core's report of this boot against the oracle's reading of the flash.
+            if let Ok(view) = &view {
+                let reported = board.trace.iter().find_map(|l| match &l.event {
+                    Event::Boot { slot, version, .. } if l.boot == boot => {
+                        Some((*slot, version.to_string()))
+                    }
+                    _ => None,
+                });
+                if let Some((slot, version)) = reported
+                    && (usize::from(slot) != view.slot || version != view.version)
+                {
+                    what.push(format!(
+                        "core-vs-oracle: boot {boot}: the core reports ota_{slot} {version}, the flash boots ota_{} {}",
+                        view.slot, view.version
+                    ));
+                }
+            }
+            match end {
+                BootEnd::PowerCut => {
+                    if cut_at.is_some() && board.flash.last_cut().map(|c| c.op) == cut_at {
+                        return RunEnd::Cut;
+                    }
+                }
+                BootEnd::Bricked(b) => {
+                    what.push(format!("bricked: boot {boot}: {b}"));
+                    return RunEnd::Failed;
+                }
+                BootEnd::Stuck => {
+                    what.push(format!("stuck: boot {boot} waits for nothing"));
+                    return RunEnd::Failed;
+                }
+                BootEnd::App => {
+                    let settled = board.boot_choices.last().is_some_and(|(b, c)| {
+                        *b == boot && c.version == self.workload.final_version
+                    }) && board.trace.iter().rev().find_map(|l| match &l.event {
+                        Event::Outcome { result, .. } if l.boot == boot => Some(*result),
+                        _ => None,
+                    })
+                    .is_some_and(|o: Outcome| self.workload.settled.contains(&o));
+                    if settled && cut_at.is_none() {
+                        return RunEnd::Settled;
+                    }
+                }
+                BootEnd::Reboot => {}
+            }
+        }
+        what.push(match cut_at {
+            Some(op) => format!(
+                "nondeterministic: the run never reached flash operation {op}, where the recorded run cut"
+            ),
+            None => format!(
+                "settle: not running {} settled after {MAX_BOOTS} boots",
+                self.workload.final_version
+            ),
+        });
+        RunEnd::Failed
+    }
+
+    /// Judges a settled (or failed) run's end, and queues its log for the broker check.
+    fn judge(
+        &self,
+        board: &VirtualBoard,
+        history: &History,
+        findings_before: usize,
+        path: &[Step],
+        seed: u64,
+        inherited: BTreeSet<u64>,
+        what: &mut Vec<String>,
+    ) {
+        for f in &history.findings()[findings_before.min(history.findings().len())..] {
+            what.push(format!("oracle: {f}"));
+        }
+        for f in self
+            .oracle
+            .judge_end(board.flash.contents(), &self.workload.final_version)
+        {
+            what.push(format!("oracle: {f}"));
+        }
+        let mut boot_failures = Vec::new();
+        check_boot_invariants(&board.boot_choices, &board.trace, &[], &mut boot_failures);
+        what.extend(boot_failures);
+        if path.len() == 1 && self.workload.redownload_bound {
+            let again = board.downloaded.saturating_sub(self.image_size);
+            let limit = u64::from(SECTOR) + 1460;
+            if again > limit {
+                what.push(format!(
+                    "redownload: {again} bytes downloaded again after one cut (limit: one sector + one TCP segment)"
+                ));
+            }
+            if let Ok(mut f) = self.found.lock() {
+                f.max_redownload = f.max_redownload.max(again);
+            }
+        }
+        let cut_boots: Vec<u32> = board.cuts.iter().map(|(b, _)| *b).collect();
+        let facts = LogFacts::of(&board.boot_choices, &board.trace, &cut_boots);
+        if let Ok(mut j) = self.judged.lock() {
+            j.push(Judged {
+                client_id: board.client_id.clone(),
+                path: path.to_vec(),
+                seed,
+                facts,
+                inherited,
+            });
+        }
+    }
+
+    fn violation(&self, path: &[Step], seed: u64, what: Vec<String>) {
+        if let Ok(mut f) = self.found.lock() {
+            f.violations.push(Violation {
+                seed,
+                cuts: path.iter().map(|s| s.to_string()).collect(),
+                what,
+            });
+        }
+    }
+
+    /// The clean run from the freshly flashed board: judged, and the root of every cut.
+    async fn root(&self, template: crate::flash::SimFlash) -> Option<Arc<Parent>> {
+        let mut fresh = VirtualBoard::new(template, "root", self.sweep_seed);
+        fresh.bootloader = self.bootloader;
+        let snapshot = self.fork(&fresh);
+        let mut board = self.fork(&fresh);
+        let mut triggers = self.workload.triggers.clone();
+        let mut history = History::new();
+        let mut what = Vec::new();
+        board.flash.record_ops(true);
+        let end = self
+            .run(&mut board, &mut triggers, &mut history, None, &mut what, |_, _, _| {})
+            .await;
+        let ops = board.flash.take_ops();
+        if let Ok(mut f) = self.found.lock() {
+            f.clean_ops = ops.len() as u64;
+        }
+        self.judge(&board, &history, 0, &[], self.sweep_seed, BTreeSet::new(), &mut what);
+        if !matches!(end, RunEnd::Settled) || !what.is_empty() {
+            what.insert(0, "the clean run (no cut) already fails".into());
+            self.violation(&[], self.sweep_seed, what);
+            return None;
+        }
+        Some(Arc::new(Parent {
+            digests: SectorDigests::of(snapshot.flash.contents(), CONFIG),
+            board: snapshot,
+            triggers: self.workload.triggers.clone(),
+            history: History::new(),
+            path: Vec::new(),
+            seed: self.sweep_seed,
+            ops,
+            acked: BTreeSet::new(),
+        }))
+    }
+
+    /// The cuts of a parent's run that are worth running, de-duplicated.
+    fn children(&self, parent: &Arc<Parent>) -> Vec<Node> {
+        let depth = parent.path.len() as u32 + 1;
+        let wanted = self
+            .only
+            .as_ref()
+            .map(|only| only.get(parent.path.len()).copied());
+        if wanted == Some(None) {
+            return Vec::new();
+        }
+        let (mut cands, not_applicable) = candidates(
+            parent.board.flash.contents(),
+            &parent.digests,
+            &parent.ops,
+            &self.shapes,
+            &OTADATA,
+            |index, torn| child_seed(parent.seed, index as u64 + 1, torn),
+        );
+        if let Some(Some((op, torn))) = wanted {
+            cands.retain(|c| c.index as u64 + 1 == op && c.torn == torn);
+            if cands.is_empty() {
+                self.violation(
+                    &parent.path,
+                    parent.seed,
+                    vec![format!(
+                        "cut: operation {op} in shape {torn} does not exist or does not apply (the run has {} operations)",
+                        parent.ops.len()
+                    )],
+                );
+            }
+        } else if depth == 3 && self.max_depth == 3 && !cands.is_empty() {
+            // Depth 3 is sampled: one cut per depth-2 state, drawn from its seed.
+            let pick = (child_seed(parent.seed, 0, Torn::ProgramLanded) % cands.len() as u64) as usize;
+            cands = vec![cands.swap_remove(pick)];
+        }
+        let remaining = self.max_depth - depth;
+        let mut out = Vec::new();
+        let mut dups = 0;
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            for c in cands {
+                let new = match seen.get(&c.digest) {
+                    Some(&r) if r >= remaining && self.only.is_none() => false,
+                    _ => true,
+                };
+                if !new {
+                    dups += 1;
+                    continue;
+                }
+                seen.insert(c.digest, remaining);
+                let op = &parent.ops[c.index];
+                out.push(Node {
+                    parent: parent.clone(),
+                    step: Step {
+                        op: c.index as u64 + 1,
+                        torn: c.torn,
+                        kind: op.kind,
+                        offset: op.offset,
+                    },
+                    seed: c.seed,
+                    digest: c.digest,
+                });
+            }
+        }
+        if let Ok(mut f) = self.found.lock() {
+            let d = depth as usize - 1;
+            if f.cuts_per_depth.len() <= d {
+                f.cuts_per_depth.resize(d + 1, 0);
+            }
+            f.cuts_per_depth[d] += (out.len() + dups) as u64;
+            f.duplicates += dups as u64;
+            f.not_applicable += not_applicable;
+            for n in &out {
+                *f.phases.entry(self.region(n.step.offset)).or_default() += 1;
+            }
+        }
+        // Last pushed is run first: the newest parent's cuts, so few parents live at once.
+        out.reverse();
+        out
+    }
+
+    /// Runs one cut and its recovery; returns the new state as a parent when depth is left.
+    async fn process(&self, node: Node) -> Option<Arc<Parent>> {
+        let parent = &node.parent;
+        let mut path = parent.path.clone();
+        path.push(node.step.clone());
+        let mut board = self.fork(&parent.board);
+        let mut triggers = parent.triggers.clone();
+        let mut history = parent.history.clone();
+        let findings_before = history.findings().len();
+        let mut what = Vec::new();
+        let cut_at = board.flash.ops() + node.step.op;
+        board
+            .flash
+            .arm_cut_torn(cut_at, node.step.torn, node.seed);
+        let end = self
+            .run(&mut board, &mut triggers, &mut history, Some(cut_at), &mut what, |_, _, _| {})
+            .await;
+        if !matches!(end, RunEnd::Cut) {
+            self.violation(&path, node.seed, what);
+            return None;
+        }
+        if let Ok(mut f) = self.found.lock() {
+            f.distinct += 1;
+        }
+        let real = parent
+            .digests
+            .after(parent.board.flash.contents(), board.flash.contents());
+        if real != node.digest {
+            what.push(format!(
+                "nondeterministic: the flash after the real cut at {} differs from the state computed from the recorded run",
+                node.step
+            ));
+        }
+        let acked: BTreeSet<u64> = board
+            .trace
+            .iter()
+            .filter_map(|l| match l.event {
+                Event::Published { seq } => Some(u64::from(seq)),
+                _ => None,
+            })
+            .collect();
+        let deeper = (path.len() as u32) < self.max_depth
+            && self
+                .only
+                .as_ref()
+                .is_none_or(|only| only.len() > path.len());
+        let snapshot = deeper.then(|| (board.fork("snapshot"), triggers.clone(), history.clone()));
+        board.flash.record_ops(deeper);
+        let end = self
+            .run(&mut board, &mut triggers, &mut history, None, &mut what, |_, _, _| {})
+            .await;
+        let ops = board.flash.take_ops();
+        if board
+            .trace
+            .iter()
+            .any(|l| matches!(l.event, Event::Resume { .. }))
+            && let Ok(mut f) = self.found.lock()
+        {
+            f.resumed_runs += 1;
+        }
+        self.judge(&board, &history, findings_before, &path, node.seed, acked.clone(), &mut what);
+        let failed = !matches!(end, RunEnd::Settled) || !what.is_empty();
+        if failed {
+            self.violation(&path, node.seed, what);
+        }
+        let (snap, snap_triggers, snap_history) = snapshot?;
+        if failed {
+            return None;
+        }
+        Some(Arc::new(Parent {
+            digests: SectorDigests::of(snap.flash.contents(), CONFIG),
+            board: snap,
+            triggers: snap_triggers,
+            history: snap_history,
+            path,
+            seed: node.seed,
+            ops,
+            acked,
+        }))
+    }
+
+    /// Explores every path from the clean run with `jobs` runs in flight.
+    pub(super) async fn explore(
+        self: Arc<Self>,
+        template: crate::flash::SimFlash,
+        image_size: u64,
+        jobs: usize,
+    ) -> Explored {
+        let engine = {
+            let mut e = self;
+            if let Some(inner) = Arc::get_mut(&mut e) {
+                inner.image_size = image_size;
+            }
+            e
+        };
+        let Some(root) = engine.root(template).await else {
+            return engine.take_found();
+        };
+        let stack = Arc::new(Mutex::new((engine.children(&root), 0usize)));
+        drop(root);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let mut workers = Vec::new();
+        for _ in 0..jobs.max(1) {
+            let (engine, stack, notify) = (engine.clone(), stack.clone(), notify.clone());
+            workers.push(tokio::spawn(async move {
+                loop {
+                    let next = {
+                        let mut s = stack.lock().unwrap_or_else(|e| e.into_inner());
+                        let n = s.0.pop();
+                        if n.is_some() {
+                            s.1 += 1;
+                        } else if s.1 == 0 {
+                            return;
+                        }
+                        n
+                    };
+                    let Some(node) = next else {
+                        // Others are running and may push cuts; look again shortly.
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_millis(5),
+                            notify.notified(),
+                        )
+                        .await;
+                        continue;
+                    };
+                    let parent = engine.process(node).await;
+                    let children = parent.map(|p| engine.children(&p)).unwrap_or_default();
+                    let mut s = stack.lock().unwrap_or_else(|e| e.into_inner());
+                    s.0.extend(children);
+                    s.1 -= 1;
+                    notify.notify_waiters();
+                }
+            }));
+        }
+        for w in workers {
+            if let Err(e) = w.await {
+                engine.violation(&[], engine.sweep_seed, vec![format!("panic: a run panicked: {e}")]);
+            }
+        }
+        engine.take_found()
+    }
+
+    fn take_found(&self) -> Explored {
+        std::mem::take(&mut *self.found.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The broker's side of every judged run's log: what arrived on its topic, plus what
+    /// its ancestors delivered before its state was forked.
+    pub(super) fn check_logs(
+        &self,
+        received: &HashMap<String, BTreeSet<u64>>,
+        found: &mut Explored,
+    ) {
+        let judged = std::mem::take(&mut *self.judged.lock().unwrap_or_else(|e| e.into_inner()));
+        for j in judged {
+            let mut got: BTreeSet<u64> = received.get(&j.client_id).cloned().unwrap_or_default();
+            got.extend(j.inherited.iter().copied());
+            let mut what = Vec::new();
+            j.facts.check(&got, 1, &mut what);
+            if !what.is_empty() {
+                found.violations.push(Violation {
+                    seed: j.seed,
+                    cuts: j.path.iter().map(|s| s.to_string()).collect(),
+                    what: what.into_iter().map(|w| format!("log: {w}")).collect(),
+                });
+            }
+        }
+    }
+
+    /// Every (client id, sequence number) a judged run saw acknowledged.
+    pub(super) fn expected_log(&self) -> BTreeSet<(String, u64)> {
+        let judged = self.judged.lock().unwrap_or_else(|e| e.into_inner());
+        judged
+            .iter()
+            .flat_map(|j| {
+                j.facts
+                    .acked
+                    .iter()
+                    .filter(|s| !j.inherited.contains(s))
+                    .map(|s| (j.client_id.clone(), *s))
+            })
+            .collect()
+    }
+
+    /// Runs one path again, recording everything, for the HTML page and the VCD file.
+    pub(super) async fn timeline(
+        &self,
+        template: crate::flash::SimFlash,
+        path: &[(u64, Torn)],
+    ) -> Timeline {
+        let mut fresh = VirtualBoard::new(template, "root", self.sweep_seed);
+        fresh.bootloader = self.bootloader;
+        let mut board = self.fork(&fresh);
+        let mut triggers = self.workload.triggers.clone();
+        let mut history = History::new();
+        let mut what = Vec::new();
+        let mut seed = self.sweep_seed;
+        let mut boots: Vec<BootTimeline> = Vec::new();
+        board.flash.record_ops(true);
+        let mut steps = path.iter().map(Some).chain(std::iter::once(None));
+        let mut marks: Vec<(u64, u32, Option<Torn>)> = Vec::new();
+        let mut ops_seen: Vec<OpRecord> = Vec::new();
+        while let Some(step) = steps.next() {
+            let cut_at = step.map(|(op, torn)| {
+                seed = child_seed(seed, *op, *torn);
+                let at = board.flash.ops() + op;
+                board.flash.arm_cut_torn(at, *torn, seed);
+                marks.push((at, 0, Some(*torn)));
+                at
+            });
+            let mut ends: Vec<(u32, u64, u64, String, String)> = Vec::new();
+            let end = self
+                .run(&mut board, &mut triggers, &mut history, cut_at, &mut what, |b, start, end| {
+                    let choice = b
+                        .boot_choices
+                        .last()
+                        .filter(|(n, _)| *n == b.boots)
+                        .map(|(_, c)| c.describe())
+                        .unwrap_or_else(|| "nothing started".into());
+                    let end = match end {
+                        BootEnd::App => "app".to_string(),
+                        BootEnd::Reboot => "reboot".into(),
+                        BootEnd::PowerCut => "power cut".into(),
+                        BootEnd::Bricked(x) => format!("bricked: {x}"),
+                        BootEnd::Stuck => "stuck".into(),
+                    };
+                    ends.push((b.boots, start, b.clock, end, choice));
+                })
+                .await;
+            ops_seen.extend(board.flash.take_ops());
+            for (boot, start, end_ms, end, choice) in ends {
+                boots.push(BootTimeline {
+                    boot,
+                    start_ms: start,
+                    end_ms,
+                    end,
+                    bootloader: choice,
+                    ..BootTimeline::default()
+                });
+            }
+            if !matches!(end, RunEnd::Cut) {
+                break;
+            }
+        }
+        for b in &mut boots {
+            b.leds = board
+                .led_edges
+                .iter()
+                .filter(|e| e.boot == b.boot)
+                .map(|e| LedMark {
+                    ms: e.ms,
+                    led: format!("{:?}", e.led).to_lowercase(),
+                    on: e.on,
+                })
+                .collect();
+            for l in board.trace.iter().filter(|l| l.boot == b.boot) {
+                b.trace.push((l.ms, l.render()));
+                match &l.event {
+                    Event::Progress { written, total } => b.progress.push((l.ms, *written, *total)),
+                    Event::Published { seq } => b.mqtt.push(MqttMark {
+                        ms: l.ms,
+                        seq: u64::from(*seq),
+                        delivered: true,
+                        summary: format!("record {seq} acknowledged"),
+                    }),
+                    _ => {}
+                }
+            }
+            let span = b.start_ms..=b.end_ms.max(b.start_ms);
+            b.flash_ops = ops_seen
+                .iter()
+                .filter(|o| span.contains(&o.ms))
+                .map(|o| FlashMark {
+                    ms: o.ms - b.start_ms,
+                    op: o.op,
+                    kind: match o.kind {
+                        OpKind::Erase => "erase".into(),
+                        OpKind::Write => "write".into(),
+                    },
+                    offset: o.offset,
+                    len: o.len,
+                    region: self.region(o.offset),
+                    torn: marks
+                        .iter()
+                        .find(|(at, _, _)| *at == o.op)
+                        .and_then(|(_, _, t)| *t)
+                        .map(|t| t.to_string()),
+                })
+                .collect();
+        }
+        let mut title = format!("{}/{}", self.workload.kind, path_id_of(path));
+        if !what.is_empty() {
+            title.push_str(&format!(" — {}", what.join("; ")));
+        }
+        Timeline { title, boots }
+    }
+}
+
+/// The id of a path given as (operation, shape) pairs.
+pub fn path_id_of(path: &[(u64, Torn)]) -> String {
+    path.iter()
+        .map(|(op, t)| format!("op{op}:{t}"))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[allow(dead_code)]
+fn _path_id(path: &[Step]) -> String {
+    path_id(path)
+}
