@@ -6,6 +6,7 @@ pub mod chip;
 pub mod flash;
 pub mod github;
 pub mod image;
+pub mod oracle;
 pub mod probe;
 pub mod proxy;
 pub mod recording;
