@@ -9,6 +9,7 @@ pub mod image;
 pub mod probe;
 pub mod proxy;
 pub mod recording;
+pub mod report;
 pub mod scenario;
 pub mod sweep;
 pub mod world;
