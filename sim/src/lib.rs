@@ -10,6 +10,7 @@ pub mod oracle;
 pub mod probe;
 pub mod proxy;
 pub mod recording;
+pub mod report;
 pub mod scenario;
 pub mod sweep;
 pub mod torn;
