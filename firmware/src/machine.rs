@@ -625,7 +625,10 @@ impl<F: NorFlash> Updater<F> {
         self.layout = Some(layout);
         // A trial boot is counted before anything that could fail (conf.json included), so an
         // image that cannot get through its boot still uses up its trials and is rolled back.
-        if matches!(state, Some(ImageState::New | ImageState::PendingVerify)) {
+        // A torn state word is the switch (or the confirmation) cut half way: on trial too,
+        // so the image still has to confirm itself, which rewrites the word whole.
+        let torn = active.is_some_and(|i| ImageState::is_torn(otadata.entries[i].state));
+        if torn || matches!(state, Some(ImageState::New | ImageState::PendingVerify)) {
             self.running.on_trial = true;
             self.running.previous_version = self.previous_version(&otadata);
             self.trial_boot(&otadata)?;

@@ -1554,3 +1554,47 @@ fn first_asset_request(result: &BootResult) -> &HttpRequest {
         .find(|r| r.url.starts_with("https://cdn.test"))
         .expect("a request to the asset host")
 }
+
+/// Found by the power-cut sweep's `otadata-state` shape: a switch cut while the state word
+/// was being programmed leaves `ota_seq` and its CRC intact and the state neither NEW nor
+/// anything else a writer produces. ESP-IDF boots such an entry; the image behind it must
+/// still be on trial and confirm itself (rewriting the word VALID), not run unconfirmed.
+#[test]
+fn a_torn_otadata_state_word_puts_the_image_on_trial_and_confirmation_repairs_it() {
+    use firmware::format::otadata::ImageState;
+    let (mut flash, release, new) = installed_board();
+    let [s0, s1] = otadata_entries(&flash);
+    // The entry the switch wrote (the other may be erased: its seq reads 0xFFFFFFFF).
+    let (sector, mut entry) = if s0.image_state() == ImageState::New {
+        (0, s0)
+    } else {
+        (1, s1)
+    };
+    assert_eq!(entry.image_state(), ImageState::New);
+    entry.state = 0x00FF_00FF; // NEW (all zero) programmed over FF, stopped half way
+    assert!(ImageState::is_torn(entry.state));
+    set_otadata(&mut flash, sector, entry);
+    let (flash, trial) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(1),
+        &mut github(&release, &new),
+    );
+    assert!(
+        trial
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Trial { .. })),
+        "the boot counts as a trial: {:?}",
+        trial.events
+    );
+    assert!(confirmed(&trial), "{:?}", trial.events);
+    let active = otadata_entries(&flash)[sector];
+    assert_eq!(active.seq, entry.seq);
+    assert_eq!(
+        active.state,
+        ImageState::Valid as u32,
+        "the word is whole again"
+    );
+    assert!(!ImageState::is_torn(ImageState::New as u32));
+    assert!(!ImageState::is_torn(ImageState::Undefined as u32));
+}

@@ -65,7 +65,8 @@ enum Command {
         #[arg(long)]
         trace: bool,
     },
-    /// Cut power at every flash operation of an update (or at random points).
+    /// Cut power at every flash operation of a workload, in every torn shape, to a depth
+    /// (or at random points).
     Sweep {
         /// Release image size: bytes, or with KiB / MiB.
         #[arg(long, default_value = "256KiB", value_parser = parse_size)]
@@ -79,15 +80,43 @@ enum Command {
         /// Runs in flight at once.
         #[arg(long, default_value_t = 4)]
         jobs: usize,
-        /// Only cut at these flash operations (to reproduce a failure).
-        #[arg(long = "op")]
-        ops: Vec<u64>,
+        /// Workloads: update, resume, bad-release, rollback, log-wrap (comma-separated), or all.
+        #[arg(long, default_value = "update", value_parser = parse_workloads)]
+        workload: ::std::vec::Vec<sim::sweep::workload::Kind>,
+        /// Torn shapes: erase-early, erase-late, erase-half, erase-almost, program-bits,
+        /// program-prefix, program-landed, otadata-state (comma-separated), or all.
+        #[arg(long, default_value = "all", value_parser = parse_torn)]
+        torn: ::std::vec::Vec<sim::torn::Torn>,
+        /// Cuts per path: 1; 2 cuts again at every operation of each recovery; 3 adds one
+        /// random cut in each recovery of those.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=3))]
+        depth: u32,
+        /// Run only this path of cuts, e.g. op37:erase-early/op12:program-prefix (what a
+        /// violation's reproduce line gives; one workload).
+        #[arg(long, value_parser = parse_cut_path)]
+        cut: Option<::std::vec::Vec<(u64, sim::torn::Torn)>>,
+        /// Write a JUnit XML report here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Write a SARIF 2.1.0 report here (one result per failing path).
+        #[arg(long)]
+        sarif: Option<PathBuf>,
+        /// Write an HTML page here: figures, failing paths, and a timeline of one run.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Write the LED and power waveforms of one run here (VCD).
+        #[arg(long)]
+        vcd: Option<PathBuf>,
+        /// The path whose run --html and --vcd show (default: the first failure, else a cut
+        /// half way through the first workload).
+        #[arg(long, value_parser = parse_cut_path)]
+        timeline: Option<::std::vec::Vec<(u64, sim::torn::Torn)>>,
         /// The boards' bootloader: espflash or idf-rollback.
         #[arg(long, default_value = "espflash", value_parser = parse_model)]
         bootloader: Model,
         /// Instead of the sweep's statistics, save recordings of its cuts in this folder: the
         /// first cut of each phase reached (erase, download, verify, otadata, confirm, log …).
-        #[arg(long, conflicts_with_all = ["random", "ops"])]
+        #[arg(long, conflicts_with_all = ["random", "cut"])]
         record: Option<PathBuf>,
         /// With --record: every N-th flash operation instead of one per phase.
         #[arg(long, requires = "record")]
@@ -558,7 +587,158 @@ async fn replay_recordings(
     Ok(failed == 0)
 }
 
+/// Where `sim sweep` writes its reports.
+#[derive(Default)]
+struct ReportFiles {
+    junit: Option<PathBuf>,
+    sarif: Option<PathBuf>,
+    html: Option<PathBuf>,
+    vcd: Option<PathBuf>,
+}
+
+fn parse_workloads(s: &str) -> Result<Vec<sim::sweep::workload::Kind>, String> {
+    sim::sweep::workload::parse_list(s).map_err(|e| e.to_string())
+}
+
+fn parse_torn(s: &str) -> Result<Vec<sim::torn::Torn>, String> {
+    sim::torn::parse_list(s).map_err(|e| e.to_string())
+}
+
+fn parse_cut_path(s: &str) -> Result<Vec<(u64, sim::torn::Torn)>, String> {
+    sim::sweep::explore::parse_path(s)
+}
+
+/// The command that reproduces one path of the exhaustive sweep.
+fn reproduce(opts: &SweepOptions, workload: &str, cuts: &[String], seed: u64) -> String {
+    match opts.random {
+        Some(_) => format!(
+            "sim sweep --image-size {} --bootloader {} --random 1 --seed {seed}",
+            opts.image_size, opts.bootloader
+        ),
+        None if cuts.is_empty() => format!(
+            "sim sweep --workload {workload} --image-size {} --bootloader {} --seed {} --torn {}",
+            opts.image_size,
+            opts.bootloader,
+            opts.seed,
+            opts.torn
+                .iter()
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        None => format!(
+            "sim sweep --workload {workload} --image-size {} --bootloader {} --seed {} --cut {}",
+            opts.image_size,
+            opts.bootloader,
+            opts.seed,
+            cuts.join("/")
+        ),
+    }
+}
+
+/// The short id of the rule a violation broke: the text before its first colon.
+fn rule_of(what: &[String]) -> String {
+    what.first()
+        .and_then(|w| w.split_once(':'))
+        .map_or("invariant", |(r, _)| r)
+        .trim()
+        .replace(' ', "-")
+}
+
+fn write_reports(opts: &SweepOptions, r: &SweepReport, files: &ReportFiles) -> Result<(), String> {
+    use sim::report;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut phases: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut cuts_per_depth: Vec<u64> = Vec::new();
+    let (mut distinct, mut duplicates, mut not_applicable) = (0, 0, 0);
+    for w in &r.workloads {
+        for (p, n) in &w.explored.phases {
+            *phases.entry(format!("{}/{p}", w.kind)).or_default() += n;
+        }
+        for (d, n) in w.explored.cuts_per_depth.iter().enumerate() {
+            if cuts_per_depth.len() <= d {
+                cuts_per_depth.resize(d + 1, 0);
+            }
+            cuts_per_depth[d] += n;
+        }
+        distinct += w.explored.distinct;
+        duplicates += w.explored.duplicates;
+        not_applicable += w.explored.not_applicable;
+    }
+    let summary = report::Summary {
+        title: format!(
+            "power-cut sweep: {} KiB image, bootloader {}",
+            opts.image_size / 1024,
+            opts.bootloader
+        ),
+        command,
+        image_size: opts.image_size as u64,
+        bootloader: opts.bootloader.to_string(),
+        workloads: opts.workloads.iter().map(|k| k.to_string()).collect(),
+        seed: opts.seed,
+        depth: opts.depth,
+        torn: opts.torn.iter().map(|t| t.to_string()).collect(),
+        cuts_per_depth,
+        distinct_states: distinct,
+        duplicates,
+        not_applicable,
+        boots: r.boots,
+        phases: phases.into_iter().collect(),
+        wall_ms: r.wall.as_millis() as u64,
+        rate: r.rate(),
+        violations: r.violations.len() as u64,
+    };
+    let failures: Vec<report::Failure> = r
+        .violations
+        .iter()
+        .map(|v| {
+            let (workload, cuts) = match v.cuts.split_first() {
+                Some((w, rest)) if opts.random.is_none() => (w.clone(), rest.to_vec()),
+                _ => ("random".to_string(), v.cuts.clone()),
+            };
+            report::Failure {
+                id: std::iter::once(workload.clone())
+                    .chain(cuts.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                reproduce: reproduce(opts, &workload, &cuts, v.seed),
+                workload,
+                cuts,
+                rule: rule_of(&v.what),
+                what: v.what.clone(),
+                seed: v.seed,
+            }
+        })
+        .collect();
+    let write = |path: &PathBuf, text: String| {
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    if let Some(p) = &files.junit {
+        write(p, report::junit::render(&summary, &failures))?;
+    }
+    if let Some(p) = &files.sarif {
+        write(p, report::sarif::render(&summary, &failures))?;
+    }
+    if let Some(p) = &files.html {
+        write(
+            p,
+            report::html::render(&summary, &failures, r.timeline.as_ref()),
+        )?;
+    }
+    if let Some(p) = &files.vcd {
+        match &r.timeline {
+            Some(t) => write(p, report::vcd::render(t))?,
+            None => return Err("--vcd: no run was recorded for a timeline".into()),
+        }
+    }
+    Ok(())
+}
+
 fn print_sweep(opts: &SweepOptions, r: &SweepReport) {
+    if opts.random.is_none() {
+        print_exhaustive(opts, r);
+        return;
+    }
     let kind = match opts.random {
         Some((n, seed)) => format!("random: {n} runs, seed {seed}"),
         None => format!("every flash operation, seed {}", opts.seed),
@@ -612,11 +792,100 @@ fn print_sweep(opts: &SweepOptions, r: &SweepReport) {
     }
 }
 
+fn print_exhaustive(opts: &SweepOptions, r: &SweepReport) {
+    println!(
+        "sweep: image {} bytes, depth {}, torn {}, seed {}, bootloader {}",
+        opts.image_size,
+        opts.depth,
+        if opts.torn.len() == sim::torn::Torn::ALL.len() {
+            "all".to_string()
+        } else {
+            opts.torn
+                .iter()
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+        opts.seed,
+        opts.bootloader
+    );
+    for w in &r.workloads {
+        let e = &w.explored;
+        let per_depth: Vec<String> = e
+            .cuts_per_depth
+            .iter()
+            .enumerate()
+            .map(|(d, n)| format!("depth {}: {n}", d + 1))
+            .collect();
+        let phases: Vec<String> = e.phases.iter().map(|(p, n)| format!("{p} {n}")).collect();
+        println!(
+            "  {:<12} {:>5} ops  cuts {:<36} distinct {:>6}  duplicates {:>6}  violations {}",
+            w.kind.name(),
+            e.clean_ops,
+            per_depth.join(", "),
+            e.distinct,
+            e.duplicates,
+            e.violations.len()
+        );
+        println!(
+            "  {:<12} phases of the distinct cuts: {}",
+            "",
+            phases.join(", ")
+        );
+    }
+    let distinct: u64 = r.workloads.iter().map(|w| w.explored.distinct).sum();
+    println!("  crash points:                       {}", r.crash_points());
+    println!("  distinct flash states run:          {distinct}");
+    println!("  boots:                              {}", r.boots);
+    println!("  runs that resumed a download:       {}", r.resumed_runs);
+    println!(
+        "  most downloaded again after a cut:  {} bytes (one sector is 4096)",
+        r.max_redownload
+    );
+    println!(
+        "  invariant violations:               {}",
+        r.violations.len()
+    );
+    println!(
+        "  wall time:                          {:.2} s ({:.0} crash points/s, {:.0} distinct states run/s)",
+        r.wall.as_secs_f64(),
+        r.rate(),
+        distinct as f64 / r.wall.as_secs_f64().max(1e-9)
+    );
+    for v in r.violations.iter().take(10) {
+        let (workload, cuts) = v
+            .cuts
+            .split_first()
+            .map_or(("update", &[][..]), |(w, c)| (w.as_str(), c));
+        println!(
+            "  VIOLATION {workload}/{} (seed {}):",
+            cuts.join("/"),
+            v.seed
+        );
+        for w in &v.what {
+            println!("    - {w}");
+        }
+        println!("    reproduce: {}", reproduce(opts, workload, cuts, v.seed));
+    }
+    if r.violations.len() > 10 {
+        println!("  ... and {} more", r.violations.len() - 10);
+    }
+}
+
 async fn run_sweep(opts: SweepOptions, broker: &BrokerChoice) -> Result<bool, String> {
+    run_sweep_with(opts, broker, &ReportFiles::default()).await
+}
+
+async fn run_sweep_with(
+    opts: SweepOptions,
+    broker: &BrokerChoice,
+    files: &ReportFiles,
+) -> Result<bool, String> {
     let report = sweep::sweep(&opts, broker)
         .await
         .map_err(|e| e.to_string())?;
     print_sweep(&opts, &report);
+    write_reports(&opts, &report, files)?;
     Ok(report.violations.is_empty())
 }
 
@@ -691,20 +960,44 @@ async fn main() -> ExitCode {
             random,
             seed,
             jobs,
-            ops,
             bootloader,
             record: None,
             every: _,
+            workload,
+            torn,
+            depth,
+            cut,
+            junit,
+            sarif,
+            html,
+            vcd,
+            timeline,
         } => {
-            let opts = SweepOptions {
-                image_size,
-                random: random.map(|n| (n, seed)),
-                seed,
-                jobs,
-                only: (!ops.is_empty()).then_some(ops),
-                bootloader,
-            };
-            run_sweep(opts, &broker).await
+            let workloads = workload;
+            if cut.is_some() && workloads.len() != 1 {
+                Err("--cut reproduces a path of one workload: give one --workload".to_string())
+            } else {
+                let opts = SweepOptions {
+                    image_size,
+                    random: random.map(|n| (n, seed)),
+                    seed,
+                    jobs,
+                    bootloader,
+                    workloads,
+                    torn,
+                    depth,
+                    want_timeline: html.is_some() || vcd.is_some(),
+                    timeline: timeline.or_else(|| cut.clone()),
+                    cut,
+                };
+                let files = ReportFiles {
+                    junit,
+                    sarif,
+                    html,
+                    vcd,
+                };
+                run_sweep_with(opts, &broker, &files).await
+            }
         }
         Command::All { dir, image_size } => {
             let mut results =
@@ -718,9 +1011,9 @@ async fn main() -> ExitCode {
                     image_size,
                     random,
                     seed,
-                    jobs: 4,
-                    only: None,
                     bootloader,
+                    workloads: sim::sweep::workload::Kind::ALL.to_vec(),
+                    ..SweepOptions::default()
                 };
                 results.push(run_sweep(opts, &broker).await);
             }

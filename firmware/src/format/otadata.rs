@@ -42,6 +42,14 @@ pub enum ImageState {
 }
 
 impl ImageState {
+    /// True for a value no updater writes: a state word a power cut tore while it was being
+    /// programmed (`ota_seq` and the CRC, which covers only `ota_seq`, may well have landed).
+    /// ESP-IDF's bootloader boots such an entry like an `Undefined` one, so the image behind
+    /// it would run unconfirmed and never on trial; the core puts it on trial instead.
+    pub fn is_torn(raw: u32) -> bool {
+        !matches!(raw, 0..=4 | 0xFFFF_FFFF)
+    }
+
     /// The state of a raw value; unknown values count as `Undefined`, as in ESP-IDF.
     pub fn from_raw(raw: u32) -> ImageState {
         match raw {

@@ -47,6 +47,8 @@ use std::sync::{Arc, Mutex};
 pub(super) const CONFIG: Range<u32> = 0x3d_0000..0x3d_4000;
 /// Where otadata lives in the default partition table.
 const OTADATA: Range<u32> = 0xd000..0xf000;
+/// The client id in every run's conf.json.
+const BOARD: &str = "swept";
 /// Boots a run may take before it counts as not settling.
 const MAX_BOOTS: u32 = 14;
 
@@ -156,7 +158,8 @@ struct Judged {
 }
 
 pub(super) struct Engine {
-    world: World,
+    api_base: String,
+    broker: std::net::SocketAddr,
     http: reqwest::Client,
     prefix: String,
     workload: Workload,
@@ -186,23 +189,22 @@ enum RunEnd {
 
 impl Engine {
     pub(super) fn new(
-        world: World,
+        world: &World,
         http: reqwest::Client,
         prefix: String,
         workload: Workload,
-        template: &[u8],
+        template: &crate::flash::SimFlash,
+        image_size: u64,
         opts: &SweepOptions,
     ) -> Result<Engine, String> {
         let oracle = Oracle::new(OracleSpec {
-            reference: template.to_vec(),
+            reference: template.contents().to_vec(),
             approved: workload.approved.clone(),
             rollback: opts.bootloader == crate::bootloader::Model::IdfRollback,
         })
         .map_err(|e| format!("oracle: {e}"))?;
-        let table = firmware::storage::Layout::read(&mut crate::flash::SimFlash::from_bytes(
-            template,
-        ))
-        .map_err(|e| format!("partition table: {e:?}"))?;
+        let table = firmware::storage::Layout::read(&mut template.clone())
+            .map_err(|e| format!("partition table: {e:?}"))?;
         let mut regions = vec![(OTADATA, "otadata".to_string())];
         for (i, s) in table.slots.iter().enumerate() {
             regions.push((s.offset..s.end(), format!("ota_{i}")));
@@ -210,7 +212,8 @@ impl Engine {
         regions.push((table.state.offset..table.state.end(), "otastate".into()));
         regions.push((table.log.offset..table.log.end(), "otalog".into()));
         Ok(Engine {
-            world,
+            api_base: world.api_base(),
+            broker: world.board_broker(),
             http,
             prefix,
             workload,
@@ -223,7 +226,7 @@ impl Engine {
             max_depth: opts.depth.max(1),
             only: opts.cut.clone(),
             regions,
-            image_size: 0,
+            image_size,
             seen: Mutex::new(HashMap::new()),
             found: Mutex::new(Explored::default()),
             judged: Mutex::new(Vec::new()),
@@ -241,20 +244,22 @@ impl Engine {
 
     fn wiring(&self) -> Wiring {
         Wiring {
-            broker: self.world.board_broker(),
+            broker: self.broker,
         }
     }
 
-    /// A copy of `board` under a fresh client id, written into its conf.json too.
+    /// A copy of `board` with its own MQTT connection and log topic. The conf.json's client
+    /// id stays the same for every run: it is part of each log record on flash, and runs of
+    /// one state must write the same bytes. The run is told apart by its topic prefix.
     fn fork(&self, board: &VirtualBoard) -> VirtualBoard {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        let client_id = format!("{}-{id}", self.workload.kind);
-        let mut copy = board.fork(&client_id);
+        let run = format!("{}-{id}", self.workload.kind);
+        let mut copy = board.fork(&run);
         let conf = conf_json(
-            &self.world.api_base(),
-            self.world.board_broker(),
-            &client_id,
-            &self.prefix,
+            &self.api_base,
+            self.broker,
+            BOARD,
+            &format!("{}/{run}", self.prefix),
             false,
             false,
             true,
@@ -317,11 +322,15 @@ impl Engine {
                 BootEnd::App => {
                     let settled = board.boot_choices.last().is_some_and(|(b, c)| {
                         *b == boot && c.version == self.workload.final_version
-                    }) && board.trace.iter().rev().find_map(|l| match &l.event {
-                        Event::Outcome { result, .. } if l.boot == boot => Some(*result),
-                        _ => None,
-                    })
-                    .is_some_and(|o: Outcome| self.workload.settled.contains(&o));
+                    }) && board
+                        .trace
+                        .iter()
+                        .rev()
+                        .find_map(|l| match &l.event {
+                            Event::Outcome { result, .. } if l.boot == boot => Some(*result),
+                            _ => None,
+                        })
+                        .is_some_and(|o: Outcome| self.workload.settled.contains(&o));
                     if settled && cut_at.is_none() {
                         return RunEnd::Settled;
                     }
@@ -410,13 +419,28 @@ impl Engine {
         let mut what = Vec::new();
         board.flash.record_ops(true);
         let end = self
-            .run(&mut board, &mut triggers, &mut history, None, &mut what, |_, _, _| {})
+            .run(
+                &mut board,
+                &mut triggers,
+                &mut history,
+                None,
+                &mut what,
+                |_, _, _| {},
+            )
             .await;
         let ops = board.flash.take_ops();
         if let Ok(mut f) = self.found.lock() {
             f.clean_ops = ops.len() as u64;
         }
-        self.judge(&board, &history, 0, &[], self.sweep_seed, BTreeSet::new(), &mut what);
+        self.judge(
+            &board,
+            &history,
+            0,
+            &[],
+            self.sweep_seed,
+            BTreeSet::new(),
+            &mut what,
+        );
         if !matches!(end, RunEnd::Settled) || !what.is_empty() {
             what.insert(0, "the clean run (no cut) already fails".into());
             self.violation(&[], self.sweep_seed, what);
@@ -466,7 +490,8 @@ impl Engine {
             }
         } else if depth == 3 && self.max_depth == 3 && !cands.is_empty() {
             // Depth 3 is sampled: one cut per depth-2 state, drawn from its seed.
-            let pick = (child_seed(parent.seed, 0, Torn::ProgramLanded) % cands.len() as u64) as usize;
+            let pick =
+                (child_seed(parent.seed, 0, Torn::ProgramLanded) % cands.len() as u64) as usize;
             cands = vec![cands.swap_remove(pick)];
         }
         let remaining = self.max_depth - depth;
@@ -526,11 +551,16 @@ impl Engine {
         let findings_before = history.findings().len();
         let mut what = Vec::new();
         let cut_at = board.flash.ops() + node.step.op;
-        board
-            .flash
-            .arm_cut_torn(cut_at, node.step.torn, node.seed);
+        board.flash.arm_cut_torn(cut_at, node.step.torn, node.seed);
         let end = self
-            .run(&mut board, &mut triggers, &mut history, Some(cut_at), &mut what, |_, _, _| {})
+            .run(
+                &mut board,
+                &mut triggers,
+                &mut history,
+                Some(cut_at),
+                &mut what,
+                |_, _, _| {},
+            )
             .await;
         if !matches!(end, RunEnd::Cut) {
             self.violation(&path, node.seed, what);
@@ -544,8 +574,9 @@ impl Engine {
             .after(parent.board.flash.contents(), board.flash.contents());
         if real != node.digest {
             what.push(format!(
-                "nondeterministic: the flash after the real cut at {} differs from the state computed from the recorded run",
-                node.step
+                "nondeterministic: the flash after the real cut at {} differs from the state computed from the recorded run{}",
+                node.step,
+                divergence(parent, &node.step, node.seed, &board)
             ));
         }
         let acked: BTreeSet<u64> = board
@@ -564,7 +595,14 @@ impl Engine {
         let snapshot = deeper.then(|| (board.fork("snapshot"), triggers.clone(), history.clone()));
         board.flash.record_ops(deeper);
         let end = self
-            .run(&mut board, &mut triggers, &mut history, None, &mut what, |_, _, _| {})
+            .run(
+                &mut board,
+                &mut triggers,
+                &mut history,
+                None,
+                &mut what,
+                |_, _, _| {},
+            )
             .await;
         let ops = board.flash.take_ops();
         if board
@@ -575,7 +613,15 @@ impl Engine {
         {
             f.resumed_runs += 1;
         }
-        self.judge(&board, &history, findings_before, &path, node.seed, acked.clone(), &mut what);
+        self.judge(
+            &board,
+            &history,
+            findings_before,
+            &path,
+            node.seed,
+            parent.acked.clone(),
+            &mut what,
+        );
         let failed = !matches!(end, RunEnd::Settled) || !what.is_empty();
         if failed {
             self.violation(&path, node.seed, what);
@@ -600,16 +646,9 @@ impl Engine {
     pub(super) async fn explore(
         self: Arc<Self>,
         template: crate::flash::SimFlash,
-        image_size: u64,
         jobs: usize,
     ) -> Explored {
-        let engine = {
-            let mut e = self;
-            if let Some(inner) = Arc::get_mut(&mut e) {
-                inner.image_size = image_size;
-            }
-            e
-        };
+        let engine = self;
         let Some(root) = engine.root(template).await else {
             return engine.take_found();
         };
@@ -651,7 +690,11 @@ impl Engine {
         }
         for w in workers {
             if let Err(e) = w.await {
-                engine.violation(&[], engine.sweep_seed, vec![format!("panic: a run panicked: {e}")]);
+                engine.violation(
+                    &[],
+                    engine.sweep_seed,
+                    vec![format!("panic: a run panicked: {e}")],
+                );
             }
         }
         engine.take_found()
@@ -727,22 +770,29 @@ impl Engine {
             });
             let mut ends: Vec<(u32, u64, u64, String, String)> = Vec::new();
             let end = self
-                .run(&mut board, &mut triggers, &mut history, cut_at, &mut what, |b, start, end| {
-                    let choice = b
-                        .boot_choices
-                        .last()
-                        .filter(|(n, _)| *n == b.boots)
-                        .map(|(_, c)| c.describe())
-                        .unwrap_or_else(|| "nothing started".into());
-                    let end = match end {
-                        BootEnd::App => "app".to_string(),
-                        BootEnd::Reboot => "reboot".into(),
-                        BootEnd::PowerCut => "power cut".into(),
-                        BootEnd::Bricked(x) => format!("bricked: {x}"),
-                        BootEnd::Stuck => "stuck".into(),
-                    };
-                    ends.push((b.boots, start, b.clock, end, choice));
-                })
+                .run(
+                    &mut board,
+                    &mut triggers,
+                    &mut history,
+                    cut_at,
+                    &mut what,
+                    |b, start, end| {
+                        let choice = b
+                            .boot_choices
+                            .last()
+                            .filter(|(n, _)| *n == b.boots)
+                            .map(|(_, c)| c.describe())
+                            .unwrap_or_else(|| "nothing started".into());
+                        let end = match end {
+                            BootEnd::App => "app".to_string(),
+                            BootEnd::Reboot => "reboot".into(),
+                            BootEnd::PowerCut => "power cut".into(),
+                            BootEnd::Bricked(x) => format!("bricked: {x}"),
+                            BootEnd::Stuck => "stuck".into(),
+                        };
+                        ends.push((b.boots, start, b.clock, end, choice));
+                    },
+                )
                 .await;
             ops_seen.extend(board.flash.take_ops());
             for (boot, start, end_ms, end, choice) in ends {
@@ -811,6 +861,50 @@ impl Engine {
         }
         Timeline { title, boots }
     }
+}
+
+/// Where a real cut's flash differs from the computed one, for the report.
+fn divergence(parent: &Parent, step: &Step, seed: u64, board: &VirtualBoard) -> String {
+    let index = step.op as usize - 1;
+    let predicted = super::states::state_at(
+        parent.board.flash.contents(),
+        &parent.ops,
+        index,
+        step.torn,
+        seed,
+    );
+    let real = board.flash.contents();
+    let Some(at) = real
+        .iter()
+        .zip(&predicted)
+        .enumerate()
+        .position(|(i, (a, b))| a != b && !CONFIG.contains(&(i as u32)))
+    else {
+        return String::new();
+    };
+    let recorded = parent
+        .ops
+        .iter()
+        .take(index + 1)
+        .filter(|o| (o.offset..o.offset + o.len).contains(&(at as u32)))
+        .last()
+        .map(|o| {
+            format!(
+                "; the recorded run's last operation there: {} {:?} at 0x{:x} ({} bytes) {}",
+                o.op,
+                o.kind,
+                o.offset,
+                o.len,
+                String::from_utf8_lossy(&o.data[..o.data.len().min(160)])
+            )
+        })
+        .unwrap_or_default();
+    let end = (at + 64).min(real.len());
+    format!(
+        " (first difference at 0x{at:x}: real {}, computed {}{recorded})",
+        String::from_utf8_lossy(&real[at..end]),
+        String::from_utf8_lossy(&predicted[at..end])
+    )
 }
 
 /// The id of a path given as (operation, shape) pairs.

@@ -1,11 +1,14 @@
-//! The power-cut sweep, MCUboot style.
+//! The power-cut sweep.
 //!
-//! 1. Run a clean update (board 1.0, release 1.1 of the chosen size) and
-//!    count its flash operations: every erase and program from the first
-//!    boot until the new image confirmed itself and the application runs.
-//! 2. For every operation N of that count: a fresh board, power cut during
-//!    operation N (the RNG of the seed decides how torn it is), reboot, run
-//!    to completion, and check the invariants:
+//! The exhaustive sweep ([`explore`]) cuts every flash operation of each workload
+//! ([`workload`]: update, resumed download, bad release, rollback, log wrap) in every torn
+//! shape ([`crate::torn`]), again in the recovery from each cut down to `--depth`, runs each
+//! distinct flash state once ([`states`]) and judges it with an oracle that shares no code
+//! with the core ([`crate::oracle`]).
+//!
+//! `--random N --seed S` instead makes N runs, each with one to three cuts at random
+//! operations, download bytes or trace events, the RNG deciding how torn each is, and
+//! checks the invariants:
 //!    - every boot finds a complete image (the bootloader verifies checksum
 //!      and appended SHA-256): never bricked, never a mix;
 //!    - the slot and version the core reports are those of the image booted;
@@ -14,10 +17,12 @@
 //!    - the activity log has no gap and every acknowledged record arrived;
 //!    - bytes downloaded again after the cut stay within one flash sector
 //!      (plus the network piece in flight) beyond what was durable.
-//! 3. `--random N --seed S`: N runs, each with one to three cuts at random
-//!    operations, download bytes or trace events.
 //!
 //! A failure prints the seed and the cut points that reproduce it.
+
+pub mod explore;
+pub mod states;
+pub mod workload;
 
 use crate::board::{BootEnd, Triggers, VirtualBoard, Wiring};
 use crate::bootloader::{BootChoice, Bootloader, Model};
@@ -43,10 +48,49 @@ pub struct SweepOptions {
     pub seed: u64,
     /// Runs in flight at once.
     pub jobs: usize,
-    /// Only these cut points (for reproducing one failure).
-    pub only: Option<Vec<u64>>,
     /// The boards' bootloader build.
     pub bootloader: Model,
+    /// Workloads the exhaustive sweep cuts.
+    pub workloads: Vec<workload::Kind>,
+    /// Torn shapes of the exhaustive sweep.
+    pub torn: Vec<crate::torn::Torn>,
+    /// Cuts per path: 1, 2 (every operation of every recovery), 3 (depth 2, then one
+    /// random cut in each recovery of those).
+    pub depth: u32,
+    /// Only this path of cuts (reproducing one failure).
+    pub cut: Option<Vec<(u64, crate::torn::Torn)>>,
+    /// Record this path's run for `--html` / `--vcd` (default: the first failure, else a
+    /// cut half way through the first workload's operations).
+    pub timeline: Option<Vec<(u64, crate::torn::Torn)>>,
+    /// Make a timeline at all.
+    pub want_timeline: bool,
+}
+
+impl Default for SweepOptions {
+    fn default() -> SweepOptions {
+        SweepOptions {
+            image_size: 256 * 1024,
+            random: None,
+            seed: 1,
+            jobs: 4,
+            bootloader: Model::Espflash,
+            workloads: vec![workload::Kind::Update],
+            torn: crate::torn::Torn::ALL.to_vec(),
+            depth: 1,
+            cut: None,
+            timeline: None,
+            want_timeline: false,
+        }
+    }
+}
+
+/// What the exhaustive sweep found in one workload.
+#[derive(Clone, Debug)]
+pub struct WorkloadReport {
+    /// Which workload.
+    pub kind: workload::Kind,
+    /// Its figures.
+    pub explored: explore::Explored,
 }
 
 /// One failed run.
@@ -79,12 +123,30 @@ pub struct SweepReport {
     pub resumed_runs: u64,
     /// Wall time.
     pub wall: Duration,
+    /// The exhaustive sweep's workloads (empty for random runs).
+    pub workloads: Vec<WorkloadReport>,
+    /// The recorded run of one path, when asked for.
+    pub timeline: Option<crate::report::Timeline>,
 }
 
 impl SweepReport {
-    /// Crash points checked per second of wall time.
+    /// Crash points checked per second of wall time (duplicates included: each was
+    /// decided, by its digest).
     pub fn rate(&self) -> f64 {
-        self.runs as f64 / self.wall.as_secs_f64().max(1e-9)
+        self.crash_points() as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    /// Cut points considered: runs of the random mode, or every (operation, shape) pair
+    /// of every depth of the exhaustive sweep.
+    pub fn crash_points(&self) -> u64 {
+        if self.workloads.is_empty() {
+            self.runs
+        } else {
+            self.workloads
+                .iter()
+                .map(|w| w.explored.cuts_per_depth.iter().sum::<u64>())
+                .sum()
+        }
     }
 }
 
@@ -240,8 +302,162 @@ async fn run_one(shared: &Shared, id: u64, seed: u64, cuts: &[CutAt]) -> RunResu
     }
 }
 
-/// Runs the sweep.
+/// Runs the sweep: the exhaustive one, or random multi-cut runs with `random`.
 pub async fn sweep(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepReport, WorldError> {
+    if opts.random.is_some() {
+        return random_sweep(opts, broker).await;
+    }
+    exhaustive(opts, broker).await
+}
+
+/// Every workload, every operation, every shape, to the depth asked.
+async fn exhaustive(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepReport, WorldError> {
+    let started = Instant::now();
+    let world = World::start(broker, false).await?;
+    static SWEEPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nth = SWEEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let prefix = format!("sweep/{}-{}-{nth}", std::process::id(), opts.bootloader);
+    let collector = Collector::connect(&world.broker, &prefix).await?;
+    let mut report = SweepReport::default();
+    let mut engines = Vec::new();
+    let mut first_failure: Option<(usize, Vec<(u64, crate::torn::Torn)>)> = None;
+    for (index, &kind) in opts.workloads.iter().enumerate() {
+        let work = workload::Workload::build(kind, opts.image_size);
+        let image_size = work
+            .releases
+            .first()
+            .and_then(|r| r.assets.first())
+            .map_or(0, |a| a.bytes.len() as u64);
+        world
+            .github
+            .set_releases("acme", "thermostat", work.releases.clone());
+        let conf = conf_json(
+            &world.api_base(),
+            world.board_broker(),
+            "sweep",
+            &prefix,
+            false,
+            false,
+            true,
+        );
+        let mut template = image::provision(conf.as_bytes(), &work.running, opts.seed);
+        work.prepare(&mut template)
+            .map_err(WorldError::Unresolvable)?;
+        let http = world.http_client(&crate::world::SimDns::default())?;
+        let engine = Arc::new(
+            explore::Engine::new(
+                &world,
+                http,
+                prefix.clone(),
+                work,
+                &template,
+                image_size,
+                opts,
+            )
+            .map_err(WorldError::Unresolvable)?,
+        );
+        let explored = engine.clone().explore(template.clone(), opts.jobs).await;
+        if first_failure.is_none()
+            && let Some(v) = explored.violations.first()
+        {
+            let path = v
+                .cuts
+                .join("/")
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(|s| explore::parse_path(s).ok().and_then(|p| p.first().copied()))
+                .collect::<Option<Vec<_>>>();
+            if let Some(path) = path {
+                first_failure = Some((index, path));
+            }
+        }
+        report.workloads.push(WorkloadReport { kind, explored });
+        engines.push((engine, template));
+    }
+    // The broker's side of every run's log.
+    let expected: std::collections::BTreeSet<(String, u64)> =
+        engines.iter().flat_map(|(e, _)| e.expected_log()).collect();
+    // Topics are PREFIX/RUN/CLIENT/log: the run is the third level from the end.
+    let by_run = |messages: &[crate::broker::MqttMessage]| {
+        let mut received: std::collections::HashMap<String, std::collections::BTreeSet<u64>> =
+            Default::default();
+        for m in messages {
+            let run = m.topic.rsplit('/').nth(2);
+            let seq = serde_json::from_slice::<serde_json::Value>(&m.payload)
+                .ok()
+                .and_then(|v| v["seq"].as_u64());
+            if let (Some(run), Some(seq)) = (run, seq) {
+                received.entry(run.to_string()).or_default().insert(seq);
+            }
+        }
+        received
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let received = loop {
+        let received = by_run(&collector.messages());
+        let complete = expected
+            .iter()
+            .all(|(run, seq)| received.get(run).is_some_and(|s| s.contains(seq)));
+        if complete || Instant::now() >= deadline {
+            break received;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    collector.close().await;
+    for ((engine, _), w) in engines.iter().zip(report.workloads.iter_mut()) {
+        engine.check_logs(&received, &mut w.explored);
+    }
+    for w in &report.workloads {
+        report.boots += w.explored.boots;
+        report.runs += w.explored.distinct;
+        report.resumed_runs += w.explored.resumed_runs;
+        report.max_redownload = report.max_redownload.max(w.explored.max_redownload);
+        report.clean_ops += w.explored.clean_ops;
+        report
+            .violations
+            .extend(w.explored.violations.iter().map(|v| {
+                Violation {
+                    seed: v.seed,
+                    cuts: std::iter::once(w.kind.to_string())
+                        .chain(v.cuts.iter().cloned())
+                        .collect(),
+                    what: v.what.clone(),
+                }
+            }));
+    }
+    report.wall = started.elapsed();
+    if opts.want_timeline {
+        let chosen = match (&opts.timeline, first_failure) {
+            (Some(path), _) => Some((0, path.clone())),
+            (None, Some(f)) => Some(f),
+            (None, None) => engines.first().map(|_| {
+                let ops = report.workloads.first().map_or(1, |w| w.explored.clean_ops);
+                (
+                    0,
+                    vec![(ops.div_ceil(2).max(1), crate::torn::Torn::ProgramBits)],
+                )
+            }),
+        };
+        if let Some((index, path)) = chosen
+            && let Some((engine, template)) = engines.get(index)
+        {
+            let kind = opts.workloads[index];
+            world.github.set_releases(
+                "acme",
+                "thermostat",
+                workload::Workload::build(kind, opts.image_size).releases,
+            );
+            report.timeline = Some(engine.timeline(template.clone(), &path).await);
+        }
+    }
+    Ok(report)
+}
+
+/// `--random`: runs with one to three cuts each at random points.
+async fn random_sweep(
+    opts: &SweepOptions,
+    broker: &BrokerChoice,
+) -> Result<SweepReport, WorldError> {
     let started = Instant::now();
     let world = World::start(broker, false).await?;
     let image = image::build("1.1", opts.image_size, 11);
@@ -297,15 +513,11 @@ pub async fn sweep(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepRe
     };
 
     // 2. The runs.
-    let plans: Vec<(u64, Vec<CutAt>)> = match (&opts.random, &opts.only) {
-        (_, Some(only)) => only
-            .iter()
-            .map(|&n| (opts.seed, vec![CutAt::Op(n)]))
-            .collect(),
-        (None, None) => (1..=clean)
+    let plans: Vec<(u64, Vec<CutAt>)> = match &opts.random {
+        None => (1..=clean)
             .map(|n| (opts.seed ^ n, vec![CutAt::Op(n)]))
             .collect(),
-        (Some((runs, seed)), None) => (0..u64::from(*runs))
+        Some((runs, seed)) => (0..u64::from(*runs))
             .map(|i| {
                 let run_seed = seed.wrapping_add(i);
                 let mut rng = SplitMix(run_seed);

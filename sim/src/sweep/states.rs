@@ -159,6 +159,29 @@ pub fn candidates(
     (out, not_applicable)
 }
 
+/// The flash a cut at operation `index` in `torn` leaves, computed from `start` and the
+/// recorded operations (the same computation as [`candidates`], kept whole).
+pub fn state_at(start: &[u8], ops: &[OpRecord], index: usize, torn: Torn, seed: u64) -> Vec<u8> {
+    let mut flash = start.to_vec();
+    for op in &ops[..index.min(ops.len())] {
+        let range = op.offset as usize..op.offset as usize + op.len as usize;
+        match op.kind {
+            OpKind::Erase => flash[range].fill(0xFF),
+            OpKind::Write => {
+                for (b, d) in flash[range].iter_mut().zip(&op.data) {
+                    *b &= d;
+                }
+            }
+        }
+    }
+    if let Some(op) = ops.get(index) {
+        let range = op.offset as usize..op.offset as usize + op.len as usize;
+        // A shape that does not apply leaves the bytes as they were before the operation.
+        let _ = torn.tear(&mut flash[range], &op.data, seed);
+    }
+    flash
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -209,7 +209,9 @@ fn fill_log(flash: &mut SimFlash) -> Result<(), String> {
             .append(flash, FILLER)
             .map_err(|e| format!("log append: {e:?}"))?;
         if dropped > 0 {
-            return Err(format!("filling the log dropped {dropped} records at {seq}"));
+            return Err(format!(
+                "filling the log dropped {dropped} records at {seq}"
+            ));
         }
         if let Some(r) = log
             .next_undelivered(flash, seq - 1)
