@@ -625,9 +625,18 @@ impl<F: NorFlash> Updater<F> {
         self.layout = Some(layout);
         // A trial boot is counted before anything that could fail (conf.json included), so an
         // image that cannot get through its boot still uses up its trials and is rolled back.
-        // A torn state word is the switch (or the confirmation) cut half way: on trial too,
-        // so the image still has to confirm itself, which rewrites the word whole.
-        let torn = active.is_some_and(|i| ImageState::is_torn(otadata.entries[i].state));
+        // A torn state word behind this core's own switch to this image (its trial record
+        // names it) is that switch, or the confirmation, cut half way: on trial too, so the
+        // image still has to confirm itself, which rewrites the word whole. A torn word with
+        // no trial record (the bootloader's first write on a fresh board) is the factory
+        // image's, which has nothing to roll back to.
+        let switched_here = self
+            .running
+            .trial
+            .as_ref()
+            .is_some_and(|t| t.slot == slot && t.version == self.running.version_text);
+        let torn =
+            switched_here && active.is_some_and(|i| ImageState::is_torn(otadata.entries[i].state));
         if torn || matches!(state, Some(ImageState::New | ImageState::PendingVerify)) {
             self.running.on_trial = true;
             self.running.previous_version = self.previous_version(&otadata);
@@ -636,6 +645,25 @@ impl<F: NorFlash> Updater<F> {
                 return Ok(()); // rolled back
             }
             self.trial_deadline = Some(self.now.plus_ms(TRIAL_DEADLINE_MS));
+        } else if known_slot.is_some()
+            && active.is_some_and(|i| ImageState::is_torn(otadata.entries[i].state))
+            && let Some((sector, entry)) = otadata.confirm()
+            && let Some(layout) = self.layout.clone()
+        {
+            // The entry of an image that is not on trial (the bootloader's first write on a
+            // fresh board, torn): written whole as VALID, in place, as a confirmation is.
+            layout.write_otadata(&mut self.flash, sector, &entry)?;
+        } else if let Some(running) = known_slot
+            && active.is_none()
+            && otadata.bootable().is_none()
+            && otadata.entries.iter().any(|e| e.seq != u32::MAX)
+            && let Some(layout) = self.layout.clone()
+        {
+            // Entries were written but none selects anything (a torn first write, then the
+            // only other entry aborted): the bootloader started this image by default. Point
+            // otadata at it, so that a later update has an entry to fall back on.
+            let (sector, entry) = self.rewrite_towards(&otadata, running, count)?;
+            layout.write_otadata(&mut self.flash, sector, &entry)?;
         }
         if known_slot.is_none() {
             return Err(fail(

@@ -502,11 +502,18 @@ impl VirtualBoard {
                                     core.flash_mut().cut_now();
                                     break;
                                 }
-                                if let Some((_, length)) = triggers
+                                if let Some((at, length)) = triggers
                                     .wifi_drop_at_byte
                                     .filter(|(at, _)| downloaded + piece.len() as u64 >= *at)
                                 {
                                     triggers.wifi_drop_at_byte = None;
+                                    // Exactly the bytes before the drop arrive, whatever the
+                                    // network's chunking: runs of one state stay identical.
+                                    let before = &piece[..(at - downloaded) as usize];
+                                    if !before.is_empty() {
+                                        core.handle_response_body(Instant(now), id, before);
+                                        downloaded += before.len() as u64;
+                                    }
                                     outages.push(Outage {
                                         from: start + now,
                                         until: start + now + length,

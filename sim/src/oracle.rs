@@ -37,7 +37,8 @@
 //!   sector 0 once ota_0 loads (`set_actual_ota_seq`). Otherwise the valid entry with the
 //!   larger seq wins, a tie going to sector 0 (`bootloader_common_select_otadata`), and the slot
 //!   is `(ota_seq - 1) % app_count` in `uint32_t`. No valid entry but not both invalid (a CRC
-//!   that does not match) → "will try all partitions" from the factory index, i.e. ota_0 first.
+//!   that does not match) → "will try all partitions" from the factory index, i.e. ota_0 first;
+//!   with ota_0 still holding the image flashed there, that is the factory state (confirmed).
 //! * Confirmed: the active entry's state is VALID, or otadata holds its initial contents and
 //!   ota_0 holds the image the reference had there (the factory state, which the bootloader
 //!   itself records as seq 1 VALID).
@@ -681,8 +682,13 @@ impl Oracle {
         };
         let confirmed = match selection {
             Selection::Entry { state, .. } => state == state::VALID,
-            Selection::Blank => slot == 0 && self.factory_image == Some(index),
-            Selection::NoUsableEntry | Selection::NoValidEntry => false,
+            // No entry passes its CRC: the bootloader boots ota_0 as on a fresh board and
+            // writes nothing, so a board that never switched (its first otadata write torn)
+            // is in its factory state as long as ota_0 holds what was flashed there.
+            Selection::Blank | Selection::NoValidEntry => {
+                slot == 0 && self.factory_image == Some(index)
+            }
+            Selection::NoUsableEntry => false,
         };
         let view = View {
             slot,

@@ -341,7 +341,8 @@ async fn exhaustive(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepR
             true,
         );
         let mut template = image::provision(conf.as_bytes(), &work.running, opts.seed);
-        work.prepare(&mut template)
+        let log_from = work
+            .prepare(&mut template)
             .map_err(WorldError::Unresolvable)?;
         let http = world.http_client(&crate::world::SimDns::default())?;
         let engine = Arc::new(
@@ -352,6 +353,7 @@ async fn exhaustive(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepR
                 work,
                 &template,
                 image_size,
+                log_from,
                 opts,
             )
             .map_err(WorldError::Unresolvable)?,

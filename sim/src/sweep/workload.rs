@@ -106,6 +106,8 @@ pub struct Workload {
     pub triggers: Triggers,
     /// One cut may cost at most one sector (and a TCP segment) of download again.
     pub redownload_bound: bool,
+    /// WiFi drops of the workload itself during the download (each may cost as much).
+    pub drops: u64,
     /// Fill the activity log to one sector before its wrap.
     pub log_nearly_full: bool,
 }
@@ -137,6 +139,7 @@ impl Workload {
             settled: &[Outcome::Updated, Outcome::UpToDate],
             triggers: Triggers::default(),
             redownload_bound: true,
+            drops: 0,
             log_nearly_full: false,
         };
         match kind {
@@ -147,6 +150,7 @@ impl Workload {
                     wifi_drop_at_byte: Some((new.len() as u64 / 2, 2_000)),
                     ..Triggers::default()
                 },
+                drops: 1,
                 ..update
             },
             Kind::LogWrap => Workload {
@@ -181,12 +185,13 @@ impl Workload {
         }
     }
 
-    /// Prepares a freshly provisioned flash for the workload.
-    pub fn prepare(&self, flash: &mut SimFlash) -> Result<(), String> {
+    /// Prepares a freshly provisioned flash for the workload; returns the sequence number
+    /// of the first record the broker will see (records before it were delivered earlier).
+    pub fn prepare(&self, flash: &mut SimFlash) -> Result<u64, String> {
         if self.log_nearly_full {
-            fill_log(flash)?;
+            return fill_log(flash);
         }
-        Ok(())
+        Ok(1)
     }
 }
 
@@ -196,7 +201,7 @@ const FILLER: &[u8] = br#"{"seq":0,"event":"filler","note":"a record delivered b
 /// Appends delivered records until the ring's last sector is all but full, so the next
 /// boots' records erase the oldest sector. Written with the core's own log code: this is
 /// the board's past, not a judgement.
-fn fill_log(flash: &mut SimFlash) -> Result<(), String> {
+fn fill_log(flash: &mut SimFlash) -> Result<u64, String> {
     let layout = Layout::read(flash).map_err(|e| format!("partition table: {e:?}"))?;
     let mut log = LogStore::open(flash, layout.log).map_err(|e| format!("log: {e:?}"))?;
     let record = 16 + ((FILLER.len() as u32 + 3) & !3);
@@ -221,5 +226,5 @@ fn fill_log(flash: &mut SimFlash) -> Result<(), String> {
                 .map_err(|e| format!("log mark: {e:?}"))?;
         }
     }
-    Ok(())
+    Ok(u64::from(log.next_seq()))
 }
