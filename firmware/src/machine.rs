@@ -646,13 +646,19 @@ impl<F: NorFlash> Updater<F> {
             }
             self.trial_deadline = Some(self.now.plus_ms(TRIAL_DEADLINE_MS));
         } else if known_slot.is_some()
-            && active.is_some_and(|i| ImageState::is_torn(otadata.entries[i].state))
-            && let Some((sector, entry)) = otadata.confirm()
+            && let Some(i) = active.filter(|&i| ImageState::is_torn(otadata.entries[i].state))
+            && let Some(seq) = otadata.entries[i]
+                .seq
+                .checked_add(u32::from(count))
+                .filter(|&s| s != u32::MAX)
             && let Some(layout) = self.layout.clone()
         {
             // The entry of an image that is not on trial (the bootloader's first write on a
-            // fresh board, torn): written whole as VALID, in place, as a confirmation is.
-            layout.write_otadata(&mut self.flash, sector, &entry)?;
+            // fresh board, torn): a whole VALID entry for the same slot, one round of sequence
+            // numbers higher so that it wins, goes into the *other* sector. In place would
+            // erase the only entry first, and a cut then leaves none.
+            let entry = OtaEntry::new(seq, ImageState::Valid);
+            layout.write_otadata(&mut self.flash, 1 - i, &entry)?;
         } else if let Some(running) = known_slot
             && active.is_none()
             && otadata.bootable().is_none()

@@ -112,8 +112,9 @@ struct Parent {
     seed: u64,
     digests: SectorDigests,
     ops: Vec<OpRecord>,
-    /// Records acknowledged before this state (checked when its ancestors were judged).
-    acked: BTreeSet<u64>,
+    /// The runs (their topics) that delivered this state's earlier log records: the parts
+    /// before each cut of its path.
+    lineage: Vec<String>,
 }
 
 struct Node {
@@ -150,11 +151,11 @@ pub struct Explored {
 
 /// A judged run waiting for the broker's side of its log.
 struct Judged {
-    client_id: String,
+    /// Every run whose topic carries this board's records: its lineage and its own.
+    topics: Vec<String>,
     path: Vec<Step>,
     seed: u64,
     facts: LogFacts,
-    inherited: BTreeSet<u64>,
 }
 
 pub(super) struct Engine {
@@ -362,7 +363,7 @@ impl Engine {
         findings_before: usize,
         path: &[Step],
         seed: u64,
-        inherited: BTreeSet<u64>,
+        topics: Vec<String>,
         what: &mut Vec<String>,
     ) {
         for f in &history.findings()[findings_before.min(history.findings().len())..] {
@@ -395,11 +396,10 @@ impl Engine {
         let facts = LogFacts::of(&board.boot_choices, &board.trace, &cut_boots);
         if let Ok(mut j) = self.judged.lock() {
             j.push(Judged {
-                client_id: board.client_id.clone(),
+                topics,
                 path: path.to_vec(),
                 seed,
                 facts,
-                inherited,
             });
         }
     }
@@ -445,7 +445,7 @@ impl Engine {
             0,
             &[],
             self.sweep_seed,
-            BTreeSet::new(),
+            vec![board.client_id.clone()],
             &mut what,
         );
         if !matches!(end, RunEnd::Settled) || !what.is_empty() {
@@ -461,7 +461,7 @@ impl Engine {
             path: Vec::new(),
             seed: self.sweep_seed,
             ops,
-            acked: BTreeSet::new(),
+            lineage: Vec::new(),
         }))
     }
 
@@ -586,14 +586,11 @@ impl Engine {
                 divergence(parent, &node.step, node.seed, &board)
             ));
         }
-        let acked: BTreeSet<u64> = board
-            .trace
-            .iter()
-            .filter_map(|l| match l.event {
-                Event::Published { seq } => Some(u64::from(seq)),
-                _ => None,
-            })
-            .collect();
+        // The recovery publishes under a topic of its own: what the run delivered before the
+        // cut stays apart, for the states forked from here.
+        let mut lineage = parent.lineage.clone();
+        lineage.push(board.client_id.clone());
+        let mut board = self.fork(&board);
         let deeper = (path.len() as u32) < self.max_depth
             && self
                 .only
@@ -626,7 +623,11 @@ impl Engine {
             findings_before,
             &path,
             node.seed,
-            parent.acked.clone(),
+            {
+                let mut topics = lineage.clone();
+                topics.push(board.client_id.clone());
+                topics
+            },
             &mut what,
         );
         let failed = !matches!(end, RunEnd::Settled) || !what.is_empty();
@@ -645,7 +646,7 @@ impl Engine {
             path,
             seed: node.seed,
             ops,
-            acked,
+            lineage,
         }))
     }
 
@@ -720,8 +721,7 @@ impl Engine {
     ) {
         let judged = std::mem::take(&mut *self.judged.lock().unwrap_or_else(|e| e.into_inner()));
         for j in judged {
-            let mut got: BTreeSet<u64> = received.get(&j.client_id).cloned().unwrap_or_default();
-            got.extend(j.inherited.iter().copied());
+            let got = delivered(received, &j.topics);
             let mut what = Vec::new();
             j.facts.check(&got, self.log_from, &mut what);
             if !what.is_empty() {
@@ -734,19 +734,13 @@ impl Engine {
         }
     }
 
-    /// Every (client id, sequence number) a judged run saw acknowledged.
-    pub(super) fn expected_log(&self) -> BTreeSet<(String, u64)> {
+    /// True once every record each judged run saw acknowledged has reached the broker.
+    pub(super) fn log_complete(&self, received: &HashMap<String, BTreeSet<u64>>) -> bool {
         let judged = self.judged.lock().unwrap_or_else(|e| e.into_inner());
-        judged
-            .iter()
-            .flat_map(|j| {
-                j.facts
-                    .acked
-                    .iter()
-                    .filter(|s| !j.inherited.contains(s))
-                    .map(|s| (j.client_id.clone(), *s))
-            })
-            .collect()
+        judged.iter().all(|j| {
+            let got = delivered(received, &j.topics);
+            j.facts.acked.is_subset(&got)
+        })
     }
 
     /// Runs one path again, recording everything, for the HTML page and the VCD file.
@@ -912,6 +906,16 @@ fn divergence(parent: &Parent, step: &Step, seed: u64, board: &VirtualBoard) -> 
         String::from_utf8_lossy(&real[at..end]),
         String::from_utf8_lossy(&predicted[at..end])
     )
+}
+
+/// Sequence numbers the broker received on any of these runs' topics.
+fn delivered(received: &HashMap<String, BTreeSet<u64>>, topics: &[String]) -> BTreeSet<u64> {
+    topics
+        .iter()
+        .filter_map(|t| received.get(t))
+        .flatten()
+        .copied()
+        .collect()
 }
 
 /// The id of a path given as (operation, shape) pairs.

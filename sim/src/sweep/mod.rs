@@ -307,11 +307,21 @@ pub async fn sweep(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepRe
     if opts.random.is_some() {
         return random_sweep(opts, broker).await;
     }
-    exhaustive(opts, broker).await
+    let workloads = opts
+        .workloads
+        .iter()
+        .map(|&kind| workload::Workload::build(kind, opts.image_size))
+        .collect();
+    sweep_workloads(opts, workloads, broker).await
 }
 
-/// Every workload, every operation, every shape, to the depth asked.
-async fn exhaustive(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepReport, WorldError> {
+/// The exhaustive sweep of these workloads (`opts.workloads` is ignored): every operation,
+/// every shape, to the depth asked. Tests hand it workloads with planted mistakes.
+pub async fn sweep_workloads(
+    opts: &SweepOptions,
+    workloads: Vec<workload::Workload>,
+    broker: &BrokerChoice,
+) -> Result<SweepReport, WorldError> {
     let started = Instant::now();
     let world = World::start(broker, false).await?;
     static SWEEPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -321,8 +331,9 @@ async fn exhaustive(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepR
     let mut report = SweepReport::default();
     let mut engines = Vec::new();
     let mut first_failure: Option<(usize, Vec<(u64, crate::torn::Torn)>)> = None;
-    for (index, &kind) in opts.workloads.iter().enumerate() {
-        let work = workload::Workload::build(kind, opts.image_size);
+    let kinds: Vec<workload::Kind> = workloads.iter().map(|w| w.kind).collect();
+    for (index, work) in workloads.into_iter().enumerate() {
+        let kind = work.kind;
         let image_size = work
             .releases
             .first()
@@ -377,8 +388,6 @@ async fn exhaustive(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepR
         engines.push((engine, template));
     }
     // The broker's side of every run's log.
-    let expected: std::collections::BTreeSet<(String, u64)> =
-        engines.iter().flat_map(|(e, _)| e.expected_log()).collect();
     // Topics are PREFIX/RUN/CLIENT/log: the run is the third level from the end.
     let by_run = |messages: &[crate::broker::MqttMessage]| {
         let mut received: std::collections::HashMap<String, std::collections::BTreeSet<u64>> =
@@ -397,9 +406,7 @@ async fn exhaustive(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepR
     let deadline = Instant::now() + Duration::from_secs(10);
     let received = loop {
         let received = by_run(&collector.messages());
-        let complete = expected
-            .iter()
-            .all(|(run, seq)| received.get(run).is_some_and(|s| s.contains(seq)));
+        let complete = engines.iter().all(|(e, _)| e.log_complete(&received));
         if complete || Instant::now() >= deadline {
             break received;
         }
@@ -443,7 +450,7 @@ async fn exhaustive(opts: &SweepOptions, broker: &BrokerChoice) -> Result<SweepR
         if let Some((index, path)) = chosen
             && let Some((engine, template)) = engines.get(index)
         {
-            let kind = opts.workloads[index];
+            let kind = kinds[index];
             world.github.set_releases(
                 "acme",
                 "thermostat",
