@@ -117,6 +117,8 @@ pub struct SimFlash {
     recording: bool,
     log: Vec<OpRecord>,
     clock_ms: u64,
+    /// Sectors changed since [`SimFlash::clear_dirty`], one bit each.
+    dirty: Vec<u64>,
 }
 
 impl SimFlash {
@@ -134,6 +136,7 @@ impl SimFlash {
             recording: false,
             log: Vec::new(),
             clock_ms: 0,
+            dirty: vec![0; FLASH_SIZE / SECTOR / 64],
         }
     }
 
@@ -145,6 +148,27 @@ impl SimFlash {
     /// Writes bytes as a flashing tool would (no operation counted, no cut).
     pub fn load(&mut self, offset: u32, data: &[u8]) {
         self.bytes[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+        self.mark(offset as usize, data.len());
+    }
+
+    fn mark(&mut self, offset: usize, len: usize) {
+        for sector in offset / SECTOR..(offset + len).div_ceil(SECTOR) {
+            self.dirty[sector / 64] |= 1 << (sector % 64);
+        }
+    }
+
+    /// Forget which sectors changed.
+    pub fn clear_dirty(&mut self) {
+        self.dirty.fill(0);
+    }
+
+    /// The sectors changed (erased, programmed or loaded) since [`SimFlash::clear_dirty`].
+    pub fn dirty_sectors(&self) -> impl Iterator<Item = usize> + '_ {
+        self.dirty.iter().enumerate().flat_map(|(word, bits)| {
+            (0..64)
+                .filter(move |b| bits & (1 << b) != 0)
+                .map(move |b| word * 64 + b)
+        })
     }
 
     /// The raw contents.
@@ -217,6 +241,14 @@ impl SimFlash {
             return Err(SimFlashError::PowerCut);
         }
         self.ops += 1;
+        self.mark(
+            offset as usize,
+            if kind == OpKind::Erase {
+                SECTOR
+            } else {
+                data.len()
+            },
+        );
         if self.recording {
             self.log.push(OpRecord {
                 op: self.ops,

@@ -139,3 +139,83 @@ fn the_judges_catch_a_planted_mistake() {
         "{text}"
     );
 }
+
+/// `sim sweep` as a user runs it: the figures it prints and the four report files.
+#[test]
+fn the_command_prints_its_figures_and_writes_every_report() {
+    let dir = std::env::temp_dir().join(format!("sim-sweep-reports-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str| dir.join(name);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args([
+            "sweep",
+            "--image-size",
+            "8KiB",
+            "--workload",
+            "update,log-wrap",
+        ])
+        .arg("--junit")
+        .arg(file("sweep.xml"))
+        .arg("--sarif")
+        .arg(file("sweep.sarif"))
+        .arg("--html")
+        .arg(file("sweep.html"))
+        .arg("--vcd")
+        .arg(file("sweep.vcd"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "depth 1, torn all",
+        "distinct flash states run:",
+        "invariant violations:               0",
+        "crash points/s",
+        "log-wrap",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "`{needle}` missing from:\n{stdout}"
+        );
+    }
+    let junit = std::fs::read_to_string(file("sweep.xml")).unwrap();
+    assert!(
+        junit.contains("<testsuite") && !junit.contains("<failure"),
+        "{junit}"
+    );
+    let sarif: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file("sweep.sarif")).unwrap()).unwrap();
+    assert_eq!(sarif["version"], "2.1.0");
+    assert_eq!(sarif["runs"][0]["results"].as_array().unwrap().len(), 0);
+    let html = std::fs::read_to_string(file("sweep.html")).unwrap();
+    // Without a failure the timeline shows a cut half way through the update.
+    assert!(
+        html.contains("<svg") && html.contains("update/op"),
+        "no timeline"
+    );
+    let vcd = std::fs::read_to_string(file("sweep.vcd")).unwrap();
+    assert!(vcd.contains("$timescale") && vcd.contains("power"), "{vcd}");
+    // The run the timeline shows was cut: power goes low once at least.
+    assert!(vcd.lines().any(|l| l.trim() == "0p"), "{vcd}");
+
+    // A violation's reproduce line is a command that runs: a path that does not exist fails
+    // with a message that names it and exit status 1.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args([
+            "sweep",
+            "--image-size",
+            "8KiB",
+            "--cut",
+            "op99999:erase-half",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{text}");
+    assert!(text.contains("operation 99999"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

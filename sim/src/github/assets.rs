@@ -267,8 +267,8 @@ pub(crate) fn refusal_body(shape: AssetUrl, refusal: &Refusal) -> String {
 }
 
 /// The asset's `ETag` as Azure Blob storage writes it (`"0x8D…"`, 15 hex digits).
-pub(crate) fn etag(bytes: &[u8]) -> String {
-    let h = hex::encode_upper(Sha256::digest(bytes));
+pub(crate) fn etag(bytes: &bytes::Bytes) -> String {
+    let h = hex::encode_upper(super::releases::sha256_of(bytes));
     format!("\"0x8DD{}\"", &h[..12])
 }
 

@@ -81,8 +81,34 @@ impl Asset {
 
     /// `sha256:<hex>` as GitHub's `digest` field spells it.
     pub fn digest(&self) -> String {
-        format!("sha256:{}", hex::encode(Sha256::digest(&self.bytes)))
+        format!("sha256:{}", hex::encode(sha256_of(&self.bytes)))
     }
+}
+
+/// SHA-256 of an asset's bytes, computed once per buffer: every release JSON and every
+/// download (its ETag) needs it, and a sweep serves a megabyte image hundreds of thousands of
+/// times. The cache keeps a clone of each `Bytes` it knows, so its buffer cannot be freed and
+/// its address reused by other contents while the entry lives.
+pub(crate) fn sha256_of(bytes: &Bytes) -> [u8; 32] {
+    type Memo = std::collections::HashMap<(usize, usize), (Bytes, [u8; 32])>;
+    static MEMO: std::sync::OnceLock<std::sync::Mutex<Memo>> = std::sync::OnceLock::new();
+    // Small buffers are cheaper to hash than to look up.
+    if bytes.len() < 4096 {
+        return Sha256::digest(bytes).into();
+    }
+    let key = (bytes.as_ptr() as usize, bytes.len());
+    let memo = MEMO.get_or_init(Default::default);
+    if let Some((_, digest)) = memo.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return *digest;
+    }
+    let digest: [u8; 32] = Sha256::digest(bytes).into();
+    let mut memo = memo.lock().unwrap_or_else(|e| e.into_inner());
+    // Bounded: a long test run publishes many images; forgetting them all costs one hash each.
+    if memo.len() >= 64 {
+        memo.clear();
+    }
+    memo.insert(key, (bytes.clone(), digest));
+    digest
 }
 
 /// A release as stored by the server: the scenario's data plus the ids GitHub would assign.

@@ -253,13 +253,10 @@ impl Engine {
         }
     }
 
-    /// A copy of `board` with its own MQTT connection and log topic. The conf.json's client
-    /// id stays the same for every run: it is part of each log record on flash, and runs of
-    /// one state must write the same bytes. The run is told apart by its topic prefix.
-    fn fork(&self, board: &VirtualBoard) -> VirtualBoard {
+    /// Gives `board` a run id of its own: MQTT client id and log topic (conf.json).
+    fn retopic(&self, board: &mut VirtualBoard) {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let run = format!("{}-{id}", self.workload.kind);
-        let mut copy = board.fork(&run);
         let conf = conf_json(
             &self.api_base,
             self.broker,
@@ -269,8 +266,17 @@ impl Engine {
             false,
             true,
         );
-        copy.flash.load(CONFIG.start, &[0xFF; SECTOR as usize]);
-        copy.flash.load(CONFIG.start, conf.as_bytes());
+        board.client_id = run;
+        board.flash.load(CONFIG.start, &[0xFF; SECTOR as usize]);
+        board.flash.load(CONFIG.start, conf.as_bytes());
+    }
+
+    /// A copy of `board` with its own MQTT connection and log topic. The conf.json's client
+    /// id stays the same for every run: it is part of each log record on flash, and runs of
+    /// one state must write the same bytes. The run is told apart by its topic prefix.
+    fn fork(&self, board: &VirtualBoard) -> VirtualBoard {
+        let mut copy = board.fork("");
+        self.retopic(&mut copy);
         copy
     }
 
@@ -553,6 +559,7 @@ impl Engine {
         let mut path = parent.path.clone();
         path.push(node.step.clone());
         let mut board = self.fork(&parent.board);
+        board.flash.clear_dirty();
         let mut triggers = parent.triggers.clone();
         let mut history = parent.history.clone();
         let findings_before = history.findings().len();
@@ -576,9 +583,12 @@ impl Engine {
         if let Ok(mut f) = self.found.lock() {
             f.distinct += 1;
         }
-        let real = parent
-            .digests
-            .after(parent.board.flash.contents(), board.flash.contents());
+        // Only sectors this run changed can differ from the parent's flash.
+        let real = parent.digests.after_in(
+            parent.board.flash.contents(),
+            board.flash.contents(),
+            board.flash.dirty_sectors(),
+        );
         if real != node.digest {
             what.push(format!(
                 "nondeterministic: the flash after the real cut at {} differs from the state computed from the recorded run{}",
@@ -590,7 +600,7 @@ impl Engine {
         // cut stays apart, for the states forked from here.
         let mut lineage = parent.lineage.clone();
         lineage.push(board.client_id.clone());
-        let mut board = self.fork(&board);
+        self.retopic(&mut board);
         let deeper = (path.len() as u32) < self.max_depth
             && self
                 .only

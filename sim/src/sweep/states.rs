@@ -77,10 +77,21 @@ impl SectorDigests {
     /// The digest of `now`, a flash that differs from the one these digests describe
     /// (`before`) in a few sectors.
     pub fn after(&self, before: &[u8], now: &[u8]) -> u128 {
+        self.after_in(before, now, 0..before.len() / SECTOR)
+    }
+
+    /// [`SectorDigests::after`] when only `sectors` can differ.
+    pub fn after_in(
+        &self,
+        before: &[u8],
+        now: &[u8],
+        sectors: impl IntoIterator<Item = usize>,
+    ) -> u128 {
         let mut total = self.total;
-        for (i, (b, n)) in before.chunks(SECTOR).zip(now.chunks(SECTOR)).enumerate() {
-            if b != n {
-                total = self.with(total, i, n);
+        for i in sectors {
+            let range = i * SECTOR..(i + 1) * SECTOR;
+            if before[range.clone()] != now[range.clone()] {
+                total = self.with(total, i, &now[range]);
             }
         }
         total
