@@ -15,9 +15,13 @@ default:
 sim:
     cargo run -p sim -- all
 
-# The power-cut sweep of a 1 MiB update (prints crash points per second).
+# The power-cut sweep of a 1 MiB update, every flash operation in every torn shape (prints crash points per second).
 sweep size="1MiB":
     cargo run -p sim -- sweep --image-size {{size}}
+
+# Every workload cut twice (every operation of every recovery), with an HTML report and a VCD of one run.
+sweep-deep size="64KiB":
+    cargo run -p sim -- sweep --image-size {{size}} --workload all --depth 2 --html target/sweep.html --vcd target/sweep.vcd
 
 # Every test of the workspace (host only: the board binary needs a chip feature).
 test:

@@ -87,7 +87,7 @@ fn depth_two_cuts_every_recovery_and_a_path_reproduces_alone() {
     );
 
     // One path of depth 2, alone: one cut per depth, nothing else run.
-    o.cut = Some(vec![(3, Torn::ProgramPrefix), (2, Torn::EraseEarly)]);
+    o.cut = Some(vec![(7, Torn::ProgramPrefix), (1, Torn::EraseEarly)]);
     let one = rt.block_on(sweep(&o, &BrokerChoice::Embedded)).unwrap();
     assert!(one.violations.is_empty(), "{:#?}", one.violations);
     assert_eq!(one.workloads[0].explored.distinct, 2);

@@ -47,6 +47,9 @@ use std::sync::{Arc, Mutex};
 pub(super) const CONFIG: Range<u32> = 0x3d_0000..0x3d_4000;
 /// Where otadata lives in the default partition table.
 const OTADATA: Range<u32> = 0xd000..0xf000;
+/// How long a timeline shows the board dark after a power cut, and between a reboot's boots.
+const DARK_MS: u64 = 500;
+const REBOOT_MS: u64 = 50;
 /// The client id in every run's conf.json.
 const BOARD: &str = "swept";
 /// Boots a run may take before it counts as not settling.
@@ -754,6 +757,10 @@ impl Engine {
     }
 
     /// Runs one path again, recording everything, for the HTML page and the VCD file.
+    ///
+    /// The virtual clock only moves when the core waits (loopback servers answer at once), so
+    /// the boots are laid end to end for display: each lasts until its last mark, a power cut
+    /// keeps the board dark for [`DARK_MS`] and a reboot for [`REBOOT_MS`].
     pub(super) async fn timeline(
         &self,
         template: crate::flash::SimFlash,
@@ -766,20 +773,20 @@ impl Engine {
         let mut history = History::new();
         let mut what = Vec::new();
         let mut seed = self.sweep_seed;
-        let mut boots: Vec<BootTimeline> = Vec::new();
-        board.flash.record_ops(true);
-        let mut steps = path.iter().map(Some).chain(std::iter::once(None));
-        let mut marks: Vec<(u64, u32, Option<Torn>)> = Vec::new();
+        // (boot, virtual start, how it ended, what the bootloader did, last operation number)
+        let mut ends: Vec<(u32, u64, String, String, u64)> = Vec::new();
+        let mut torn_ops: Vec<(u64, Torn)> = Vec::new();
         let mut ops_seen: Vec<OpRecord> = Vec::new();
-        while let Some(step) = steps.next() {
+        board.flash.record_ops(true);
+        let steps = path.iter().map(Some).chain(std::iter::once(None));
+        for step in steps {
             let cut_at = step.map(|(op, torn)| {
                 seed = child_seed(seed, *op, *torn);
                 let at = board.flash.ops() + op;
                 board.flash.arm_cut_torn(at, *torn, seed);
-                marks.push((at, 0, Some(*torn)));
+                torn_ops.push((at, *torn));
                 at
             });
-            let mut ends: Vec<(u32, u64, u64, String, String)> = Vec::new();
             let end = self
                 .run(
                     &mut board,
@@ -801,37 +808,36 @@ impl Engine {
                             BootEnd::Bricked(x) => format!("bricked: {x}"),
                             BootEnd::Stuck => "stuck".into(),
                         };
-                        ends.push((b.boots, start, b.clock, end, choice));
+                        ends.push((b.boots, start, end, choice, b.flash.ops()));
                     },
                 )
                 .await;
             ops_seen.extend(board.flash.take_ops());
-            for (boot, start, end_ms, end, choice) in ends {
-                boots.push(BootTimeline {
-                    boot,
-                    start_ms: start,
-                    end_ms,
-                    end,
-                    bootloader: choice,
-                    ..BootTimeline::default()
-                });
-            }
             if !matches!(end, RunEnd::Cut) {
                 break;
             }
         }
-        for b in &mut boots {
+        let mut boots = Vec::new();
+        let mut cursor = 0u64;
+        let mut first_op = 1u64;
+        for (boot, virtual_start, end, bootloader, last_op) in ends {
+            let mut b = BootTimeline {
+                boot,
+                end,
+                bootloader,
+                ..BootTimeline::default()
+            };
             b.leds = board
                 .led_edges
                 .iter()
-                .filter(|e| e.boot == b.boot)
+                .filter(|e| e.boot == boot)
                 .map(|e| LedMark {
                     ms: e.ms,
                     led: format!("{:?}", e.led).to_lowercase(),
                     on: e.on,
                 })
                 .collect();
-            for l in board.trace.iter().filter(|l| l.boot == b.boot) {
+            for l in board.trace.iter().filter(|l| l.boot == boot) {
                 b.trace.push((l.ms, l.render()));
                 match &l.event {
                     Event::Progress { written, total } => b.progress.push((l.ms, *written, *total)),
@@ -844,12 +850,11 @@ impl Engine {
                     _ => {}
                 }
             }
-            let span = b.start_ms..=b.end_ms.max(b.start_ms);
             b.flash_ops = ops_seen
                 .iter()
-                .filter(|o| span.contains(&o.ms))
+                .filter(|o| (first_op..=last_op).contains(&o.op))
                 .map(|o| FlashMark {
-                    ms: o.ms - b.start_ms,
+                    ms: o.ms.saturating_sub(virtual_start),
                     op: o.op,
                     kind: match o.kind {
                         OpKind::Erase => "erase".into(),
@@ -858,13 +863,30 @@ impl Engine {
                     offset: o.offset,
                     len: o.len,
                     region: self.region(o.offset),
-                    torn: marks
+                    torn: torn_ops
                         .iter()
-                        .find(|(at, _, _)| *at == o.op)
-                        .and_then(|(_, _, t)| *t)
-                        .map(|t| t.to_string()),
+                        .find(|(at, _)| *at == o.op)
+                        .map(|(_, t)| t.to_string()),
                 })
                 .collect();
+            first_op = last_op + 1;
+            let last_mark = b
+                .leds
+                .iter()
+                .map(|m| m.ms)
+                .chain(b.trace.iter().map(|t| t.0))
+                .chain(b.flash_ops.iter().map(|f| f.ms))
+                .max()
+                .unwrap_or(0);
+            b.start_ms = cursor;
+            b.end_ms = cursor + last_mark + 1;
+            cursor = b.end_ms
+                + if b.end.starts_with("power cut") {
+                    DARK_MS
+                } else {
+                    REBOOT_MS
+                };
+            boots.push(b);
         }
         let mut title = format!("{}/{}", self.workload.kind, path_id_of(path));
         if !what.is_empty() {
