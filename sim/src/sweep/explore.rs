@@ -334,6 +334,7 @@ impl Engine {
                     return RunEnd::Failed;
                 }
                 BootEnd::App => {
+                    check_leds(board, boot, what);
                     let settled = board.boot_choices.last().is_some_and(|(b, c)| {
                         *b == boot && c.version == self.workload.final_version
                     }) && board
@@ -893,6 +894,46 @@ impl Engine {
             title.push_str(&format!(" — {}", what.join("; ")));
         }
         Timeline { title, boots }
+    }
+}
+
+/// The LEDs of a boot that reached the application, as the GPIO writes show them (not the
+/// core's trace), against the product's promise (DESIGN.md): yellow on at power-on, off
+/// before the application when the update routine ended well (updated, up to date) and left
+/// on when it did not; green blinks twice after an update and once when there was none.
+fn check_leds(board: &VirtualBoard, boot: u32, what: &mut Vec<String>) {
+    use firmware::led::Led;
+    let edges: Vec<_> = board.led_edges.iter().filter(|e| e.boot == boot).collect();
+    let yellow: Vec<bool> = edges
+        .iter()
+        .filter(|e| e.led == Led::Yellow)
+        .map(|e| e.on)
+        .collect();
+    let blinks = edges.iter().filter(|e| e.led == Led::Green && e.on).count();
+    let outcome = board.trace.iter().rev().find_map(|l| match &l.event {
+        Event::Outcome { result, .. } if l.boot == boot => Some(*result),
+        _ => None,
+    });
+    let ended_well = matches!(outcome, Some(Outcome::Updated | Outcome::UpToDate));
+    if yellow.first() != Some(&true) || yellow.last() != Some(&!ended_well) {
+        what.push(format!(
+            "leds: boot {boot}: yellow should light at power-on and {} before the application ({}), it went {yellow:?}",
+            if ended_well { "go off" } else { "stay on" },
+            outcome.map_or("no outcome", |o| o.name())
+        ));
+    }
+    let expected = match outcome {
+        Some(Outcome::Updated) => Some(2),
+        Some(Outcome::UpToDate) => Some(1),
+        _ => None,
+    };
+    if let Some(n) = expected
+        && blinks != n
+    {
+        what.push(format!(
+            "leds: boot {boot}: {} should blink green {n} times, it blinked {blinks}",
+            outcome.map_or("?", |o| o.name())
+        ));
     }
 }
 
