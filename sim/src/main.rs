@@ -839,6 +839,13 @@ fn print_exhaustive(opts: &SweepOptions, r: &SweepReport) {
     println!("  boots:                              {}", r.boots);
     println!("  runs that resumed a download:       {}", r.resumed_runs);
     println!(
+        "  rolled back (3 trial boots cut):    {}",
+        r.workloads
+            .iter()
+            .map(|w| w.explored.rolled_back)
+            .sum::<u64>()
+    );
+    println!(
         "  most downloaded again after a cut:  {} bytes (one sector is 4096)",
         r.max_redownload
     );

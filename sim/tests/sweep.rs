@@ -219,3 +219,27 @@ fn the_command_prints_its_figures_and_writes_every_report() {
     assert!(text.contains("operation 99999"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Three cuts on the new image's trial boots: the product promises a rollback to 1.0, and the
+/// sweep accepts that end only when the cuts really took the three trials.
+#[test]
+fn three_cuts_on_trial_boots_end_in_the_promised_rollback() {
+    let rt = runtime();
+    let mut o = opts(&[Kind::Update], 3);
+    o.image_size = 16 * 1024;
+    o.cut = Some(vec![
+        (24, Torn::ProgramLanded),
+        (1, Torn::ProgramPrefix),
+        (3, Torn::ProgramBits),
+    ]);
+    let report = rt.block_on(sweep(&o, &BrokerChoice::Embedded)).unwrap();
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    assert_eq!(report.workloads[0].explored.rolled_back, 1);
+    // Two cuts cannot take three trials: no path of depth 2 may end rolled back.
+    o.depth = 2;
+    o.cut = None;
+    o.torn = vec![Torn::ProgramPrefix];
+    let report = rt.block_on(sweep(&o, &BrokerChoice::Embedded)).unwrap();
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    assert_eq!(report.workloads[0].explored.rolled_back, 0);
+}

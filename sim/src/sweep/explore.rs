@@ -50,6 +50,9 @@ const OTADATA: Range<u32> = 0xd000..0xf000;
 /// How long a timeline shows the board dark after a power cut, and between a reboot's boots.
 const DARK_MS: u64 = 500;
 const REBOOT_MS: u64 = 50;
+/// Trial boots a new image gets to confirm itself (DESIGN.md: an image that cannot confirm is
+/// rolled back; the README's scenario 20: after three lost trial boots).
+const TRIALS: u32 = 3;
 /// The client id in every run's conf.json.
 const BOARD: &str = "swept";
 /// Boots a run may take before it counts as not settling.
@@ -110,7 +113,7 @@ fn child_seed(parent: u64, op: u64, torn: Torn) -> u64 {
 struct Parent {
     board: VirtualBoard,
     triggers: Triggers,
-    history: History,
+    history: Watch,
     path: Vec<Step>,
     seed: u64,
     digests: SectorDigests,
@@ -150,6 +153,9 @@ pub struct Explored {
     pub max_redownload: u64,
     /// Runs that resumed a download.
     pub resumed_runs: u64,
+    /// Runs whose new image lost all its trial boots to cuts and was rolled back, as the
+    /// product promises (accepted as an end instead of the new version).
+    pub rolled_back: u64,
 }
 
 /// A judged run waiting for the broker's side of its log.
@@ -289,7 +295,7 @@ impl Engine {
         &self,
         board: &mut VirtualBoard,
         triggers: &mut Triggers,
-        history: &mut History,
+        history: &mut Watch,
         cut_at: Option<u64>,
         what: &mut Vec<String>,
         mut on_boot: impl FnMut(&VirtualBoard, u64, &BootEnd),
@@ -297,7 +303,9 @@ impl Engine {
         let wiring = self.wiring();
         for _ in 0..MAX_BOOTS {
             let boot = board.boots + 1;
-            let view = history.boot(&self.oracle, boot, board.flash.contents());
+            let view = history
+                .oracle
+                .boot(&self.oracle, boot, board.flash.contents());
             let start = board.clock;
             let end = board.boot(&self.http, &wiring, triggers).await;
             on_boot(board, start, &end);
@@ -319,6 +327,14 @@ impl Engine {
                     ));
                 }
             }
+            // A cut boot of the new image, not yet confirmed: a trial it may have lost.
+            if end == BootEnd::PowerCut
+                && let Ok(view) = &view
+                && !view.confirmed
+                && view.version == self.workload.final_version
+            {
+                history.lost_trials += 1;
+            }
             match end {
                 BootEnd::PowerCut => {
                     if cut_at.is_some() && board.flash.last_cut().map(|c| c.op) == cut_at {
@@ -335,17 +351,29 @@ impl Engine {
                 }
                 BootEnd::App => {
                     check_leds(board, boot, what);
-                    let settled = board.boot_choices.last().is_some_and(|(b, c)| {
-                        *b == boot && c.version == self.workload.final_version
-                    }) && board
-                        .trace
-                        .iter()
-                        .rev()
-                        .find_map(|l| match &l.event {
-                            Event::Outcome { result, .. } if l.boot == boot => Some(*result),
-                            _ => None,
-                        })
-                        .is_some_and(|o: Outcome| self.workload.settled.contains(&o));
+                    let running = board
+                        .boot_choices
+                        .last()
+                        .filter(|(b, _)| *b == boot)
+                        .map(|(_, c)| c.version.clone());
+                    let outcome = board.trace.iter().rev().find_map(|l| match &l.event {
+                        Event::Outcome { result, .. } if l.boot == boot => Some(*result),
+                        _ => None,
+                    });
+                    let settled = running.as_deref() == Some(self.workload.final_version.as_str())
+                        && outcome.is_some_and(|o| self.workload.settled.contains(&o));
+                    // The product's rule: an image that did not confirm itself in three trial
+                    // boots is rolled back. Enough cuts on its trial boots make that the end.
+                    let rolled_back = history.lost_trials >= TRIALS
+                        && running.as_deref() == Some(self.workload.previous_version.as_str())
+                        && matches!(outcome, Some(Outcome::RolledBack | Outcome::Failed));
+                    if rolled_back && cut_at.is_none() {
+                        history.ended_rolled_back = true;
+                        if let Ok(mut f) = self.found.lock() {
+                            f.rolled_back += 1;
+                        }
+                    }
+                    let settled = settled || rolled_back;
                     if settled && cut_at.is_none() {
                         return RunEnd::Settled;
                     }
@@ -369,20 +397,25 @@ impl Engine {
     fn judge(
         &self,
         board: &VirtualBoard,
-        history: &History,
+        history: &Watch,
         findings_before: usize,
         path: &[Step],
         seed: u64,
         topics: Vec<String>,
         what: &mut Vec<String>,
     ) {
-        for f in &history.findings()[findings_before.min(history.findings().len())..] {
+        for f in &history.oracle.findings()[findings_before.min(history.oracle.findings().len())..]
+        {
             what.push(format!("oracle: {f}"));
         }
-        for f in self
-            .oracle
-            .judge_end(board.flash.contents(), &self.workload.final_version)
-        {
+        for f in self.oracle.judge_end(
+            board.flash.contents(),
+            if history.ended_rolled_back {
+                &self.workload.previous_version
+            } else {
+                &self.workload.final_version
+            },
+        ) {
             what.push(format!("oracle: {f}"));
         }
         let mut boot_failures = Vec::new();
@@ -431,7 +464,7 @@ impl Engine {
         let snapshot = self.fork(&fresh);
         let mut board = self.fork(&fresh);
         let mut triggers = self.workload.triggers.clone();
-        let mut history = History::new();
+        let mut history = Watch::default();
         let mut what = Vec::new();
         board.flash.record_ops(true);
         let end = self
@@ -467,7 +500,7 @@ impl Engine {
             digests: SectorDigests::of(snapshot.flash.contents(), CONFIG),
             board: snapshot,
             triggers: self.workload.triggers.clone(),
-            history: History::new(),
+            history: Watch::default(),
             path: Vec::new(),
             seed: self.sweep_seed,
             ops,
@@ -566,7 +599,7 @@ impl Engine {
         board.flash.clear_dirty();
         let mut triggers = parent.triggers.clone();
         let mut history = parent.history.clone();
-        let findings_before = history.findings().len();
+        let findings_before = history.oracle.findings().len();
         let mut what = Vec::new();
         let cut_at = board.flash.ops() + node.step.op;
         board.flash.arm_cut_torn(cut_at, node.step.torn, node.seed);
@@ -771,7 +804,7 @@ impl Engine {
         fresh.bootloader = self.bootloader;
         let mut board = self.fork(&fresh);
         let mut triggers = self.workload.triggers.clone();
-        let mut history = History::new();
+        let mut history = Watch::default();
         let mut what = Vec::new();
         let mut seed = self.sweep_seed;
         // (boot, virtual start, how it ended, what the bootloader did, last operation number)
@@ -935,6 +968,15 @@ fn check_leds(board: &VirtualBoard, boot: u32, what: &mut Vec<String>) {
             outcome.map_or("?", |o| o.name())
         ));
     }
+}
+
+/// What a run's judges carry from boot to boot, across forks: the oracle's history and the
+/// trial boots of the new image that power cuts took.
+#[derive(Clone, Debug, Default)]
+struct Watch {
+    oracle: History,
+    lost_trials: u32,
+    ended_rolled_back: bool,
 }
 
 /// Where a real cut's flash differs from the computed one, for the report.

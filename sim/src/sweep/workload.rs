@@ -100,6 +100,9 @@ pub struct Workload {
     pub approved: Vec<Approved>,
     /// The version the board must end on.
     pub final_version: String,
+    /// The version it ran before: where an image that lost all its trial boots to power
+    /// cuts is rolled back to.
+    pub previous_version: String,
     /// Outcomes the last boot may report when the board has settled.
     pub settled: &'static [Outcome],
     /// Faults of the workload itself (not the sweep's cuts), over the board's life.
@@ -136,6 +139,7 @@ impl Workload {
             releases: release(new.clone()),
             approved: approved_both.clone(),
             final_version: "1.1".into(),
+            previous_version: "1.0".into(),
             settled: &[Outcome::Updated, Outcome::UpToDate],
             triggers: Triggers::default(),
             redownload_bound: true,
