@@ -11,7 +11,7 @@ fw_version := env_var_or_default("FIRMWARE_VERSION", `cargo pkgid -p firmware | 
 default:
     @just --list
 
-# The simulator's full run: every scenario, an exhaustive power-cut sweep and 50 random multi-cut runs.
+# The simulator's full run: every scenario, power-cut sweeps of every workload (every shape, depth 1 and 2) and 50 random multi-cut runs.
 sim:
     cargo run -p sim -- all
 

@@ -122,7 +122,8 @@ enum Command {
         #[arg(long, requires = "record")]
         every: Option<u64>,
     },
-    /// Every scenario behind every bootloader, then sweeps of a small image: what `just sim` runs.
+    /// Every scenario behind every bootloader, then sweeps of a small image (every workload,
+    /// every torn shape; random multi-cut runs; depth 2 on a 16 KiB image): what `just sim` runs.
     All {
         /// Folder of scenarios.
         #[arg(long, default_value = "fixtures/scenarios")]
@@ -587,6 +588,9 @@ async fn replay_recordings(
     Ok(failed == 0)
 }
 
+/// Image size of `sim all`'s depth-2 sweeps (every workload, every shape, twice).
+const DEEP_SWEEP_IMAGE: usize = 16 * 1024;
+
 /// Where `sim sweep` writes its reports.
 #[derive(Default)]
 struct ReportFiles {
@@ -1009,16 +1013,23 @@ async fn main() -> ExitCode {
         Command::All { dir, image_size } => {
             let mut results =
                 vec![run_scenarios(&[], &dir, false, false, None, &[], &broker).await];
-            // Behind each bootloader: every flash operation, then random multi-cut runs.
-            let sweeps = Model::ALL
-                .into_iter()
-                .flat_map(|m| [(None, 1, m), (Some((50, 7)), 7, m)]);
-            for (random, seed, bootloader) in sweeps {
+            // Behind each bootloader: every workload's flash operations in every torn shape,
+            // random multi-cut runs, then every workload cut twice (a smaller image: depth 2
+            // runs every operation of every recovery).
+            let sweeps = Model::ALL.into_iter().flat_map(|m| {
+                [
+                    (None, 1, m, 1, image_size),
+                    (Some((50, 7)), 7, m, 1, image_size),
+                    (None, 1, m, 2, DEEP_SWEEP_IMAGE),
+                ]
+            });
+            for (random, seed, bootloader, depth, image_size) in sweeps {
                 let opts = SweepOptions {
                     image_size,
                     random,
                     seed,
                     bootloader,
+                    depth,
                     workloads: sim::sweep::workload::Kind::ALL.to_vec(),
                     ..SweepOptions::default()
                 };

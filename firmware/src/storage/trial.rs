@@ -233,6 +233,13 @@ impl TrialRecord {
     /// Counts the boot a rollback bootloader aborted under otadata sequence number `seq`,
     /// unless a boot under that number is counted already (the image's core saw it).
     /// Returns the record when it counted.
+    ///
+    /// A counted word a power cut tore while it was programmed holds `seq` with some of the
+    /// bits it clears still set: it is that boot all the same. Matching only whole words
+    /// counted one torn boot again at every later boot (the power-cut sweep found a single
+    /// trial boot of 1.1 counted three times behind the rollback bootloader, and 1.1 refused
+    /// for good). Every boot of one install runs under the same sequence number, so a word
+    /// that contains `seq`'s bits is no other boot of it.
     pub fn count_abort<F: NorFlash>(
         &self,
         flash: &mut F,
@@ -242,7 +249,8 @@ impl TrialRecord {
         let mut word = [0u8; 4];
         for i in trial.since_install..trial.pairs.min(PAIRS) {
             read(flash, self.pair_at(i), &mut word)?;
-            if u32::from_le_bytes(word) == seq {
+            let counted = u32::from_le_bytes(word);
+            if counted != u32::MAX && counted != INSTALLED && counted & seq == seq {
                 return Ok(None);
             }
         }
@@ -261,6 +269,22 @@ mod tests {
             size: 0x2000,
         });
         (RamFlash::new(0x4000), t)
+    }
+
+    #[test]
+    fn a_torn_counted_word_is_the_boot_it_was_counting() {
+        let (mut f, t) = record();
+        t.begin(&mut f, 1, "1.1").unwrap();
+        let trial = t.load(&mut f).unwrap().unwrap();
+        // The boot under seq 2 was being counted when the power went: only the low byte landed.
+        f.write(t.pair_at(0), &[0x02, 0xFF, 0xFF, 0xFF]).unwrap();
+        let trial = t.load(&mut f).unwrap().unwrap();
+        assert_eq!(trial.boots, 1, "a torn counted word counts");
+        assert_eq!(t.count_abort(&mut f, &trial, 2).unwrap(), None);
+        assert_eq!(t.load(&mut f).unwrap().unwrap().boots, 1);
+        // A boot under another number is still counted.
+        let counted = t.count_abort(&mut f, &trial, 4).unwrap().unwrap();
+        assert_eq!(counted.boots, 2);
     }
 
     #[test]
