@@ -202,7 +202,6 @@ enum RunEnd {
 impl Engine {
     pub(super) fn new(
         world: &World,
-        http: reqwest::Client,
         prefix: String,
         workload: Workload,
         template: &crate::flash::SimFlash,
@@ -210,6 +209,9 @@ impl Engine {
         log_from: u64,
         opts: &SweepOptions,
     ) -> Result<Engine, String> {
+        let http = world
+            .http_client(&crate::world::SimDns::default())
+            .map_err(|e| e.to_string())?;
         let oracle = Oracle::new(OracleSpec {
             reference: template.contents().to_vec(),
             approved: workload.approved.clone(),
@@ -398,14 +400,13 @@ impl Engine {
         &self,
         board: &VirtualBoard,
         history: &Watch,
-        findings_before: usize,
         path: &[Step],
         seed: u64,
         topics: Vec<String>,
         what: &mut Vec<String>,
     ) {
-        for f in &history.oracle.findings()[findings_before.min(history.oracle.findings().len())..]
-        {
+        let findings = history.oracle.findings();
+        for f in &findings[history.reported.min(findings.len())..] {
             what.push(format!("oracle: {f}"));
         }
         for f in self.oracle.judge_end(
@@ -485,7 +486,6 @@ impl Engine {
         self.judge(
             &board,
             &history,
-            0,
             &[],
             self.sweep_seed,
             vec![board.client_id.clone()],
@@ -550,10 +550,7 @@ impl Engine {
         {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             for c in cands {
-                let new = match seen.get(&c.digest) {
-                    Some(&r) if r >= remaining && self.only.is_none() => false,
-                    _ => true,
-                };
+                let new = !matches!(seen.get(&c.digest), Some(&r) if r >= remaining && self.only.is_none());
                 if !new {
                     dups += 1;
                     continue;
@@ -599,7 +596,8 @@ impl Engine {
         board.flash.clear_dirty();
         let mut triggers = parent.triggers.clone();
         let mut history = parent.history.clone();
-        let findings_before = history.oracle.findings().len();
+        // What the oracle found before this state was judged with its ancestors.
+        history.reported = history.oracle.findings().len();
         let mut what = Vec::new();
         let cut_at = board.flash.ops() + node.step.op;
         board.flash.arm_cut_torn(cut_at, node.step.torn, node.seed);
@@ -667,7 +665,6 @@ impl Engine {
         self.judge(
             &board,
             &history,
-            findings_before,
             &path,
             node.seed,
             {
@@ -975,6 +972,8 @@ fn check_leds(board: &VirtualBoard, boot: u32, what: &mut Vec<String>) {
 #[derive(Clone, Debug, Default)]
 struct Watch {
     oracle: History,
+    /// Oracle findings already reported (with an ancestor of this state).
+    reported: usize,
     lost_trials: u32,
     ended_rolled_back: bool,
 }
@@ -998,12 +997,10 @@ fn divergence(parent: &Parent, step: &Step, seed: u64, board: &VirtualBoard) -> 
     else {
         return String::new();
     };
-    let recorded = parent
-        .ops
+    let recorded = parent.ops[..(index + 1).min(parent.ops.len())]
         .iter()
-        .take(index + 1)
-        .filter(|o| (o.offset..o.offset + o.len).contains(&(at as u32)))
-        .last()
+        .rev()
+        .find(|o| (o.offset..o.offset + o.len).contains(&(at as u32)))
         .map(|o| {
             format!(
                 "; the recorded run's last operation there: {} {:?} at 0x{:x} ({} bytes) {}",

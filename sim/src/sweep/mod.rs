@@ -355,11 +355,9 @@ pub async fn sweep_workloads(
         let log_from = work
             .prepare(&mut template)
             .map_err(WorldError::Unresolvable)?;
-        let http = world.http_client(&crate::world::SimDns::default())?;
         let engine = Arc::new(
             explore::Engine::new(
                 &world,
-                http,
                 prefix.clone(),
                 work,
                 &template,
