@@ -1598,3 +1598,92 @@ fn a_torn_otadata_state_word_puts_the_image_on_trial_and_confirmation_repairs_it
     assert!(!ImageState::is_torn(ImageState::New as u32));
     assert!(!ImageState::is_torn(ImageState::Undefined as u32));
 }
+
+/// Found by the power-cut sweep: the bootloader's own first otadata write on a fresh board
+/// (seq 1, VALID) cut while the state word was programmed. The image behind it is the factory
+/// one, with no trial record: it is not put on trial (it has nothing to roll back to), and a
+/// whole VALID entry one round of sequence numbers higher goes into the other sector, leaving
+/// the torn one where it is (erasing it first would leave no entry if power went again).
+#[test]
+fn a_torn_first_otadata_entry_of_a_fresh_board_is_superseded_not_put_on_trial() {
+    use firmware::format::otadata::{ImageState, OtaEntry};
+    let mut flash = board("1.0");
+    let mut torn = OtaEntry::new(1, ImageState::Valid);
+    torn.state = 0xFF00_00FF; // VALID (2) programmed over FF, stopped half way
+    set_otadata(&mut flash, 0, torn);
+    let current = image("1.0");
+    let release = release_json("1.0", &current, &current);
+    let (flash, result) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(0),
+        &mut github(&release, &current),
+    );
+    assert!(
+        !result
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Trial { .. })),
+        "the factory image is not on trial: {:?}",
+        result.events
+    );
+    assert_eq!(outcome(&result.events), "up_to_date/none");
+    let [s0, s1] = otadata_entries(&flash);
+    assert_eq!(s0.state, 0xFF00_00FF, "the torn entry is left alone");
+    assert_eq!((s1.seq, s1.image_state()), (3, ImageState::Valid));
+    assert_eq!(otadata_slot(&flash), Some(0), "seq 3 still selects ota_0");
+
+    // The same in sector 1, and a trial record of an older install of this slot: the record
+    // names another version, so this is still no switch of ours.
+    let mut flash = board("1.0");
+    let mut torn = OtaEntry::new(3, ImageState::Valid);
+    torn.state = 0xFFFF_0002;
+    set_otadata(&mut flash, 1, torn);
+    let layout = firmware::storage::Layout::read(&mut flash).unwrap();
+    firmware::storage::trial::TrialRecord::new(layout.state)
+        .begin(&mut flash, 0, "0.9")
+        .unwrap();
+    let (flash, result) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(0),
+        &mut github(&release, &current),
+    );
+    assert!(
+        !result
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Trial { .. })),
+        "{:?}",
+        result.events
+    );
+    let [s0, s1] = otadata_entries(&flash);
+    assert_eq!(s1.state, 0xFFFF_0002);
+    assert_eq!((s0.seq, s0.image_state()), (5, ImageState::Valid));
+}
+
+/// Found by the power-cut sweep behind the rollback bootloader: a torn first entry (its CRC
+/// never landed) and the only other entry aborted leave otadata selecting nothing; the
+/// bootloader starts ota_0 by default. The core points otadata back at the image it runs.
+#[test]
+fn otadata_that_selects_nothing_is_pointed_back_at_the_running_image() {
+    use firmware::format::otadata::{ImageState, OtaEntry};
+    let mut flash = board("1.0");
+    let mut no_crc = OtaEntry::new(1, ImageState::Valid);
+    no_crc.crc = u32::MAX; // the program stopped before the CRC word
+    set_otadata(&mut flash, 0, no_crc);
+    set_otadata(&mut flash, 1, OtaEntry::new(2, ImageState::Aborted));
+    assert_eq!(otadata_slot(&flash), None);
+    let current = image("1.0");
+    let release = release_json("1.0", &current, &current);
+    let (flash, result) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(0),
+        &mut github(&release, &current),
+    );
+    assert_eq!(outcome(&result.events), "up_to_date/none");
+    assert_eq!(
+        otadata_slot(&flash),
+        Some(0),
+        "{:?}",
+        otadata_entries(&flash)
+    );
+}
