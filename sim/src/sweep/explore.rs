@@ -395,6 +395,18 @@ impl Engine {
         RunEnd::Failed
     }
 
+    /// Boots `board` until it settles, with no cut armed.
+    async fn settle(
+        &self,
+        board: &mut VirtualBoard,
+        triggers: &mut Triggers,
+        history: &mut Watch,
+        what: &mut Vec<String>,
+    ) -> RunEnd {
+        self.run(board, triggers, history, None, what, |_, _, _| {})
+            .await
+    }
+
     /// Judges a settled (or failed) run's end, and queues its log for the broker check.
     fn judge(
         &self,
@@ -469,14 +481,7 @@ impl Engine {
         let mut what = Vec::new();
         board.flash.record_ops(true);
         let end = self
-            .run(
-                &mut board,
-                &mut triggers,
-                &mut history,
-                None,
-                &mut what,
-                |_, _, _| {},
-            )
+            .settle(&mut board, &mut triggers, &mut history, &mut what)
             .await;
         let ops = board.flash.take_ops();
         if let Ok(mut f) = self.found.lock() {
@@ -644,14 +649,7 @@ impl Engine {
         let snapshot = deeper.then(|| (board.fork("snapshot"), triggers.clone(), history.clone()));
         board.flash.record_ops(deeper);
         let end = self
-            .run(
-                &mut board,
-                &mut triggers,
-                &mut history,
-                None,
-                &mut what,
-                |_, _, _| {},
-            )
+            .settle(&mut board, &mut triggers, &mut history, &mut what)
             .await;
         let ops = board.flash.take_ops();
         if board
