@@ -553,14 +553,19 @@ impl Engine {
         let mut out = Vec::new();
         let mut dups = 0;
         {
+            // What else decides a state's future: the workload's faults still to come and
+            // the trial boots already lost. Two states are one only when those agree too.
+            let context = context_digest(&parent.triggers, parent.history.lost_trials);
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             for c in cands {
-                let new = !matches!(seen.get(&c.digest), Some(&r) if r >= remaining && self.only.is_none());
+                let key = c.digest ^ context;
+                let new =
+                    !matches!(seen.get(&key), Some(&r) if r >= remaining && self.only.is_none());
                 if !new {
                     dups += 1;
                     continue;
                 }
-                seen.insert(c.digest, remaining);
+                seen.insert(key, remaining);
                 let op = &parent.ops[c.index];
                 out.push(Node {
                     parent: parent.clone(),
@@ -974,6 +979,15 @@ struct Watch {
     reported: usize,
     lost_trials: u32,
     ended_rolled_back: bool,
+}
+
+/// A digest of what besides the flash decides a state's future.
+fn context_digest(triggers: &Triggers, lost_trials: u32) -> u128 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("{triggers:?}|{lost_trials}").as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&d[..16]);
+    u128::from_le_bytes(first)
 }
 
 /// Where a real cut's flash differs from the computed one, for the report.
