@@ -156,6 +156,9 @@ pub struct Explored {
     /// Runs whose new image lost all its trial boots to cuts and was rolled back, as the
     /// product promises (accepted as an end instead of the new version).
     pub rolled_back: u64,
+    /// A cut half way through the clean run, in a shape that fits its operation: the run a
+    /// report's timeline shows when nothing failed.
+    pub sample: Option<(u64, Torn)>,
 }
 
 /// A judged run waiting for the broker's side of its log.
@@ -543,7 +546,13 @@ impl Engine {
                     )],
                 );
             }
-        } else if depth == 3 && self.max_depth == 3 && !cands.is_empty() {
+        } else if depth == 1
+            && let Some(c) = cands.iter().find(|c| c.index >= parent.ops.len() / 2)
+            && let Ok(mut f) = self.found.lock()
+        {
+            f.sample = Some((c.index as u64 + 1, c.torn));
+        }
+        if wanted.is_none() && depth == 3 && self.max_depth == 3 && !cands.is_empty() {
             // Depth 3 is sampled: one cut per depth-2 state, drawn from its seed.
             let pick =
                 (child_seed(parent.seed, 0, Torn::ProgramLanded) % cands.len() as u64) as usize;

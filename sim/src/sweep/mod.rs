@@ -437,13 +437,11 @@ pub async fn sweep_workloads(
         let chosen = match (&opts.timeline, first_failure) {
             (Some(path), _) => Some((0, path.clone())),
             (None, Some(f)) => Some(f),
-            (None, None) => engines.first().map(|_| {
-                let ops = report.workloads.first().map_or(1, |w| w.explored.clean_ops);
-                (
-                    0,
-                    vec![(ops.div_ceil(2).max(1), crate::torn::Torn::ProgramBits)],
-                )
-            }),
+            (None, None) => report
+                .workloads
+                .first()
+                .and_then(|w| w.explored.sample)
+                .map(|cut| (0, vec![cut])),
         };
         if let Some((index, path)) = chosen
             && let Some((engine, template)) = engines.get(index)
