@@ -1580,10 +1580,7 @@ fn a_torn_otadata_state_word_puts_the_image_on_trial_and_confirmation_repairs_it
         &mut github(&release, &new),
     );
     assert!(
-        trial
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::Trial { .. })),
+        on_trial(&trial),
         "the boot counts as a trial: {:?}",
         trial.events
     );
@@ -1599,6 +1596,24 @@ fn a_torn_otadata_state_word_puts_the_image_on_trial_and_confirmation_repairs_it
     assert!(!ImageState::is_torn(ImageState::Undefined as u32));
 }
 
+/// One boot of 1.0 from ota_0 while the latest release is 1.0.
+fn boot_factory_up_to_date(flash: Ram) -> (Ram, BootResult) {
+    let current = image("1.0");
+    let release = release_json("1.0", &current, &current);
+    run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")).running(0),
+        &mut github(&release, &current),
+    )
+}
+
+fn on_trial(result: &BootResult) -> bool {
+    result
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Trial { .. }))
+}
+
 /// Found by the power-cut sweep: the bootloader's own first otadata write on a fresh board
 /// (seq 1, VALID) cut while the state word was programmed. The image behind it is the factory
 /// one, with no trial record: it is not put on trial (it has nothing to roll back to), and a
@@ -1611,18 +1626,9 @@ fn a_torn_first_otadata_entry_of_a_fresh_board_is_superseded_not_put_on_trial() 
     let mut torn = OtaEntry::new(1, ImageState::Valid);
     torn.state = 0xFF00_00FF; // VALID (2) programmed over FF, stopped half way
     set_otadata(&mut flash, 0, torn);
-    let current = image("1.0");
-    let release = release_json("1.0", &current, &current);
-    let (flash, result) = run_boot(
-        flash,
-        Boot::as_selected(&board("1.0")).running(0),
-        &mut github(&release, &current),
-    );
+    let (flash, result) = boot_factory_up_to_date(flash);
     assert!(
-        !result
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::Trial { .. })),
+        !on_trial(&result),
         "the factory image is not on trial: {:?}",
         result.events
     );
@@ -1642,19 +1648,8 @@ fn a_torn_first_otadata_entry_of_a_fresh_board_is_superseded_not_put_on_trial() 
     firmware::storage::trial::TrialRecord::new(layout.state)
         .begin(&mut flash, 0, "0.9")
         .unwrap();
-    let (flash, result) = run_boot(
-        flash,
-        Boot::as_selected(&board("1.0")).running(0),
-        &mut github(&release, &current),
-    );
-    assert!(
-        !result
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::Trial { .. })),
-        "{:?}",
-        result.events
-    );
+    let (flash, result) = boot_factory_up_to_date(flash);
+    assert!(!on_trial(&result), "{:?}", result.events);
     let [s0, s1] = otadata_entries(&flash);
     assert_eq!(s1.state, 0xFFFF_0002);
     assert_eq!((s0.seq, s0.image_state()), (5, ImageState::Valid));
@@ -1672,13 +1667,7 @@ fn otadata_that_selects_nothing_is_pointed_back_at_the_running_image() {
     set_otadata(&mut flash, 0, no_crc);
     set_otadata(&mut flash, 1, OtaEntry::new(2, ImageState::Aborted));
     assert_eq!(otadata_slot(&flash), None);
-    let current = image("1.0");
-    let release = release_json("1.0", &current, &current);
-    let (flash, result) = run_boot(
-        flash,
-        Boot::as_selected(&board("1.0")).running(0),
-        &mut github(&release, &current),
-    );
+    let (flash, result) = boot_factory_up_to_date(flash);
     assert_eq!(outcome(&result.events), "up_to_date/none");
     assert_eq!(
         otadata_slot(&flash),

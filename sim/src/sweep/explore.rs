@@ -94,13 +94,6 @@ pub fn parse_path(s: &str) -> Result<Vec<(u64, Torn)>, String> {
         .collect()
 }
 
-fn path_id(path: &[Step]) -> String {
-    path.iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 /// The seed a cut tears with: a function of its parent's seed, operation and shape only.
 fn child_seed(parent: u64, op: u64, torn: Torn) -> u64 {
     let mut z = parent ^ op.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((torn as u64 + 1) << 56);
@@ -252,6 +245,11 @@ impl Engine {
             ids: AtomicU64::new(0),
             sweep_seed: opts.seed,
         })
+    }
+
+    /// The releases the workload publishes (what the mock GitHub must serve for a rerun).
+    pub(super) fn releases(&self) -> Vec<crate::github::Release> {
+        self.workload.releases.clone()
     }
 
     fn region(&self, offset: u32) -> String {
@@ -1057,9 +1055,4 @@ pub fn path_id_of(path: &[(u64, Torn)]) -> String {
         .map(|(op, t)| format!("op{op}:{t}"))
         .collect::<Vec<_>>()
         .join("/")
-}
-
-#[allow(dead_code)]
-fn _path_id(path: &[Step]) -> String {
-    path_id(path)
 }

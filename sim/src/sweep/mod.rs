@@ -324,14 +324,11 @@ pub async fn sweep_workloads(
 ) -> Result<SweepReport, WorldError> {
     let started = Instant::now();
     let world = World::start(broker, false).await?;
-    static SWEEPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let nth = SWEEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let prefix = format!("sweep/{}-{}-{nth}", std::process::id(), opts.bootloader);
+    let (prefix, conf) = topics_and_conf(&world, opts.bootloader);
     let collector = Collector::connect(&world.broker, &prefix).await?;
     let mut report = SweepReport::default();
     let mut engines = Vec::new();
     let mut first_failure: Option<(usize, Vec<(u64, crate::torn::Torn)>)> = None;
-    let kinds: Vec<workload::Kind> = workloads.iter().map(|w| w.kind).collect();
     for (index, work) in workloads.into_iter().enumerate() {
         let kind = work.kind;
         let image_size = work
@@ -342,15 +339,6 @@ pub async fn sweep_workloads(
         world
             .github
             .set_releases("acme", "thermostat", work.releases.clone());
-        let conf = conf_json(
-            &world.api_base(),
-            world.board_broker(),
-            "sweep",
-            &prefix,
-            false,
-            false,
-            true,
-        );
         let mut template = image::provision(conf.as_bytes(), &work.running, opts.seed);
         let log_from = work
             .prepare(&mut template)
@@ -371,13 +359,12 @@ pub async fn sweep_workloads(
         if first_failure.is_none()
             && let Some(v) = explored.violations.first()
         {
-            let path = v
-                .cuts
-                .join("/")
-                .split('/')
-                .filter(|s| !s.is_empty())
-                .map(|s| explore::parse_path(s).ok().and_then(|p| p.first().copied()))
-                .collect::<Option<Vec<_>>>();
+            // No cut: the clean run itself failed, and is the run to show.
+            let path = if v.cuts.is_empty() {
+                Some(Vec::new())
+            } else {
+                explore::parse_path(&v.cuts.join("/")).ok()
+            };
             if let Some(path) = path {
                 first_failure = Some((index, path));
             }
@@ -446,16 +433,32 @@ pub async fn sweep_workloads(
         if let Some((index, path)) = chosen
             && let Some((engine, template)) = engines.get(index)
         {
-            let kind = kinds[index];
-            world.github.set_releases(
-                "acme",
-                "thermostat",
-                workload::Workload::build(kind, opts.image_size).releases,
-            );
+            world
+                .github
+                .set_releases("acme", "thermostat", engine.releases());
             report.timeline = Some(engine.timeline(template.clone(), &path).await);
         }
     }
     Ok(report)
+}
+
+/// The topic prefix of one sweep and the conf.json of its freshly flashed board. Each sweep
+/// gets its own topics (one counter for both kinds): boards of two sweeps in one process
+/// share client ids, and an external broker keeps them all.
+fn topics_and_conf(world: &World, bootloader: Model) -> (String, String) {
+    static SWEEPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nth = SWEEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let prefix = format!("sweep/{}-{bootloader}-{nth}", std::process::id());
+    let conf = conf_json(
+        &world.api_base(),
+        world.board_broker(),
+        "sweep",
+        &prefix,
+        false,
+        false,
+        true,
+    );
+    (prefix, conf)
 }
 
 /// `--random`: runs with one to three cuts each at random points.
@@ -472,19 +475,7 @@ async fn random_sweep(
         "thermostat",
         vec![Release::new("1.1", 1_700_000_000).with_asset(Asset::new("firmware.bin", image))],
     );
-    // Each sweep its own topics: boards of two sweeps in one process share client ids.
-    static SWEEPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let nth = SWEEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let prefix = format!("sweep/{}-{}-{nth}", std::process::id(), opts.bootloader);
-    let conf = conf_json(
-        &world.api_base(),
-        world.board_broker(),
-        "sweep",
-        &prefix,
-        false,
-        false,
-        true,
-    );
+    let (prefix, conf) = topics_and_conf(&world, opts.bootloader);
     let running = image::build("1.0", 32 * 1024, 10);
     let template = image::provision(conf.as_bytes(), &running, opts.seed);
     let collector = Collector::connect(&world.broker, &prefix).await?;
