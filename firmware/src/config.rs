@@ -5,7 +5,8 @@
 //!
 //! ```json
 //! {
-//!   "wifi":   { "ssid": "workshop", "password": "secret" },
+//!   "wifi":   { "ssid": "workshop", "password": "secret",
+//!               "auth": "wpa2" },                        // optional: wpa2, wpa3, wpa2/wpa3, open
 //!   "github": { "repository": "acme/thermostat",         // or https://github.com/acme/thermostat
 //!               "api_base": "https://api.github.com",    // optional; GitHub Enterprise or the simulator
 //!               "asset": "firmware-esp32c3.bin",         // the release asset to install
@@ -13,7 +14,8 @@
 //!   "mqtt":   { "host": "broker.local", "port": 1883, "user": "u", "password": "p",
 //!               "client_id": "thermostat-01", "topic_prefix": "ota" },
 //!   "leds":   { "yellow": 4, "green": 5, "app": 8 },     // optional, GPIO numbers
-//!   "update": { "allow_prereleases": false, "allow_downgrade": false }  // optional
+//!   "update": { "allow_prereleases": false, "allow_downgrade": false,   // optional
+//!               "max_wait_s": 120 }  // optional: the application starts after this long at most
 //! }
 //! ```
 //!
@@ -75,6 +77,28 @@ pub struct Config {
     pub allow_prereleases: bool,
     /// Install a release older than the running version.
     pub allow_downgrade: bool,
+    /// Longest the application waits for the update routine, in seconds (`update.max_wait_s`,
+    /// default [`DEFAULT_MAX_WAIT_S`]); 0 waits for ever, as the original MicroPython updater did.
+    pub max_wait_s: u32,
+    /// How the board authenticates to the access point (`wifi.auth`).
+    pub wifi_auth: WifiAuth,
+}
+
+/// Default of `update.max_wait_s`: two minutes of retrying before the application starts anyway.
+pub const DEFAULT_MAX_WAIT_S: u32 = 120;
+
+/// The WiFi security the board offers the access point (`wifi.auth`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WifiAuth {
+    /// `"wpa2"`: WPA2-Personal (PSK); the default, and what an empty password means "open".
+    #[default]
+    Wpa2,
+    /// `"wpa3"`: WPA3-Personal (SAE) only.
+    Wpa3,
+    /// `"wpa2/wpa3"`: a transition-mode access point, either.
+    Wpa2Wpa3,
+    /// `"open"`: no password.
+    Open,
 }
 
 /// The field an error is about, as a dotted path (`mqtt.port`).
@@ -191,6 +215,8 @@ struct Draft {
     led_app: Option<u8>,
     allow_prereleases: Option<bool>,
     allow_downgrade: Option<bool>,
+    max_wait_s: Option<u32>,
+    wifi_auth: Option<WifiAuth>,
 }
 
 const SECTIONS: [&str; 5] = ["wifi", "github", "mqtt", "leds", "update"];
@@ -388,6 +414,23 @@ impl Draft {
         match () {
             _ if path.is(&["wifi", "ssid"]) => self.wifi_ssid = Some(nonempty_text(path, token)?),
             _ if path.is(&["wifi", "password"]) => self.wifi_password = Some(text(path, token)?),
+            _ if path.is(&["wifi", "auth"]) => {
+                let value: String<16> = text(path, token)?;
+                self.wifi_auth = Some(match value.as_str() {
+                    "wpa2" => WifiAuth::Wpa2,
+                    "wpa3" => WifiAuth::Wpa3,
+                    "wpa2/wpa3" => WifiAuth::Wpa2Wpa3,
+                    "open" => WifiAuth::Open,
+                    _ => {
+                        return Err(field_error(
+                            path,
+                            Problem::Invalid(
+                                "must be \"wpa2\", \"wpa3\", \"wpa2/wpa3\" or \"open\"",
+                            ),
+                        ));
+                    }
+                });
+            }
             _ if path.is(&["github", "repository"]) => {
                 let value = text::<160>(path, token)?;
                 let parsed = parse_repository(&value)
@@ -455,15 +498,20 @@ impl Draft {
             _ if path.is(&["update", "allow_downgrade"]) => {
                 self.allow_downgrade = Some(boolean(path, token)?)
             }
+            // A day at most: longer is a typo (milliseconds?), and 0 already means for ever.
+            _ if path.is(&["update", "max_wait_s"]) => {
+                self.max_wait_s = Some(integer(path, token, 0, 86_400)? as u32)
+            }
             _ => return Err(field_error(path, Problem::UnknownField)),
         }
         Ok(())
     }
 
     fn knows(&self, path: &Path<'_>) -> bool {
-        const FIELDS: [[&str; 2]; 17] = [
+        const FIELDS: [[&str; 2]; 19] = [
             ["wifi", "ssid"],
             ["wifi", "password"],
+            ["wifi", "auth"],
             ["github", "repository"],
             ["github", "api_base"],
             ["github", "asset"],
@@ -479,6 +527,7 @@ impl Draft {
             ["leds", "app"],
             ["update", "allow_prereleases"],
             ["update", "allow_downgrade"],
+            ["update", "max_wait_s"],
         ];
         FIELDS.iter().any(|f| path.is(f))
     }
@@ -502,6 +551,11 @@ impl Draft {
                 Problem::Invalid("is only sent over https://, and github.api_base is http://"),
             ));
         }
+        // No password is an open network unless the file says otherwise.
+        let open = self.wifi_password.as_ref().is_none_or(|p| p.is_empty());
+        let wifi_auth =
+            self.wifi_auth
+                .unwrap_or(if open { WifiAuth::Open } else { WifiAuth::Wpa2 });
         let mut default_prefix = String::new();
         let _ = default_prefix.push_str("ota");
         Ok(Config {
@@ -525,6 +579,8 @@ impl Draft {
             led_app: self.led_app.unwrap_or(DEFAULT_LED_APP),
             allow_prereleases: self.allow_prereleases.unwrap_or(false),
             allow_downgrade: self.allow_downgrade.unwrap_or(false),
+            max_wait_s: self.max_wait_s.unwrap_or(DEFAULT_MAX_WAIT_S),
+            wifi_auth,
         })
     }
 }

@@ -119,9 +119,16 @@ pub enum Action {
         /// JSON payload.
         payload: Payload,
     },
-    /// Restart the chip (the bootloader then reads otadata).
+    /// Restart the chip (the bootloader then reads otadata). When the application already
+    /// runs (after [`Action::StartApplication`]), the glue reboots when the application
+    /// allows it (`board/app.rs`); until then the new image waits, already committed.
     Reboot,
-    /// The update routine is over: run the application.
+    /// The update routine has waited `update.max_wait_s` without finishing: start the
+    /// application now and keep driving the core beside it. The yellow LED stays on; the
+    /// routine goes on retrying and ends later with `RunApplication` or `Reboot`.
+    StartApplication,
+    /// The update routine is over: run the application (if `StartApplication` has not
+    /// started it already).
     RunApplication,
 }
 
@@ -262,6 +269,10 @@ pub struct Updater<F: NorFlash> {
     publish_deadline: Option<Instant>,
     last_published: u32,
     outcome_ok: bool,
+    /// When the application starts whether or not the routine has finished (`max_wait_s`).
+    app_deadline: Option<Instant>,
+    /// `StartApplication` was issued this boot.
+    app_started: bool,
 }
 
 /// A decided failure: code, human detail.
@@ -324,6 +335,8 @@ impl<F: NorFlash> Updater<F> {
             publish_deadline: None,
             last_published: 0,
             outcome_ok: false,
+            app_deadline: None,
+            app_started: false,
         }
     }
 
@@ -337,6 +350,11 @@ impl<F: NorFlash> Updater<F> {
     /// True once the core issued `Reboot` or `RunApplication`.
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done
+    }
+
+    /// True once the application was started, early or at the end of the routine.
+    pub fn application_started(&self) -> bool {
+        self.app_started
     }
 
     /// The flash, for drivers that need it back (the simulator after a power cut).
@@ -368,6 +386,7 @@ impl<F: NorFlash> Updater<F> {
             self.led.deadline(),
             self.publish_deadline,
             self.trial_deadline,
+            self.app_deadline,
         ]
         .into_iter()
         .flatten()
@@ -558,6 +577,17 @@ impl<F: NorFlash> Updater<F> {
             self.publish_deadline = None;
             self.keep_log();
         }
+        if self.app_deadline.is_some_and(|d| now >= d) {
+            self.app_deadline = None;
+            if self.phase != Phase::Done && !self.app_started {
+                // The routine keeps going; the application must not wait for the network.
+                self.app_started = true;
+                self.event(Event::AppEarly {
+                    waited_ms: now.0.min(u64::from(u32::MAX)) as u32,
+                });
+                self.push_action(Action::StartApplication);
+            }
+        }
         if self.trial_deadline.is_some_and(|d| now >= d) {
             self.trial_deadline = None;
             if !self.session.confirmed && !matches!(self.phase, Phase::Finishing(_) | Phase::Done) {
@@ -678,7 +708,14 @@ impl<F: NorFlash> Updater<F> {
             ));
         }
         match self.read_config() {
-            Ok(config) => self.config = Some(config),
+            Ok(config) => {
+                // Counted from power-on (the boot's `now`): the user's limit is on how long
+                // the device sits without its application, whatever the core did first.
+                if config.max_wait_s > 0 {
+                    self.app_deadline = Some(Instant(u64::from(config.max_wait_s) * 1000));
+                }
+                self.config = Some(config);
+            }
             Err(Failure(code, detail)) if self.running.on_trial => {
                 // The self-check fails: this image cannot read the configuration.
                 self.event(Event::Error { code, detail });
@@ -1880,6 +1917,8 @@ impl<F: NorFlash> Updater<F> {
                     self.set_led(Led::Yellow, false);
                 }
                 self.event(Event::App);
+                self.app_started = true;
+                self.app_deadline = None;
                 self.push_action(Action::RunApplication);
             }
         }

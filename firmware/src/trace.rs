@@ -272,8 +272,14 @@ pub enum Event {
     },
     /// The board reboots.
     Reboot,
-    /// The application routine starts.
+    /// The application routine starts: the update routine is over.
     App,
+    /// The application starts before the update routine is over (`update.max_wait_s`
+    /// passed); the routine goes on beside it.
+    AppEarly {
+        /// Milliseconds since boot.
+        waited_ms: u32,
+    },
 }
 
 /// A field value.
@@ -311,6 +317,7 @@ impl Event {
             Event::LogKept { .. } => "log_kept",
             Event::Reboot => "reboot",
             Event::App => "app",
+            Event::AppEarly { .. } => "app_early",
         }
     }
 
@@ -399,6 +406,7 @@ impl Event {
             }
             Event::Published { seq } => f("seq", Num(u64::from(*seq))),
             Event::LogKept { pending } => f("pending", Num(u64::from(*pending))),
+            Event::AppEarly { waited_ms } => f("waited_ms", Num(u64::from(*waited_ms))),
             Event::Reboot | Event::App => Ok(()),
         }
     }
@@ -659,6 +667,9 @@ fn parse_fields(rest: &str) -> Result<(u64, Event), ParseError> {
         },
         "reboot" => Event::Reboot,
         "app" => Event::App,
+        "app_early" => Event::AppEarly {
+            waited_ms: f.num("waited_ms")?,
+        },
         _ => return Err(ParseError::UnknownEvent),
     };
     Ok((ms, event))
@@ -830,6 +841,7 @@ mod tests {
             any::<u32>().prop_map(|seq| Event::Published { seq }),
             Just(Event::Reboot),
             Just(Event::App),
+            any::<u32>().prop_map(|waited_ms| Event::AppEarly { waited_ms }),
         ]
     }
 

@@ -190,6 +190,9 @@ pub struct VirtualBoard {
     pub clock_handle: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Every LED write of every boot (the LED probe of the virtual board).
     pub led_edges: Vec<LedEdge>,
+    /// When the application started, by boot: (boot, ms since that boot). A boot that ended
+    /// (reboot, power cut) before the application started has no entry.
+    pub app_starts: Vec<(u32, u64)>,
     /// Receives trace lines, LED writes and the bootloader's choice as they happen.
     pub live: Option<tokio::sync::mpsc::UnboundedSender<Live>>,
     seed: u64,
@@ -252,6 +255,7 @@ impl VirtualBoard {
             cuts_seen: None,
             clock_handle: Default::default(),
             led_edges: Vec::new(),
+            app_starts: Vec::new(),
             live: None,
             seed,
             event_counts: Default::default(),
@@ -281,6 +285,7 @@ impl VirtualBoard {
                 self.clock_handle.load(std::sync::atomic::Ordering::Relaxed),
             )),
             led_edges: self.led_edges.clone(),
+            app_starts: self.app_starts.clone(),
             live: None,
             seed: self.seed,
             event_counts: self.event_counts.clone(),
@@ -329,6 +334,7 @@ impl VirtualBoard {
         let record = self.record_exchanges;
         let exchanges = &mut self.exchanges;
         let led_edges = &mut self.led_edges;
+        let app_starts = &mut self.app_starts;
         let io_patience = self.io_patience;
         let mut core = Updater::new(&mut self.flash, seed);
         // Like the board glue, which reads it from the MMU: the slot the bootloader started.
@@ -425,7 +431,16 @@ impl VirtualBoard {
                         core.handle_publish_result(Instant(now), seq, delivered);
                     }
                     Action::Reboot => break 'boot BootEnd::Reboot,
-                    Action::RunApplication => break 'boot BootEnd::App,
+                    Action::StartApplication => {
+                        // The application runs beside the routine from now on.
+                        app_starts.push((boot, now));
+                    }
+                    Action::RunApplication => {
+                        if app_starts.last().is_none_or(|(b, _)| *b != boot) {
+                            app_starts.push((boot, now));
+                        }
+                        break 'boot BootEnd::App;
+                    }
                 }
                 continue;
             }

@@ -190,7 +190,7 @@ fn drain(core: &mut Core, board: &mut Board) {
         match action {
             Action::Led { led, on } => board.leds.set(led, on),
             Action::JoinNetwork => join(core, board),
-            Action::RunApplication => {
+            Action::StartApplication | Action::RunApplication => {
                 if !board.app_started {
                     board.app_started = true;
                     match super::app::run(board.leds.take_app()) {
