@@ -418,6 +418,12 @@ impl<F: NorFlash> Updater<F> {
         self.event(Event::Network { up });
         match (self.phase, up) {
             (Phase::WaitingNetwork(step), true) => self.start(step),
+            // Waiting out a backoff because the network was away: it is back, go now (a
+            // rate limit or a 5xx keeps its wait).
+            (Phase::Backoff(step), true) if self.session.last_retry == Some(ErrorCode::Network) => {
+                self.wake_at = None;
+                self.start(step)
+            }
             (Phase::InFlight(step), false) => {
                 self.abort_request();
                 self.wait_for_network(step);

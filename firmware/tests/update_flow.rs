@@ -10,7 +10,7 @@ use firmware::format::partition::{self, TABLE_OFFSET};
 use firmware::http::{HttpRequest, ResponseHead, Transport};
 use firmware::led::Led;
 use firmware::machine::{Action, BootInfo, Updater};
-use firmware::trace::Event;
+use firmware::trace::{Event, Purpose};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug)]
@@ -108,6 +108,8 @@ struct BootResult {
     rebooted: bool,
     /// Every request the core made, in order.
     requests: Vec<HttpRequest>,
+    /// When the core said `StartApplication` (the routine still running).
+    app_early_at: Option<u64>,
 }
 
 /// What the scripted server answers to one request.
@@ -193,6 +195,7 @@ fn run_boot(
         published: Vec::new(),
         rebooted: false,
         requests: Vec::new(),
+        app_early_at: None,
     };
     for _ in 0..10_000 {
         while let Some((_, e)) = core.poll_event() {
@@ -273,6 +276,14 @@ fn run_boot(
                 assert!(core.is_done(), "Reboot and RunApplication end the routine");
                 result.rebooted = action == Action::Reboot;
                 return (core.into_flash(), result);
+            }
+            Action::StartApplication => {
+                assert!(
+                    !core.is_done(),
+                    "StartApplication while the routine still runs"
+                );
+                assert!(result.app_early_at.is_none(), "the application starts once");
+                result.app_early_at = Some(now.0);
             }
             Action::Led { .. } | Action::AbortHttp { .. } => {}
         }
@@ -530,6 +541,87 @@ fn a_new_image_without_network_keeps_its_trials_and_confirms_when_the_network_re
     assert_eq!(outcome(&back.events), "updated/none");
     assert!(confirmed(&back));
     assert_eq!(otadata_slot(&flash), Some(1));
+}
+
+/// `board(running)` with `update.max_wait_s` set in its conf.json.
+fn board_waiting(running: &str, max_wait_s: u32) -> Ram {
+    let mut flash = board(running);
+    let conf = format!(
+        "{}}},\"update\":{{\"max_wait_s\":{max_wait_s}}}}}",
+        CONF.trim_end_matches('}')
+    );
+    flash.0[0x3d0000..][..conf.len()].copy_from_slice(conf.as_bytes());
+    flash
+}
+
+#[test]
+fn the_application_starts_after_max_wait_and_the_update_still_installs_when_the_network_returns() {
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let flash = board_waiting("1.0", 90);
+    let mut boot = Boot::as_selected(&flash);
+    boot.network_from_ms = 6 * 3600 * 1000;
+    let (flash, result) = run_boot(flash, boot, &mut github(&release, &new));
+    assert_eq!(result.app_early_at, Some(90_000), "{:?}", result.events);
+    assert!(
+        result
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::AppEarly { waited_ms: 90_000 }))
+    );
+    // The yellow LED stays on: the routine has not succeeded yet when the application starts.
+    assert_eq!(leds(&result.events), "Y");
+    assert_eq!(outcome(&result.events), "installed/none");
+    assert!(result.rebooted);
+    let installed_at = result
+        .requests
+        .iter()
+        .filter(|r| r.purpose == Purpose::Check)
+        .count();
+    assert!(
+        installed_at > 100,
+        "it kept retrying beside the application"
+    );
+    assert_eq!(otadata_slot(&flash), Some(1));
+}
+
+#[test]
+fn the_application_starts_at_the_default_limit_and_not_twice() {
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let flash = board("1.0");
+    let mut boot = Boot::as_selected(&flash);
+    boot.network_from_ms = 10 * 60 * 1000;
+    let (_, result) = run_boot(flash, boot, &mut github(&release, &new));
+    assert_eq!(
+        result.app_early_at,
+        Some(u64::from(firmware::config::DEFAULT_MAX_WAIT_S) * 1000)
+    );
+    assert_eq!(outcome(&result.events), "installed/none");
+}
+
+#[test]
+fn a_routine_that_ends_in_time_starts_the_application_only_at_its_end() {
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let flash = board_waiting("1.0", 90);
+    let mut boot = Boot::as_selected(&flash);
+    boot.network_from_ms = 60 * 1000;
+    let (_, result) = run_boot(flash, boot, &mut github(&release, &new));
+    assert_eq!(result.app_early_at, None, "{:?}", result.events);
+    assert_eq!(outcome(&result.events), "installed/none");
+}
+
+#[test]
+fn max_wait_zero_keeps_the_application_waiting_as_the_original_updater_did() {
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &new);
+    let flash = board_waiting("1.0", 0);
+    let mut boot = Boot::as_selected(&flash);
+    boot.network_from_ms = 3 * 3600 * 1000;
+    let (_, result) = run_boot(flash, boot, &mut github(&release, &new));
+    assert_eq!(result.app_early_at, None);
+    assert_eq!(outcome(&result.events), "installed/none");
 }
 
 #[test]

@@ -193,6 +193,8 @@ pub struct VirtualBoard {
     /// When the application started, by boot: (boot, ms since that boot). A boot that ended
     /// (reboot, power cut) before the application started has no entry.
     pub app_starts: Vec<(u32, u64)>,
+    /// How long each boot the core ran in lasted, in virtual ms: (boot, length).
+    pub boot_lengths: Vec<(u32, u64)>,
     /// Receives trace lines, LED writes and the bootloader's choice as they happen.
     pub live: Option<tokio::sync::mpsc::UnboundedSender<Live>>,
     seed: u64,
@@ -256,6 +258,7 @@ impl VirtualBoard {
             clock_handle: Default::default(),
             led_edges: Vec::new(),
             app_starts: Vec::new(),
+            boot_lengths: Vec::new(),
             live: None,
             seed,
             event_counts: Default::default(),
@@ -286,6 +289,7 @@ impl VirtualBoard {
             )),
             led_edges: self.led_edges.clone(),
             app_starts: self.app_starts.clone(),
+            boot_lengths: self.boot_lengths.clone(),
             live: None,
             seed: self.seed,
             event_counts: self.event_counts.clone(),
@@ -616,6 +620,7 @@ impl VirtualBoard {
         self.downloaded = downloaded;
         self.trace.extend(trace);
         self.clock = start + now;
+        self.boot_lengths.push((boot, now));
         end
     }
 }

@@ -150,6 +150,9 @@ pub struct BoardSpec {
     /// The chip's wafer revision, major * 100 + minor (default 4: ESP32-C3 v0.4).
     #[serde(default)]
     pub chip_revision: Option<u16>,
+    /// `update.max_wait_s` in the generated conf.json (default: absent, the core's 120 s).
+    #[serde(default)]
+    pub max_wait_s: Option<u32>,
     /// The OTA slot the running image is in (default 0, blank otadata as after `just flash`;
     /// another slot comes with a VALID otadata entry selecting it).
     #[serde(default)]
@@ -1346,6 +1349,10 @@ impl Stage {
                 s.board.token && listen.is_loopback(),
             ),
         };
+        let conf = match s.board.max_wait_s {
+            Some(wait) if s.board.conf.is_none() => with_max_wait(&conf, wait),
+            _ => conf,
+        };
         let mut stage = Stage {
             world,
             client_id,
@@ -1707,6 +1714,17 @@ pub fn acked_seqs(trace: &[TraceLine]) -> Vec<u64> {
         .collect()
 }
 
+/// `conf` (generated, valid JSON) with `update.max_wait_s` set.
+fn with_max_wait(conf: &str, wait_s: u32) -> String {
+    let mut value: serde_json::Value = match serde_json::from_str(conf) {
+        Ok(v) => v,
+        // conf_json always writes valid JSON; a raw conf is never patched.
+        Err(_) => return conf.to_string(),
+    };
+    value["update"]["max_wait_s"] = wait_s.into();
+    serde_json::to_string_pretty(&value).unwrap_or_else(|_| conf.to_string())
+}
+
 /// Runs one scenario against fresh servers, behind bootloader `model`.
 pub async fn run(
     s: &Scenario,
@@ -1757,6 +1775,16 @@ pub(crate) fn verdict(
     log_from: u64,
 ) -> Report {
     let cut_boots: Vec<u32> = board.cuts.iter().map(|(b, _)| *b).collect();
+    let max_wait_s = s
+        .board
+        .max_wait_s
+        .unwrap_or(firmware::config::DEFAULT_MAX_WAIT_S);
+    check_app_started(
+        &board.app_starts,
+        &board.boot_lengths,
+        u64::from(max_wait_s) * 1000,
+        &mut failures,
+    );
     check_invariants_from(
         &board.boot_choices,
         &board.trace,
@@ -1817,6 +1845,37 @@ pub(crate) fn verdict(
             .iter()
             .map(|(b, c)| (*b, c.describe()))
             .collect(),
+    }
+}
+
+/// The application is never held hostage: in every boot that lasted longer than `max_wait_ms`
+/// (the scenario's `update.max_wait_s`; 0 = for ever), the application started by then.
+/// Judged from what the glue was told to do (`StartApplication`, `RunApplication`), not from
+/// the core's trace.
+pub fn check_app_started(
+    app_starts: &[(u32, u64)],
+    boot_lengths: &[(u32, u64)],
+    max_wait_ms: u64,
+    failures: &mut Vec<String>,
+) {
+    if max_wait_ms == 0 {
+        return;
+    }
+    for &(boot, length) in boot_lengths {
+        let started = app_starts
+            .iter()
+            .find(|(b, _)| *b == boot)
+            .map(|(_, ms)| *ms);
+        match started {
+            Some(ms) if ms <= max_wait_ms => {}
+            Some(ms) => failures.push(format!(
+                "invariant: boot {boot}: the application started after {ms} ms, later than update.max_wait_s ({max_wait_ms} ms)"
+            )),
+            None if length > max_wait_ms => failures.push(format!(
+                "invariant: boot {boot}: ran {length} ms without starting the application (update.max_wait_s is {max_wait_ms} ms)"
+            )),
+            None => {}
+        }
     }
 }
 
