@@ -60,6 +60,9 @@ pub struct HttpRequest {
     /// `If-Range: {validator}` when set (only with `range_from`): a server whose file no
     /// longer has this ETag answers 200 with all of it.
     pub if_range: Option<Validator>,
+    /// `If-None-Match: {etag}` when set: the release answer the board already acted on;
+    /// GitHub answers 304 without a body when it has not changed.
+    pub if_none_match: Option<Validator>,
     /// `Accept` header.
     pub accept: Accept,
     /// Send `Authorization: Bearer <token>` (only ever for the API host).
@@ -77,7 +80,7 @@ pub struct ResponseHead {
     pub range_start: Option<u32>,
     /// Total length `n` of `Content-Range: bytes a-b/n` (or `bytes */n` on a 416).
     pub range_total: Option<u32>,
-    /// `ETag`, when it fits a [`Validator`].
+    /// `ETag`, weak (`W/"…"`) or strong, when it fits a [`Validator`].
     pub etag: Option<Validator>,
     /// `Location`.
     pub location: Option<Url>,
@@ -118,8 +121,7 @@ impl ResponseHead {
                 .and_then(|s| s.parse().ok());
         } else if is("etag") {
             let mut etag = Validator::new();
-            // Weak tags (`W/"…"`) cannot be used in If-Range (RFC 9110 §13.1.5).
-            self.etag = (!value.starts_with("W/") && etag.push_str(value).is_ok()).then_some(etag);
+            self.etag = etag.push_str(value).is_ok().then_some(etag);
         } else if is("location") {
             let mut url = Url::new();
             self.location_too_long = url.push_str(value).is_err();
@@ -133,6 +135,12 @@ impl ResponseHead {
         } else if is("date") {
             self.date = parse_http_date(value);
         }
+    }
+
+    /// The `ETag` when it is strong: only a strong tag may go in `If-Range`
+    /// (RFC 9110 §13.1.5); GitHub's API answers carry weak ones, its asset hosts strong ones.
+    pub fn strong_etag(&self) -> Option<&Validator> {
+        self.etag.as_ref().filter(|e| !e.starts_with("W/"))
     }
 
     /// How long GitHub asks us to wait, when this response is a rate limit.
@@ -359,8 +367,10 @@ mod tests {
         assert_eq!((h.range_start, h.range_total), (None, Some(8192)));
         h.header("ETag", "\"0x8DD0A1B2C3D4E5F\"");
         assert_eq!(h.etag.as_deref(), Some("\"0x8DD0A1B2C3D4E5F\""));
+        assert_eq!(h.strong_etag(), h.etag.as_ref());
         h.header("ETag", "W/\"weak\"");
-        assert_eq!(h.etag, None);
+        assert_eq!(h.etag.as_deref(), Some("W/\"weak\""));
+        assert_eq!(h.strong_etag(), None, "a weak tag never goes in If-Range");
     }
 
     #[test]

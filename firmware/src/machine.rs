@@ -46,6 +46,7 @@ use crate::http::{Accept, HttpRequest, ResponseHead, Transport, Validator};
 use crate::led::{Led, Pattern, Player};
 use crate::release::{ReleaseError, ReleaseParser, SelectedRelease, Url};
 use crate::storage::log::{LogStore, MAX_PAYLOAD, Record};
+use crate::storage::memory::{self, CheckMemo, MAX_STREAK, Memory, RefusedRelease, Remembered};
 use crate::storage::progress::{self, Progress, Target};
 use crate::storage::trial::{MAX_RETURNS, MAX_TRIALS, Trial, TrialRecord};
 use crate::storage::{self, FlashError, Layout, Region, SECTOR};
@@ -198,6 +199,13 @@ struct Session {
     last_failure: Option<Transport>,
     /// Why the last retry of this boot was needed (network, GitHub's 5xx, rate limit).
     last_retry: Option<ErrorCode>,
+    /// CRC of the check URL and the `ETag` of its 200 answer, kept until the outcome says
+    /// whether the answer may be remembered.
+    check_etag: Option<(u32, Validator)>,
+    /// This boot already counted itself as one without GitHub in the memory.
+    counted_failed_boot: bool,
+    /// CRC of this boot's check URL (what a remembered `ETag` is keyed on).
+    check_url_crc: u32,
 }
 
 struct InFlightRequest {
@@ -232,6 +240,9 @@ struct Download {
     early: Option<ImageVerifier>,
     /// The asset's ETag, sent as `If-Range` when resuming.
     validator: Option<Validator>,
+    /// Bytes already durable that a server ignoring `Range` sends again: compared with the
+    /// slot, not rewritten, so neither the slot nor the progress sector is erased again.
+    durable_before: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -273,6 +284,8 @@ pub struct Updater<F: NorFlash> {
     app_deadline: Option<Instant>,
     /// `StartApplication` was issued this boot.
     app_started: bool,
+    /// The memory journal (absent with a two-sector `otastate`) and what it holds.
+    memory: Option<(Memory, Remembered)>,
 }
 
 /// A decided failure: code, human detail.
@@ -337,6 +350,7 @@ impl<F: NorFlash> Updater<F> {
             outcome_ok: false,
             app_deadline: None,
             app_started: false,
+            memory: None,
         }
     }
 
@@ -738,6 +752,27 @@ impl<F: NorFlash> Updater<F> {
             self.conclude(Outcome::RolledBack, ErrorCode::BadImage, Some(detail));
             return Ok(());
         }
+        let state = self.layout.as_ref().map(|l| l.state);
+        if let Some(journal) = state.and_then(Memory::new) {
+            let remembered = journal.load(&mut self.flash)?;
+            self.memory = Some((journal, remembered));
+        }
+        let failed_boots = self.memory.as_ref().map_or(0, |(_, m)| m.failed_boots);
+        if failed_boots > 0 {
+            // The last boots could not reach GitHub: this one goes on with their backoff, so
+            // a board rebooting in a loop (brown-outs, a crashing application) does not ask
+            // at full rate. The first wait is short: at most BASE · 2^(MAX_STREAK-1).
+            self.session.attempt = u32::from(failed_boots);
+            let delay = backoff::delay_ms(u32::from(failed_boots) - 1, &mut self.rng);
+            self.event(Event::Retry {
+                attempt: 0,
+                delay_ms: delay.min(u64::from(u32::MAX)) as u32,
+                reason: ErrorCode::Network,
+            });
+            self.phase = Phase::Backoff(Step::Check);
+            self.wake_at = Some(self.now.plus_ms(delay));
+            return Ok(());
+        }
         self.wait_for_network(Step::Check);
         Ok(())
     }
@@ -1101,10 +1136,102 @@ impl<F: NorFlash> Updater<F> {
         })?;
         let body = Body::Release(ReleaseParser::new(&config.asset, config.allow_prereleases));
         let authorize = config.token.is_some();
-        self.send(Step::Check, url, 0, authorize, body, 0);
+        self.session.check_url_crc = memory::url_crc(&url);
+        self.session.check_etag = None;
+        let if_none_match = self
+            .usable_memo(self.session.check_url_crc)
+            .map(|memo| memo.etag.clone());
+        self.send(Step::Check, url, 0, authorize, body, 0, if_none_match);
         Ok(())
     }
 
+    /// The remembered answer to this check URL, when a 304 to it can be acted on: it named
+    /// the running version (up to date) or the release refused here.
+    fn usable_memo(&self, url_crc: u32) -> Option<&CheckMemo> {
+        let (_, remembered) = self.memory.as_ref()?;
+        let memo = remembered
+            .check
+            .as_ref()
+            .filter(|memo| memo.url_crc == url_crc)?;
+        let running = self.running.version;
+        let up_to_date = running.is_some() && Version::parse(&memo.tag).ok() == running;
+        let refused = remembered
+            .refused
+            .as_ref()
+            .is_some_and(|r| r.target.tag == memo.tag);
+        (up_to_date || refused).then_some(memo)
+    }
+
+    /// Updates the memory journal. A flash error here costs only what the memory saves
+    /// (a 304, a download refused without fetching it), so the routine goes on.
+    fn remember(&mut self, change: impl FnOnce(&mut Remembered)) {
+        let Some((journal, remembered)) = self.memory.as_mut() else {
+            return;
+        };
+        let mut next = remembered.clone();
+        change(&mut next);
+        if next != *remembered && journal.store(&mut self.flash, &next).is_ok() {
+            *remembered = next;
+        }
+    }
+
+    /// Keeps this boot's release answer (its `ETag`) as naming `tag`.
+    fn remember_answer(&mut self, tag: &str, size: u32) {
+        let Some((url_crc, etag)) = self.session.check_etag.clone() else {
+            return;
+        };
+        let tag = trace::short(tag);
+        self.remember(|m| {
+            m.check = Some(CheckMemo {
+                url_crc,
+                etag,
+                tag,
+                size,
+            })
+        });
+    }
+
+    /// GitHub answered 304 to `If-None-Match`: the release is the one remembered.
+    fn not_modified(&mut self) {
+        self.abort_request();
+        let Some(memo) = self.usable_memo(self.session.check_url_crc).cloned() else {
+            let detail = trace::detail(format_args!("HTTP 304 to a request that had no ETag"));
+            return self.final_failure(ErrorCode::HttpStatus, detail);
+        };
+        self.event(Event::Release {
+            tag: memo.tag.clone(),
+            size: memo.size,
+        });
+        self.answered();
+        if let Err(Failure(code, detail)) = self.confirm() {
+            return self.final_failure(code, detail);
+        }
+        let up_to_date = Version::parse(&memo.tag).ok() == self.running.version;
+        let refused = self
+            .memory
+            .as_ref()
+            .and_then(|(_, m)| m.refused.clone())
+            .filter(|r| r.target.tag == memo.tag);
+        match refused {
+            Some(r) if !up_to_date => {
+                let detail = trace::detail(format_args!(
+                    "release {} failed verification here ({}) and has not changed: not downloaded again",
+                    memo.tag,
+                    r.code.name()
+                ));
+                self.final_failure(r.code, detail);
+            }
+            _ => self.conclude(Outcome::UpToDate, ErrorCode::None, None),
+        }
+    }
+
+    /// GitHub answered the check: the backoff of earlier boots is over.
+    fn answered(&mut self) {
+        self.session.attempt = 0;
+        self.remember(|m| m.failed_boots = 0);
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &mut self,
         step: Step,
@@ -1113,6 +1240,7 @@ impl<F: NorFlash> Updater<F> {
         authorize: bool,
         body: Body,
         redirects: u8,
+        if_none_match: Option<Validator>,
     ) {
         let accept = match step {
             Step::Check => Accept::Json,
@@ -1152,6 +1280,7 @@ impl<F: NorFlash> Updater<F> {
             url,
             range_from,
             if_range,
+            if_none_match,
             accept,
             authorize,
         }));
@@ -1194,7 +1323,15 @@ impl<F: NorFlash> Updater<F> {
             return Ok(());
         }
         match (step, head.status) {
-            (Step::Check, 200) => Ok(()),
+            (Step::Check, 200) => {
+                let crc = self.session.check_url_crc;
+                self.session.check_etag = head.etag.clone().map(|etag| (crc, etag));
+                Ok(())
+            }
+            (Step::Check, 304) => {
+                self.not_modified();
+                Ok(())
+            }
             (Step::Check, 404) => Err(fail(
                 ErrorCode::NoRelease,
                 format_args!("repository has no release (HTTP 404)"),
@@ -1264,6 +1401,7 @@ impl<F: NorFlash> Updater<F> {
             false,
             req.body,
             req.redirects + 1,
+            None,
         );
         Ok(())
     }
@@ -1281,6 +1419,10 @@ impl<F: NorFlash> Updater<F> {
         let delay = delay.map_or(backoff, |wait| wait.max(backoff));
         self.session.attempt += 1;
         self.session.last_retry = Some(code);
+        if step == Step::Check && !self.session.counted_failed_boot {
+            self.session.counted_failed_boot = true;
+            self.remember(|m| m.failed_boots = (m.failed_boots + 1).min(MAX_STREAK));
+        }
         self.session.retries += 1;
         self.event(Event::Retry {
             attempt: self.session.retries,
@@ -1298,7 +1440,7 @@ impl<F: NorFlash> Updater<F> {
             tag: trace::short(&release.tag),
             size: release.asset.size,
         });
-        self.session.attempt = 0;
+        self.answered();
         if let Err(Failure(code, detail)) = self.confirm() {
             self.release = Some(release);
             self.final_failure(code, detail);
@@ -1306,10 +1448,28 @@ impl<F: NorFlash> Updater<F> {
         }
         match self.decide(&release) {
             Ok(true) => {
+                let refused = self
+                    .memory
+                    .as_ref()
+                    .and_then(|(_, m)| m.refused.clone())
+                    .filter(|r| r.is(&self.target_of(&release)));
+                if let Some(RefusedRelease { code, .. }) = refused {
+                    // The same asset failed verification here: the bytes would be the same.
+                    self.remember_answer(&release.tag, release.asset.size);
+                    let detail = trace::detail(format_args!(
+                        "release {} failed verification here ({}) and has not changed: not downloaded again",
+                        release.tag,
+                        code.name()
+                    ));
+                    self.release = Some(release);
+                    self.final_failure(code, detail);
+                    return;
+                }
                 self.release = Some(release);
                 self.start(Step::Download);
             }
             Ok(false) => {
+                self.remember_answer(&release.tag, release.asset.size);
                 self.release = Some(release);
                 self.conclude(Outcome::UpToDate, ErrorCode::None, None);
             }
@@ -1371,6 +1531,19 @@ impl<F: NorFlash> Updater<F> {
         Ok(install)
     }
 
+    /// What identifies `release`'s asset, going to the inactive slot.
+    fn target_of(&self, release: &SelectedRelease) -> Target {
+        let count = self.layout.as_ref().map_or(2, Layout::slot_count).max(1);
+        Target {
+            slot: (self.running.slot + 1) % count,
+            size: release.asset.size,
+            sha256: release.asset.sha256,
+            tag: trace::short(&release.tag),
+            asset_id: release.asset.id,
+            updated_at: release.asset.updated_at.clone(),
+        }
+    }
+
     fn inactive_slot(&self) -> Region {
         match self.layout.as_ref() {
             Some(l) => l.slots[usize::from((self.running.slot + 1) % l.slot_count())],
@@ -1386,14 +1559,7 @@ impl<F: NorFlash> Updater<F> {
         };
         let count = layout.slot_count();
         let slot_index = (self.running.slot + 1) % count;
-        let target = Target {
-            slot: slot_index,
-            size: release.asset.size,
-            sha256: release.asset.sha256,
-            tag: trace::short(&release.tag),
-            asset_id: release.asset.id,
-            updated_at: release.asset.updated_at.clone(),
-        };
+        let target = self.target_of(release);
         let progress = Progress::new(layout.state);
         let slot = layout.slots[usize::from(slot_index)];
         // With a token, the API asset URL (private repositories need it); the token goes to the
@@ -1438,12 +1604,13 @@ impl<F: NorFlash> Updater<F> {
             filled: 0,
             early,
             validator,
+            durable_before: 0,
         });
         if written >= target_size {
             // Everything is on flash already (a cut after the last sector).
             return self.finish_image();
         }
-        self.send(Step::Download, url, written, use_api, Body::Image, 0);
+        self.send(Step::Download, url, written, use_api, Body::Image, 0, None);
         Ok(())
     }
 
@@ -1465,14 +1632,24 @@ impl<F: NorFlash> Updater<F> {
             }
             // The server ignored our Range, or the file no longer has the ETag we sent in
             // If-Range: take the whole image from the start.
+            let same_file = dl.validator.is_some() && head.strong_etag() == dl.validator.as_ref();
             self.session.resumed_from = 0;
-            dl.written = 0;
             dl.filled = 0;
             dl.early = Some(ImageVerifier::new(dl.slot.size));
-            dl.validator = None;
-            if let Some(layout) = self.layout.as_ref() {
-                Progress::new(layout.state).start(&mut self.flash, &dl.target)?;
+            if same_file {
+                // Range ignored, same file (its strong ETag): what is durable stays durable.
+                // Those sectors are compared as they come again, not erased and rewritten,
+                // and the progress record is kept: a server that always ignores Range
+                // costs bandwidth at every retry, but no flash.
+                dl.durable_before = dl.durable_before.max(dl.written);
+            } else {
+                dl.durable_before = 0;
+                dl.validator = None;
+                if let Some(layout) = self.layout.as_ref() {
+                    Progress::new(layout.state).start(&mut self.flash, &dl.target)?;
+                }
             }
+            dl.written = 0;
         }
         if head.status == 206 && head.range_total != Some(dl.target.size) {
             // The file behind the URL is not the size the release says: it was replaced.
@@ -1495,7 +1672,8 @@ impl<F: NorFlash> Updater<F> {
         }
         if head.status == 200
             && dl.written == 0
-            && let (Some(etag), Some(layout)) = (head.etag.as_ref(), self.layout.as_ref())
+            && dl.durable_before == 0
+            && let (Some(etag), Some(layout)) = (head.strong_etag(), self.layout.as_ref())
         {
             Progress::new(layout.state).set_validator(&mut self.flash, etag)?;
             dl.validator = Some(etag.clone());
@@ -1617,9 +1795,13 @@ impl<F: NorFlash> Updater<F> {
         // Programming needs 4-byte multiples; the tail of a short last sector stays FF.
         let len = (dl.filled + 3) & !3;
         dl.buf[dl.filled..len].fill(0xFF);
-        storage::erase(&mut self.flash, at, at + SECTOR)?;
-        storage::write(&mut self.flash, at, &dl.buf[..len])?;
-        Progress::new(layout.state).mark(&mut self.flash, index)?;
+        let durable =
+            dl.written < dl.durable_before && slot_holds(&mut self.flash, at, &dl.buf[..len])?;
+        if !durable {
+            storage::erase(&mut self.flash, at, at + SECTOR)?;
+            storage::write(&mut self.flash, at, &dl.buf[..len])?;
+            Progress::new(layout.state).mark(&mut self.flash, index)?;
+        }
         let before = dl.written;
         dl.written += dl.filled as u32;
         dl.filled = 0;
@@ -1679,8 +1861,8 @@ impl<F: NorFlash> Updater<F> {
             Err(failure) => {
                 // What is on flash is wrong: the next attempt starts from zero.
                 Progress::new(layout.state).clear(&mut self.flash)?;
-                self.download = None;
                 self.final_failure(failure.0, failure.1);
+                self.download = None;
                 Ok(())
             }
         }
@@ -1725,6 +1907,18 @@ impl<F: NorFlash> Updater<F> {
 
     fn final_failure(&mut self, code: ErrorCode, detail: Detail) {
         self.abort_request();
+        use ErrorCode::{BadImage, HashMismatch, SizeMismatch, VersionMismatch, WrongChip};
+        let verification = matches!(
+            code,
+            SizeMismatch | HashMismatch | BadImage | WrongChip | VersionMismatch
+        );
+        if let Some(target) = self.download.as_ref().map(|d| d.target.clone())
+            && verification
+        {
+            // Not again at every boot: the same asset would fail the same way.
+            self.remember_answer(&target.tag, target.size);
+            self.remember(|m| m.refused = Some(RefusedRelease { target, code }));
+        }
         self.conclude(Outcome::Failed, code, Some(detail));
     }
 
@@ -1952,6 +2146,19 @@ impl<F: NorFlash> Updater<F> {
         }
         let _ = self.events.push_back((self.now, event));
     }
+}
+
+/// Whether flash at `at` already holds `bytes` (a durable sector sent again).
+fn slot_holds<F: NorFlash>(flash: &mut F, at: u32, bytes: &[u8]) -> Result<bool, FlashError> {
+    let mut on_flash = [0u8; 256];
+    for (i, want) in bytes.chunks(on_flash.len()).enumerate() {
+        let got = &mut on_flash[..want.len()];
+        storage::read(flash, at + (i * 256) as u32, got)?;
+        if got != want {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 struct Retry(ErrorCode, Option<Detail>);

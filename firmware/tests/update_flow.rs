@@ -22,6 +22,16 @@ impl NorFlashError for Oops {
 }
 
 struct Ram(Vec<u8>);
+
+std::thread_local! {
+    /// Every sector this test thread's flash erased, in order.
+    static ERASES: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The sectors erased since the last call.
+fn take_erases() -> Vec<u32> {
+    ERASES.with(|e| std::mem::take(&mut *e.borrow_mut()))
+}
 impl ErrorType for Ram {
     type Error = Oops;
 }
@@ -40,6 +50,7 @@ impl NorFlash for Ram {
     const WRITE_SIZE: usize = 4;
     const ERASE_SIZE: usize = 4096;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), Oops> {
+        ERASES.with(|e| e.borrow_mut().extend((from..to).step_by(4096)));
         self.0[from as usize..to as usize].fill(0xFF);
         Ok(())
     }
@@ -624,6 +635,70 @@ fn max_wait_zero_keeps_the_application_waiting_as_the_original_updater_did() {
     assert_eq!(outcome(&result.events), "installed/none");
 }
 
+/// GitHub that ignores `If-None-Match` (answers 200 each time), serving `asset` under
+/// `release`; counts the asset requests.
+fn counting_github<'a>(
+    release: &'a str,
+    asset: &'a [u8],
+    asset_requests: &'a mut u32,
+) -> impl FnMut(&HttpRequest) -> Reply + 'a {
+    let mut inner = github(release, asset);
+    move |req| {
+        if req.accept == firmware::http::Accept::OctetStream {
+            *asset_requests += 1;
+        }
+        inner(req)
+    }
+}
+
+#[test]
+fn a_release_that_failed_verification_is_not_downloaded_again_until_it_changes() {
+    let new = image("1.1");
+    let wrong = image("1.0.9");
+    // The digest says `wrong`: the downloaded image never matches it.
+    let release = release_json("1.1", &new, &wrong);
+    let mut fetched = 0;
+    let (flash, first) = run_boot(
+        board("1.0"),
+        Boot::as_selected(&board("1.0")),
+        &mut counting_github(&release, &new, &mut fetched),
+    );
+    assert_eq!(outcome(&first.events), "failed/hash_mismatch");
+    assert_eq!(fetched, 1);
+    take_erases();
+    let (flash, second) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")),
+        &mut counting_github(&release, &new, &mut fetched),
+    );
+    assert_eq!(outcome(&second.events), "failed/hash_mismatch");
+    assert_eq!(fetched, 1, "the same asset is not fetched again");
+    let slot_erases = take_erases()
+        .into_iter()
+        .filter(|s| (0x1f0000..0x3d0000).contains(s))
+        .count();
+    assert_eq!(
+        slot_erases, 0,
+        "no slot sector erased for a release refused before"
+    );
+    // The release is fixed: another digest (and asset), so it is fetched and installed.
+    let fixed = release_json("1.1", &new, &new)
+        .replace("\"name\":\"fw.bin\"", "\"id\":77,\"name\":\"fw.bin\"");
+    let (flash, third) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")),
+        &mut counting_github(&fixed, &new, &mut fetched),
+    );
+    assert_eq!(
+        outcome(&third.events),
+        "installed/none",
+        "{:?}",
+        third.events
+    );
+    assert_eq!(fetched, 2);
+    assert_eq!(otadata_slot(&flash), Some(1));
+}
+
 #[test]
 fn an_endless_release_response_is_refused() {
     let new = image("1.1");
@@ -1074,6 +1149,62 @@ fn a_resume_sends_if_range_with_the_assets_etag() {
     assert_eq!(asset_request.if_range.as_deref(), Some("\"0x8DD0A1\""));
     assert_eq!(outcome(&result.events), "installed/none");
     assert_eq!(slot_bytes(&flash, 1, new.len()), new);
+}
+
+/// A server that ignores `Range` but sends the same file (same strong ETag) costs bandwidth,
+/// not flash: durable sectors are compared, not erased again, and the progress sector is
+/// erased once, when the download starts.
+#[test]
+fn a_server_ignoring_range_does_not_make_the_core_erase_again() {
+    let new = image("1.1");
+    assert!(new.len() > 4 * 4096);
+    let release = release_json("1.1", &new, &new);
+    let cuts = [Some(4096 + 100), Some(3 * 4096 + 100), None];
+    let mut asset_requests = 0;
+    let mut ranges = Vec::new();
+    take_erases();
+    let (flash, result) = run_boot(board("1.0"), Boot::as_selected(&board("1.0")), &mut |req| {
+        if req.url.contains("/releases/latest") {
+            return Reply::ok(release.as_bytes());
+        }
+        if req.url.contains("/releases/") {
+            return Reply::status(302, vec![("location", "https://cdn.test/blob/1".into())]);
+        }
+        ranges.push(req.range_from);
+        let cut_at = cuts[asset_requests.min(2)];
+        asset_requests += 1;
+        Reply::Http {
+            status: 200,
+            headers: vec![
+                ("content-length", new.len().to_string()),
+                ("etag", "\"0x8DD0A1\"".to_string()),
+            ],
+            body: new.clone(),
+            cut_at,
+        }
+    });
+    assert_eq!(
+        outcome(&result.events),
+        "installed/none",
+        "{:?}",
+        result.events
+    );
+    assert_eq!(ranges, [None, Some(4096), Some(3 * 4096)]);
+    assert_eq!(slot_bytes(&flash, 1, new.len()), new);
+    let erases = take_erases();
+    let progress_sector = 0x3d4000;
+    assert_eq!(
+        erases.iter().filter(|&&s| s == progress_sector).count(),
+        1,
+        "{erases:x?}"
+    );
+    for sector in (0x1f0000..0x1f0000 + new.len() as u32).step_by(4096) {
+        assert_eq!(
+            erases.iter().filter(|&&s| s == sector).count(),
+            1,
+            "slot sector {sector:#x} erased once: {erases:x?}"
+        );
+    }
 }
 
 /// … and a file that changed on the server is downloaded again from zero, never stitched.

@@ -729,6 +729,9 @@ fn start_request(http: &reqwest::Client, req: &HttpRequest, token: Option<&str>)
             builder = builder.header("if-range", validator);
         }
     }
+    if let Some(etag) = req.if_none_match.as_deref() {
+        builder = builder.header("if-none-match", etag);
+    }
     if let (true, Some(token)) = (req.authorize, token) {
         builder = builder.header("authorization", format!("Bearer {token}"));
     }

@@ -363,6 +363,14 @@ pub struct Expect {
     /// none of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_build: Option<u32>,
+    /// Image bytes each boot received, as its outcome record says (0 for a boot without an
+    /// outcome): what a remembered bad release or a 304 saves. Checked by the simulator only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_bytes: Vec<u32>,
+    /// How many release checks GitHub answered 304 Not Modified over the run. Checked by
+    /// the simulator only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_modified: Option<u32>,
 }
 
 /// Fields of [`Expect`] that differ under one bootloader model; the others are `[expect]`'s.
@@ -411,6 +419,8 @@ impl Expect {
                 .unwrap_or_else(|| self.fallbacks.clone()),
             events: o.events.clone().unwrap_or_else(|| self.events.clone()),
             final_build: o.final_build.or(self.final_build),
+            image_bytes: self.image_bytes.clone(),
+            not_modified: self.not_modified,
         }
     }
 }
@@ -1761,6 +1771,46 @@ pub async fn run_with(
     Ok(report)
 }
 
+/// `[expect] image_bytes` and `not_modified`, from the trace of the boots in `ends`.
+fn check_traffic(e: &Expect, board: &VirtualBoard, ends: &[BootEnd]) -> Vec<String> {
+    let mut out = Vec::new();
+    let first = board.boots + 1 - ends.len() as u32;
+    if !e.image_bytes.is_empty() {
+        let got: Vec<u32> = (first..=board.boots)
+            .map(|b| {
+                board
+                    .trace
+                    .iter()
+                    .filter(|l| l.boot == b)
+                    .find_map(|l| match l.event {
+                        Event::Outcome { bytes, .. } => Some(bytes),
+                        _ => None,
+                    })
+                    .unwrap_or(0)
+            })
+            .collect();
+        if got != e.image_bytes {
+            out.push(format!(
+                "image_bytes: expected {:?}, the boots received {got:?}",
+                e.image_bytes
+            ));
+        }
+    }
+    if let Some(want) = e.not_modified {
+        let got = board
+            .trace
+            .iter()
+            .filter(|l| matches!(l.event, Event::Response { status: 304, .. }))
+            .count() as u32;
+        if got != want {
+            out.push(format!(
+                "not_modified: expected {want} answers 304, GitHub gave {got}"
+            ));
+        }
+    }
+    out
+}
+
 /// Checks a finished run of `s` against `e` and the invariants: the [`Report`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn verdict(
@@ -1803,6 +1853,7 @@ pub(crate) fn verdict(
         Some(cut_kinds_of(&board.cuts)),
     );
     failures.extend(e.check(&observed).iter().map(Mismatch::to_string));
+    failures.extend(check_traffic(e, &board, ends));
     if let Some(build) = e.final_build {
         let ran = board.boot_choices.last().map(|(_, c)| c.offset as usize);
         let flash = board.flash.contents();

@@ -13,6 +13,7 @@
 //! config      data/undefined  conf.json, FF-terminated            config
 //! otastate    data/undefined  sector 0: download progress         progress
 //!                             sector 1: trial record of a new image  trial
+//!                             sectors 2-3: ETag, refused release  memory
 //! otalog      data/undefined  activity-log records, a ring        log
 //!
 //! The last three are found by label: espflash and esp-bootloader-esp-idf
@@ -20,6 +21,7 @@
 //! ```
 
 pub mod log;
+pub mod memory;
 pub mod progress;
 pub mod trial;
 
@@ -265,6 +267,7 @@ pub(crate) mod testing {
     pub struct RamFlash {
         pub bytes: Vec<u8>,
         pub ops: usize,
+        pub erases: usize,
     }
 
     impl RamFlash {
@@ -272,6 +275,7 @@ pub(crate) mod testing {
             RamFlash {
                 bytes: std::vec![0xFF; size],
                 ops: 0,
+                erases: 0,
             }
         }
     }
@@ -307,6 +311,7 @@ pub(crate) mod testing {
                 return Err(RamError(NorFlashErrorKind::NotAligned));
             }
             self.ops += 1;
+            self.erases += 1;
             self.bytes
                 .get_mut(from as usize..to as usize)
                 .ok_or(RamError(NorFlashErrorKind::OutOfBounds))?

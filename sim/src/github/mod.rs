@@ -800,8 +800,10 @@ fn api(
         }
     };
 
-    // A 304 does not count against the primary limit, as on GitHub; everything else does.
-    let counted = response.status() != StatusCode::NOT_MODIFIED && w.used < limit;
+    // A 304 does not count against the primary limit when the request was authorized, as
+    // GitHub documents; an unauthenticated 304 counts like any other answer.
+    let free = response.status() == StatusCode::NOT_MODIFIED && has_token(headers);
+    let counted = !free && w.used < limit;
     let used = if counted {
         let mut rate = lock(&shared.rate);
         match rate.1.get_mut(&key) {
