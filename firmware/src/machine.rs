@@ -68,6 +68,9 @@ pub const TRIAL_DEADLINE_MS: u64 = 10 * 60 * 1000;
 pub const JOIN_TIMEOUT_MS: u64 = 20_000;
 /// How long the core waits for the broker to acknowledge one log record.
 pub const PUBLISH_TIMEOUT_MS: u64 = 10_000;
+/// Most log records published in one boot: a board that was offline for weeks delivers its
+/// backlog over several boots instead of holding the broker (and its own routine) for minutes.
+pub const MAX_PUBLISHES_PER_BOOT: u32 = 32;
 /// Progress is traced every this many bytes.
 const PROGRESS_EVERY: u32 = 64 * 1024;
 
@@ -278,6 +281,11 @@ pub struct Updater<F: NorFlash> {
     led: Player,
     publish: PublishState,
     publish_deadline: Option<Instant>,
+    /// A record whose acknowledgement did not come in time: if it still comes, the record
+    /// is delivered after all and is not published again at the next boot.
+    late: Option<Record>,
+    /// Records published this boot.
+    published_this_boot: u32,
     last_published: u32,
     outcome_ok: bool,
     /// When the application starts whether or not the routine has finished (`max_wait_s`).
@@ -346,6 +354,8 @@ impl<F: NorFlash> Updater<F> {
             led: Player::default(),
             publish: PublishState::Idle,
             publish_deadline: None,
+            late: None,
+            published_this_boot: 0,
             last_published: 0,
             outcome_ok: false,
             app_deadline: None,
@@ -564,6 +574,19 @@ impl<F: NorFlash> Updater<F> {
     /// The broker acknowledged (`true`) or could not take the last `Publish`.
     pub fn handle_publish_result(&mut self, now: Instant, seq: u32, delivered: bool) {
         self.now = now;
+        let late = self.late.filter(|r| r.seq == seq && delivered);
+        if let Some(record) = late {
+            // The broker's PUBACK came after the core's deadline: delivered after all.
+            self.late = None;
+            if let Some(log) = self.log.as_ref()
+                && let Err(e) = log.mark_delivered(&mut self.flash, &record)
+            {
+                self.flash_error(e);
+                return;
+            }
+            self.event(Event::Published { seq });
+            return;
+        }
         let PublishState::InFlight(record) = self.publish else {
             return;
         };
@@ -595,6 +618,9 @@ impl<F: NorFlash> Updater<F> {
         }
         if self.publish_deadline.is_some_and(|d| now >= d) {
             self.publish_deadline = None;
+            if let PublishState::InFlight(record) = self.publish {
+                self.late = Some(record);
+            }
             self.keep_log();
         }
         if self.app_deadline.is_some_and(|d| now >= d) {
@@ -2059,6 +2085,9 @@ impl<F: NorFlash> Updater<F> {
             return;
         };
         let topic = config.log_topic();
+        if self.published_this_boot >= MAX_PUBLISHES_PER_BOOT {
+            return self.keep_log();
+        }
         let record = match log.next_undelivered(&mut self.flash, self.last_published) {
             Ok(Some(record)) => record,
             Ok(None) => {
@@ -2076,6 +2105,7 @@ impl<F: NorFlash> Updater<F> {
         // `len` is at most MAX_PAYLOAD, the capacity.
         let _ = payload.extend_from_slice(&buf[..len]);
         self.publish = PublishState::InFlight(record);
+        self.published_this_boot += 1;
         self.publish_deadline = Some(self.now.plus_ms(PUBLISH_TIMEOUT_MS));
         self.push_action(Action::Publish {
             seq: record.seq,

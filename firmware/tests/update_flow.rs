@@ -169,6 +169,8 @@ struct Boot {
     power_off_at_ms: u64,
     /// The board's WiFi driver does not start (the glue reports it at each join).
     wifi_broken: bool,
+    /// The broker's PUBACKs arrive after the core's publish deadline.
+    late_pubacks: bool,
 }
 
 impl Boot {
@@ -181,6 +183,7 @@ impl Boot {
             broker_up: true,
             power_off_at_ms: u64::MAX,
             wifi_broken: false,
+            late_pubacks: false,
         }
     }
 }
@@ -277,6 +280,10 @@ fn run_boot(
                     result
                         .published
                         .push(String::from_utf8(payload.to_vec()).unwrap());
+                }
+                if boot.late_pubacks {
+                    now = now.plus_ms(firmware::machine::PUBLISH_TIMEOUT_MS + 1);
+                    core.handle_timeout(now);
                 }
                 core.handle_publish_result(now, seq, boot.broker_up);
             }
@@ -697,6 +704,60 @@ fn a_release_that_failed_verification_is_not_downloaded_again_until_it_changes()
     );
     assert_eq!(fetched, 2);
     assert_eq!(otadata_slot(&flash), Some(1));
+}
+
+#[test]
+fn a_long_backlog_is_delivered_over_several_boots_not_all_in_one() {
+    let current = image("1.0");
+    let release = release_json("1.0", &current, &current);
+    let mut flash = board("1.0");
+    for _ in 0..40 {
+        (flash, _) = boot(flash, &release, &current, false);
+    }
+    let (flash, first) = boot(flash, &release, &current, true);
+    let max = firmware::machine::MAX_PUBLISHES_PER_BOOT as usize;
+    assert_eq!(first.published.len(), max);
+    assert!(
+        first
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::LogKept { pending: 9 })),
+        "{:?}",
+        first.events
+    );
+    let (_, second) = boot(flash, &release, &current, true);
+    assert_eq!(
+        second.published.len(),
+        10,
+        "the rest and this boot's record"
+    );
+}
+
+#[test]
+fn a_puback_after_the_deadline_still_counts_as_delivered() {
+    let current = image("1.0");
+    let release = release_json("1.0", &current, &current);
+    let flash = board("1.0");
+    let mut late = Boot::as_selected(&flash);
+    late.late_pubacks = true;
+    let (flash, first) = run_boot(flash, late, &mut github(&release, &current));
+    assert_eq!(first.published.len(), 1);
+    assert!(
+        first
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Published { seq: 1 })),
+        "{:?}",
+        first.events
+    );
+    // Not published again: the broker has it.
+    let (_, second) = boot(flash, &release, &current, true);
+    assert_eq!(second.published.len(), 1);
+    assert!(
+        second.published[0].contains("\"seq\":2"),
+        "{:?}",
+        second.published
+    );
 }
 
 #[test]
