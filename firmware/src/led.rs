@@ -137,39 +137,27 @@ impl Player {
     }
 }
 
-/// The LED sequence a trace shows, as text: `Y`/`y` yellow on/off, `.`/`-` a
-/// short/long green blink. `Y..y` is an update's second boot. The simulator's
-/// expectations and the HIL's verdicts both read traces this way.
-pub fn sequence<'a>(
-    events: impl IntoIterator<Item = (u64, &'a crate::trace::Event)>,
-) -> heapless::String<64> {
-    use crate::trace::Event;
+/// The LED sequence these edges (ms, LED, on) show, as text: `Y`/`y` yellow on/off,
+/// `.`/`-` a short/long green blink. `Y..y` is an update's second boot. The simulator's
+/// expectations and the HIL's verdicts both read LEDs this way
+/// ([`crate::trace::led_sequence`] reads it from a trace).
+pub fn sequence(edges: impl IntoIterator<Item = (u64, Led, bool)>) -> heapless::String<64> {
     let mut out = heapless::String::new();
     let mut green_on_at = None;
-    for (ms, event) in events {
-        let c = match event {
-            Event::Led {
-                led: Led::Yellow,
-                on,
-            } => Some(if *on { 'Y' } else { 'y' }),
-            Event::Led {
-                led: Led::Green,
-                on: true,
-            } => {
+    for (ms, led, on) in edges {
+        let c = match (led, on) {
+            (Led::Yellow, on) => Some(if on { 'Y' } else { 'y' }),
+            (Led::Green, true) => {
                 green_on_at = Some(ms);
                 None
             }
-            Event::Led {
-                led: Led::Green,
-                on: false,
-            } => green_on_at.take().map(|t| {
+            (Led::Green, false) => green_on_at.take().map(|t| {
                 if ms.saturating_sub(t) >= LONG_MS {
                     '-'
                 } else {
                     '.'
                 }
             }),
-            _ => None,
         };
         if let Some(c) = c {
             // 64 edges are far more than a boot shows; a longer sequence is cut.
@@ -208,8 +196,7 @@ mod tests {
     }
 
     #[test]
-    fn a_trace_reads_as_its_led_sequence() {
-        use crate::trace::Event;
+    fn edges_read_as_their_led_sequence() {
         let edges = [
             (0, Led::Yellow, true),
             (10, Led::Green, true),
@@ -218,14 +205,7 @@ mod tests {
             (1410, Led::Green, false),
             (1410, Led::Yellow, false),
         ];
-        let events: std::vec::Vec<(u64, Event)> = edges
-            .iter()
-            .map(|&(t, led, on)| (t, Event::Led { led, on }))
-            .collect();
-        assert_eq!(
-            sequence(events.iter().map(|(t, e)| (*t, e))).as_str(),
-            "Y.-y"
-        );
+        assert_eq!(sequence(edges).as_str(), "Y.-y");
     }
 
     #[test]

@@ -675,6 +675,14 @@ fn parse_fields(rest: &str) -> Result<(u64, Event), ParseError> {
     Ok((ms, event))
 }
 
+/// The LED sequence a trace shows ([`crate::led::sequence`] of its `led` events).
+pub fn led_sequence<'a>(events: impl IntoIterator<Item = (u64, &'a Event)>) -> String<64> {
+    crate::led::sequence(events.into_iter().filter_map(|(ms, event)| match event {
+        Event::Led { led, on } => Some((ms, *led, *on)),
+        _ => None,
+    }))
+}
+
 /// Text for an event field, cut to fit.
 pub fn short(s: &str) -> Short {
     cut(s)

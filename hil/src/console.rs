@@ -131,7 +131,8 @@ pub fn read_console(text: &str) -> Result<Vec<Boot>, BadLine> {
                 _ => {}
             }
         }
-        boot.leds = firmware::led::sequence(boot.events.iter().map(|(ms, e)| (*ms, e))).to_string();
+        boot.leds =
+            firmware::trace::led_sequence(boot.events.iter().map(|(ms, e)| (*ms, e))).to_string();
     }
     Ok(boots)
 }

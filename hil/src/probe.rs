@@ -220,7 +220,7 @@ pub fn sequences(edges: &[Edge]) -> Vec<String> {
         .iter()
         .zip(&times)
         .map(|(events, t)| {
-            firmware::led::sequence(t.iter().copied().zip(events.iter())).to_string()
+            firmware::trace::led_sequence(t.iter().copied().zip(events.iter())).to_string()
         })
         .collect()
 }

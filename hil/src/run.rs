@@ -766,7 +766,7 @@ fn sequences_by_boot(edges: &[sim::board::LedEdge]) -> Vec<(u32, String)> {
                 .collect();
             (
                 b,
-                firmware::led::sequence(events.iter().map(|(ms, e)| (*ms, e))).to_string(),
+                firmware::trace::led_sequence(events.iter().map(|(ms, e)| (*ms, e))).to_string(),
             )
         })
         .collect()

@@ -911,9 +911,9 @@ fn github_fault(name: &str, spec: &FaultSpec) -> Option<Fault> {
     })
 }
 
-/// The LED string of one boot (see [`firmware::led::sequence`]).
+/// The LED string of one boot (see [`firmware::trace::led_sequence`]).
 pub fn led_string(trace: &[TraceLine], boot: u32) -> String {
-    firmware::led::sequence(
+    firmware::trace::led_sequence(
         trace
             .iter()
             .filter(|l| l.boot == boot)
