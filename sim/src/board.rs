@@ -328,288 +328,65 @@ impl VirtualBoard {
         self.boot_choices.push((boot, choice));
         let seed = self.seed ^ u64::from(boot).wrapping_mul(0x9E37_79B9);
         let start = self.clock;
-        let mut now = 0u64;
-        let mut trace = Vec::new();
-        let mut counts = std::mem::take(&mut self.event_counts);
-        let mut downloaded = self.downloaded;
-        let mut outages = self.outages.clone();
         let clock_out = self.clock_handle.clone();
-        let wall = std::time::Instant::now();
-        let record = self.record_exchanges;
-        let exchanges = &mut self.exchanges;
-        let led_edges = &mut self.led_edges;
-        let app_starts = &mut self.app_starts;
         let io_patience = self.io_patience;
-        let mut core = Updater::new(&mut self.flash, seed);
+        let mut run = Run {
+            core: Updater::new(&mut self.flash, seed),
+            boot,
+            now: 0,
+            trace: Vec::new(),
+            counts: std::mem::take(&mut self.event_counts),
+            downloaded: self.downloaded,
+            outages: self.outages.clone(),
+            start,
+            flight: None,
+            join_at: None,
+            mqtt: None,
+            silenced: false,
+            live,
+            wall: std::time::Instant::now(),
+            record: self.record_exchanges,
+            exchanges: &mut self.exchanges,
+            led_edges: &mut self.led_edges,
+            app_starts: &mut self.app_starts,
+            triggers,
+        };
         // Like the board glue, which reads it from the MMU: the slot the bootloader started.
-        core.handle_boot(
-            Instant(now),
+        run.core.handle_boot(
+            Instant(0),
             BootInfo {
                 running_offset: offset,
                 chip_revision: self.bootloader.chip.revision,
             },
         );
-        let mut flight: Option<Flight> = None;
-        let mut join_at: Option<u64> = None;
-        let mut mqtt: Option<Mqtt> = None;
-        // The power is gone: the console shows no more of this boot.
-        let mut silenced = false;
-        let end = 'boot: loop {
-            clock_out.store(start + now, std::sync::atomic::Ordering::Relaxed);
-            core.flash_mut().set_clock(start + now);
-            let cut = drain(
-                &mut core,
-                &mut trace,
-                &mut counts,
-                triggers,
-                boot,
-                (&live, &mut silenced),
-            );
-            if cut || core.flash_mut().is_dead() {
-                core.flash_mut().cut_now();
-                break 'boot BootEnd::PowerCut;
+        let end = loop {
+            clock_out.store(start + run.now, std::sync::atomic::Ordering::Relaxed);
+            run.core.flash_mut().set_clock(start + run.now);
+            if run.drain() || run.core.flash_mut().is_dead() {
+                run.core.flash_mut().cut_now();
+                break BootEnd::PowerCut;
             }
-            if let Some(action) = core.poll_action() {
-                match action {
-                    Action::Led { led, on } => {
-                        let edge = LedEdge {
-                            boot,
-                            ms: now,
-                            led,
-                            on,
-                        };
-                        led_edges.push(edge);
-                        if let Some(live) = &live {
-                            let _ = live.send(Live::Led(edge));
-                        }
-                    }
-                    Action::JoinNetwork => {
-                        let up = wifi_up_at(&outages, start + now);
-                        if up <= start + now {
-                            core.handle_network(Instant(now), true);
-                        } else {
-                            join_at = Some(up - start);
-                        }
-                    }
-                    Action::Http(req) => {
-                        let token = core.config().and_then(|c| c.token.clone());
-                        if record {
-                            exchanges.push(Exchange {
-                                boot,
-                                id: req.id,
-                                purpose: req.purpose,
-                                url: req.url.to_string(),
-                                range_from: req.range_from,
-                                authorized: req.authorize && token.is_some(),
-                                status: None,
-                                location: None,
-                                body_bytes: 0,
-                                check_body: Vec::new(),
-                                sent_at: wall.elapsed(),
-                                head_at: None,
-                                ended_at: None,
-                                error: None,
-                            });
-                        }
-                        flight = Some(start_request(http, &req, token.as_deref()));
-                    }
-                    Action::AbortHttp { id } => {
-                        if flight.as_ref().is_some_and(|f| f.id() == id) {
-                            flight = None;
-                            if let Some(x) = exchange(exchanges, boot, id) {
-                                x.ended_at.get_or_insert(wall.elapsed());
-                                // Dropping a redirect after its head is the normal course.
-                                if x.status.is_none_or(|s| !(300..400).contains(&s)) {
-                                    x.error.get_or_insert_with(|| "aborted".into());
-                                }
-                            }
-                        }
-                    }
-                    Action::Publish {
-                        seq,
-                        topic,
-                        payload,
-                    } => {
-                        let delivered =
-                            publish(&mut mqtt, wiring, &self.client_id, &topic, &payload).await;
-                        core.handle_publish_result(Instant(now), seq, delivered);
-                    }
-                    Action::Reboot => break 'boot BootEnd::Reboot,
-                    Action::StartApplication => {
-                        // The application runs beside the routine from now on.
-                        app_starts.push((boot, now));
-                    }
-                    Action::RunApplication => {
-                        if app_starts.last().is_none_or(|(b, _)| *b != boot) {
-                            app_starts.push((boot, now));
-                        }
-                        break 'boot BootEnd::App;
-                    }
+            if let Some(action) = run.core.poll_action() {
+                if let Some(end) = run.execute(action, http, wiring, &self.client_id).await {
+                    break end;
                 }
                 continue;
             }
-            let deadline = [core.poll_timeout().map(|t| t.0), join_at]
+            let deadline = [run.core.poll_timeout().map(|t| t.0), run.join_at]
                 .into_iter()
                 .flatten()
                 .min();
-            if let Some(f) = flight.as_mut() {
-                let step = tokio::time::timeout(io_patience, next_step(f)).await;
-                let id = f.id();
-                if let (Ok(step), Some(x)) = (&step, exchange(exchanges, boot, id)) {
-                    let at = wall.elapsed();
-                    match step {
-                        Step::Head(resp) => {
-                            x.status = Some(resp.status().as_u16());
-                            x.location = resp
-                                .headers()
-                                .get("location")
-                                .and_then(|v| v.to_str().ok())
-                                .map(str::to_string);
-                            x.head_at = Some(at);
-                        }
-                        Step::Chunk(bytes) => {
-                            x.body_bytes += bytes.len() as u64;
-                            if x.purpose == Purpose::Check {
-                                x.check_body.extend_from_slice(bytes);
-                            }
-                        }
-                        Step::End => x.ended_at = Some(at),
-                        Step::Failed(_, what) => {
-                            x.ended_at = Some(at);
-                            x.error = Some(what.clone());
-                        }
-                    }
-                }
-                match step {
-                    Ok(Step::Head(resp)) => {
-                        let mut head = ResponseHead::new(resp.status().as_u16());
-                        for (name, value) in resp.headers() {
-                            if let Ok(v) = value.to_str() {
-                                head.header(name.as_str(), v);
-                            }
-                        }
-                        let purpose = match f {
-                            Flight::Connecting { purpose, .. }
-                            | Flight::Streaming { purpose, .. } => *purpose,
-                        };
-                        flight = Some(Flight::Streaming {
-                            id,
-                            purpose,
-                            body: Box::pin(resp.bytes_stream()),
-                        });
-                        core.handle_response_head(Instant(now), id, &head);
-                    }
-                    Ok(Step::Chunk(bytes)) => {
-                        let is_image = matches!(
-                            f,
-                            Flight::Streaming {
-                                purpose: Purpose::Download,
-                                ..
-                            }
-                        );
-                        for piece in bytes.chunks(PIECE) {
-                            let mut piece = piece;
-                            if is_image {
-                                if let Some(at) = triggers
-                                    .at_download_byte
-                                    .filter(|&at| downloaded + piece.len() as u64 >= at)
-                                {
-                                    piece = &piece[..(at - downloaded) as usize];
-                                    triggers.at_download_byte = None;
-                                    core.handle_response_body(Instant(now), id, piece);
-                                    downloaded += piece.len() as u64;
-                                    core.flash_mut().cut_now();
-                                    break;
-                                }
-                                if let Some((at, length)) = triggers
-                                    .wifi_drop_at_byte
-                                    .filter(|(at, _)| downloaded + piece.len() as u64 >= *at)
-                                {
-                                    triggers.wifi_drop_at_byte = None;
-                                    // Exactly the bytes before the drop arrive, whatever the
-                                    // network's chunking: runs of one state stay identical.
-                                    let before = &piece[..(at - downloaded) as usize];
-                                    if !before.is_empty() {
-                                        core.handle_response_body(Instant(now), id, before);
-                                        downloaded += before.len() as u64;
-                                    }
-                                    outages.push(Outage {
-                                        from: start + now,
-                                        until: start + now + length,
-                                    });
-                                    core.handle_network(Instant(now), false);
-                                    break;
-                                }
-                                downloaded += piece.len() as u64;
-                            }
-                            core.handle_response_body(Instant(now), id, piece);
-                            // Triggers on events count per piece, whatever the network's chunking.
-                            if drain(
-                                &mut core,
-                                &mut trace,
-                                &mut counts,
-                                triggers,
-                                boot,
-                                (&live, &mut silenced),
-                            ) {
-                                core.flash_mut().cut_now();
-                                break;
-                            }
-                            if core.flash_mut().is_dead()
-                                || flight.as_ref().is_none_or(|f| f.id() != id)
-                            {
-                                break;
-                            }
-                        }
-                    }
-                    Ok(Step::End) => {
-                        flight = None;
-                        core.handle_response_end(Instant(now), id);
-                    }
-                    Ok(Step::Failed(kind, what)) => {
-                        flight = None;
-                        core.handle_transport_error(Instant(now), id, kind, &what);
-                    }
-                    Err(_) => {
-                        if let Some(d) = deadline {
-                            now = now.max(d);
-                            core.handle_timeout(Instant(now));
-                        }
-                    }
-                }
+            if run.flight.is_some() {
+                run.step_flight(io_patience, deadline).await;
                 continue;
             }
-            match deadline {
-                Some(_) if now > MAX_BOOT_MS => break 'boot BootEnd::Stuck,
-                Some(d) => {
-                    now = now.max(d);
-                    if triggers.at_time_ms.is_some_and(|t| start + now >= t) {
-                        triggers.at_time_ms = None;
-                        core.flash_mut().cut_now();
-                        break 'boot BootEnd::PowerCut;
-                    }
-                    if join_at.is_some_and(|j| j <= now) {
-                        join_at = None;
-                        core.handle_network(Instant(now), true);
-                    }
-                    core.handle_timeout(Instant(now));
-                }
-                None => break 'boot BootEnd::Stuck,
+            if let Some(end) = run.wait(deadline) {
+                break end;
             }
         };
-        while let Some((t, event)) = core.poll_event() {
-            let line = TraceLine {
-                boot,
-                ms: t.0,
-                event,
-            };
-            if let Some(live) = &live {
-                let _ = live.send(Live::Line(line.clone()));
-            }
-            trace.push(line);
-        }
-        drop(core);
-        if let Some(m) = mqtt.take() {
+        let now = run.now;
+        let (trace, counts, outages, downloaded, mqtt) = run.finish();
+        if let Some(m) = mqtt {
             let _ = m.client.disconnect().await;
         }
         if end == BootEnd::PowerCut {
@@ -622,6 +399,331 @@ impl VirtualBoard {
         self.clock = start + now;
         self.boot_lengths.push((boot, now));
         end
+    }
+}
+
+/// One boot in progress: the core and everything the glue tracks while it runs.
+struct Run<'b> {
+    core: Updater<&'b mut SimFlash>,
+    boot: u32,
+    /// Virtual ms since this boot started.
+    now: u64,
+    /// Virtual ms since the first boot, at the start of this one.
+    start: u64,
+    trace: Vec<TraceLine>,
+    counts: std::collections::HashMap<&'static str, u32>,
+    /// Image bytes handed to the core over the board's life.
+    downloaded: u64,
+    outages: Vec<Outage>,
+    flight: Option<Flight>,
+    /// When a pending join succeeds (the end of an outage).
+    join_at: Option<u64>,
+    mqtt: Option<Mqtt>,
+    /// The power is gone: the console shows no more of this boot.
+    silenced: bool,
+    live: Option<tokio::sync::mpsc::UnboundedSender<Live>>,
+    wall: std::time::Instant,
+    record: bool,
+    exchanges: &'b mut Vec<Exchange>,
+    led_edges: &'b mut Vec<LedEdge>,
+    app_starts: &'b mut Vec<(u32, u64)>,
+    triggers: &'b mut Triggers,
+}
+
+impl Run<'_> {
+    /// Moves the core's events into the trace; true when an event trigger cut the power.
+    fn drain(&mut self) -> bool {
+        drain(
+            &mut self.core,
+            &mut self.trace,
+            &mut self.counts,
+            self.triggers,
+            self.boot,
+            (&self.live, &mut self.silenced),
+        )
+    }
+
+    /// Executes one action of the core; `Some` when it ends the boot.
+    async fn execute(
+        &mut self,
+        action: Action,
+        http: &reqwest::Client,
+        wiring: &Wiring,
+        client_id: &str,
+    ) -> Option<BootEnd> {
+        let (boot, now) = (self.boot, self.now);
+        match action {
+            Action::Led { led, on } => {
+                let edge = LedEdge {
+                    boot,
+                    ms: now,
+                    led,
+                    on,
+                };
+                self.led_edges.push(edge);
+                if let Some(live) = &self.live {
+                    let _ = live.send(Live::Led(edge));
+                }
+            }
+            Action::JoinNetwork => {
+                let up = wifi_up_at(&self.outages, self.start + now);
+                if up <= self.start + now {
+                    self.core.handle_network(Instant(now), true);
+                } else {
+                    self.join_at = Some(up - self.start);
+                }
+            }
+            Action::Http(req) => {
+                let token = self.core.config().and_then(|c| c.token.clone());
+                if self.record {
+                    self.exchanges.push(Exchange {
+                        boot,
+                        id: req.id,
+                        purpose: req.purpose,
+                        url: req.url.to_string(),
+                        range_from: req.range_from,
+                        authorized: req.authorize && token.is_some(),
+                        status: None,
+                        location: None,
+                        body_bytes: 0,
+                        check_body: Vec::new(),
+                        sent_at: self.wall.elapsed(),
+                        head_at: None,
+                        ended_at: None,
+                        error: None,
+                    });
+                }
+                self.flight = Some(start_request(http, &req, token.as_deref()));
+            }
+            Action::AbortHttp { id } => {
+                if self.flight.as_ref().is_some_and(|f| f.id() == id) {
+                    self.flight = None;
+                    if let Some(x) = exchange(self.exchanges, boot, id) {
+                        x.ended_at.get_or_insert(self.wall.elapsed());
+                        // Dropping a redirect after its head is the normal course.
+                        if x.status.is_none_or(|s| !(300..400).contains(&s)) {
+                            x.error.get_or_insert_with(|| "aborted".into());
+                        }
+                    }
+                }
+            }
+            Action::Publish {
+                seq,
+                topic,
+                payload,
+            } => {
+                let delivered = publish(&mut self.mqtt, wiring, client_id, &topic, &payload).await;
+                self.core
+                    .handle_publish_result(Instant(now), seq, delivered);
+            }
+            Action::Reboot => return Some(BootEnd::Reboot),
+            Action::StartApplication => {
+                // The application runs beside the routine from now on.
+                self.app_starts.push((boot, now));
+            }
+            Action::RunApplication => {
+                if self.app_starts.last().is_none_or(|(b, _)| *b != boot) {
+                    self.app_starts.push((boot, now));
+                }
+                return Some(BootEnd::App);
+            }
+        }
+        None
+    }
+
+    /// Waits for the request in flight to make progress (real I/O) and hands it to the core;
+    /// a server silent for `io_patience` lets the virtual clock jump to `deadline`.
+    async fn step_flight(&mut self, io_patience: Duration, deadline: Option<u64>) {
+        let Some(f) = self.flight.as_mut() else {
+            return;
+        };
+        let step = tokio::time::timeout(io_patience, next_step(f)).await;
+        let id = f.id();
+        let purpose = match f {
+            Flight::Connecting { purpose, .. } | Flight::Streaming { purpose, .. } => *purpose,
+        };
+        let streaming = matches!(f, Flight::Streaming { .. });
+        if let Ok(step) = &step {
+            self.note_exchange(id, step);
+        }
+        let now = Instant(self.now);
+        match step {
+            Ok(Step::Head(resp)) => {
+                let mut head = ResponseHead::new(resp.status().as_u16());
+                for (name, value) in resp.headers() {
+                    if let Ok(v) = value.to_str() {
+                        head.header(name.as_str(), v);
+                    }
+                }
+                self.flight = Some(Flight::Streaming {
+                    id,
+                    purpose,
+                    body: Box::pin(resp.bytes_stream()),
+                });
+                self.core.handle_response_head(now, id, &head);
+            }
+            Ok(Step::Chunk(bytes)) => {
+                let is_image = streaming && purpose == Purpose::Download;
+                self.deliver(id, &bytes, is_image);
+            }
+            Ok(Step::End) => {
+                self.flight = None;
+                self.core.handle_response_end(now, id);
+            }
+            Ok(Step::Failed(kind, what)) => {
+                self.flight = None;
+                self.core.handle_transport_error(now, id, kind, &what);
+            }
+            Err(_) => {
+                if let Some(d) = deadline {
+                    self.now = self.now.max(d);
+                    self.core.handle_timeout(Instant(self.now));
+                }
+            }
+        }
+    }
+
+    /// Records what a step of request `id` showed, when exchanges are recorded.
+    fn note_exchange(&mut self, id: u32, step: &Step) {
+        let at = self.wall.elapsed();
+        let Some(x) = exchange(self.exchanges, self.boot, id) else {
+            return;
+        };
+        match step {
+            Step::Head(resp) => {
+                x.status = Some(resp.status().as_u16());
+                x.location = resp
+                    .headers()
+                    .get("location")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                x.head_at = Some(at);
+            }
+            Step::Chunk(bytes) => {
+                x.body_bytes += bytes.len() as u64;
+                if x.purpose == Purpose::Check {
+                    x.check_body.extend_from_slice(bytes);
+                }
+            }
+            Step::End => x.ended_at = Some(at),
+            Step::Failed(_, what) => {
+                x.ended_at = Some(at);
+                x.error = Some(what.clone());
+            }
+        }
+    }
+
+    /// Hands body bytes to the core one TCP segment at a time, firing the download-byte
+    /// triggers (power cut, WiFi drop) exactly at their byte.
+    fn deliver(&mut self, id: u32, bytes: &[u8], is_image: bool) {
+        let now = Instant(self.now);
+        for piece in bytes.chunks(PIECE) {
+            let mut piece = piece;
+            if is_image {
+                let downloaded = self.downloaded;
+                if let Some(at) = self
+                    .triggers
+                    .at_download_byte
+                    .filter(|&at| downloaded + piece.len() as u64 >= at)
+                {
+                    piece = &piece[..(at - downloaded) as usize];
+                    self.triggers.at_download_byte = None;
+                    self.core.handle_response_body(now, id, piece);
+                    self.downloaded += piece.len() as u64;
+                    self.core.flash_mut().cut_now();
+                    return;
+                }
+                if let Some((at, length)) = self
+                    .triggers
+                    .wifi_drop_at_byte
+                    .filter(|(at, _)| downloaded + piece.len() as u64 >= *at)
+                {
+                    self.triggers.wifi_drop_at_byte = None;
+                    // Exactly the bytes before the drop arrive, whatever the network's
+                    // chunking: runs of one state stay identical.
+                    let before = &piece[..(at - downloaded) as usize];
+                    if !before.is_empty() {
+                        self.core.handle_response_body(now, id, before);
+                        self.downloaded += before.len() as u64;
+                    }
+                    self.outages.push(Outage {
+                        from: self.start + self.now,
+                        until: self.start + self.now + length,
+                    });
+                    self.core.handle_network(now, false);
+                    return;
+                }
+                self.downloaded += piece.len() as u64;
+            }
+            self.core.handle_response_body(now, id, piece);
+            // Triggers on events count per piece, whatever the network's chunking.
+            if self.drain() {
+                self.core.flash_mut().cut_now();
+                return;
+            }
+            if self.core.flash_mut().is_dead() || self.flight.as_ref().is_none_or(|f| f.id() != id)
+            {
+                return;
+            }
+        }
+    }
+
+    /// Nothing in flight: the virtual clock jumps to the next deadline; `Some` ends the boot.
+    fn wait(&mut self, deadline: Option<u64>) -> Option<BootEnd> {
+        let Some(d) = deadline else {
+            return Some(BootEnd::Stuck);
+        };
+        if self.now > MAX_BOOT_MS {
+            return Some(BootEnd::Stuck);
+        }
+        self.now = self.now.max(d);
+        let now = self.now;
+        if self
+            .triggers
+            .at_time_ms
+            .is_some_and(|t| self.start + now >= t)
+        {
+            self.triggers.at_time_ms = None;
+            self.core.flash_mut().cut_now();
+            return Some(BootEnd::PowerCut);
+        }
+        if self.join_at.is_some_and(|j| j <= now) {
+            self.join_at = None;
+            self.core.handle_network(Instant(now), true);
+        }
+        self.core.handle_timeout(Instant(now));
+        None
+    }
+
+    /// The boot is over: its last events join the trace; what the board keeps comes back.
+    #[allow(clippy::type_complexity)]
+    fn finish(
+        mut self,
+    ) -> (
+        Vec<TraceLine>,
+        std::collections::HashMap<&'static str, u32>,
+        Vec<Outage>,
+        u64,
+        Option<Mqtt>,
+    ) {
+        while let Some((t, event)) = self.core.poll_event() {
+            let line = TraceLine {
+                boot: self.boot,
+                ms: t.0,
+                event,
+            };
+            if let Some(live) = &self.live {
+                let _ = live.send(Live::Line(line.clone()));
+            }
+            self.trace.push(line);
+        }
+        (
+            self.trace,
+            self.counts,
+            self.outages,
+            self.downloaded,
+            self.mqtt,
+        )
     }
 }
 
