@@ -109,9 +109,21 @@ pub struct BootPlan {
     pub rate_limit: Option<RateLimitPlan>,
 }
 
+/// What the boot before did: where the next boot's cut may fall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastBoot {
+    /// Flash operations it made.
+    pub ops: u64,
+    /// Virtual ms it lasted.
+    pub ms: u64,
+    /// It downloaded image bytes (a bad release is downloaded again at each boot).
+    pub downloaded: bool,
+}
+
 impl BootPlan {
-    /// Draws the plan of a boot. `ops_span`: flash operations a cut may fall in.
-    pub fn draw(rng: &mut SplitMix, ops_span: u64, image_size: u64) -> BootPlan {
+    /// Draws the plan of a boot. A cut falls inside what the boot is likely to do: the last
+    /// boot's flash operations and duration, or a whole image's when a release is published.
+    pub fn draw(rng: &mut SplitMix, last: LastBoot, image_size: u64) -> BootPlan {
         let mut plan = BootPlan::default();
         // Per mille: what else happens this boot.
         match rng.below(1000) {
@@ -149,11 +161,19 @@ impl BootPlan {
         } else {
             50
         };
+        let downloads = plan.release || plan.bad_release || last.downloaded;
+        // Erases and programs of a whole image, and then some.
+        let image_ops = image_size / 4096 * 4 + 16;
+        let ops_span = if plan.release || plan.bad_release {
+            image_ops
+        } else {
+            last.ops
+        };
         if rng.below(1000) < cut_odds {
             plan.cut = Some(match rng.below(10) {
-                0..5 => CutPlan::Op(1 + rng.below(ops_span.max(4))),
-                5..7 => CutPlan::Byte(1 + rng.below(image_size.max(1))),
-                _ => CutPlan::Time(1 + rng.below(300_000)),
+                0..3 if downloads => CutPlan::Byte(1 + rng.below(image_size.max(1))),
+                0..7 => CutPlan::Op(1 + rng.below(ops_span.max(2))),
+                _ => CutPlan::Time(1 + rng.below(last.ms.max(1000))),
             });
         }
         plan
@@ -321,27 +341,41 @@ impl SoakReport {
         let _ = writeln!(s, "\nflash wear (erase cycles per 4 KiB sector touched):");
         let _ = writeln!(
             s,
-            "  {:<9} {:<23} {:>7} {:>9} {:>9}",
+            "  {:<9} {:<23} {:>7} {:>11} {:>11}",
             "partition", "sectors", "count", "erases", "per 1k"
         );
         for p in &self.wear {
             if p.sectors.is_empty() {
                 let _ = writeln!(s, "  {:<9} (none erased)", p.name);
             }
-            for (from, to, n, count) in runs(&p.sectors) {
+            // An OTA slot is one row per contiguous run (its sectors are erased together,
+            // a cut making them differ by one or two); the small partitions row by row.
+            let slot = p.name.starts_with("ota_");
+            for (from, to, (low, high), count) in runs(&p.sectors, slot) {
                 let range = if from == to {
                     format!("0x{from:06x}")
                 } else {
                     format!("0x{from:06x}..=0x{to:06x}")
                 };
+                let (erases, per_k) = if low == high {
+                    (
+                        low.to_string(),
+                        format!("{:.1}", self.per_thousand_boots(high)),
+                    )
+                } else {
+                    (
+                        format!("{low}..{high}"),
+                        format!(
+                            "{:.1}..{:.1}",
+                            self.per_thousand_boots(low),
+                            self.per_thousand_boots(high)
+                        ),
+                    )
+                };
                 let _ = writeln!(
                     s,
-                    "  {:<9} {:<23} {:>7} {:>9} {:>9.1}",
-                    p.name,
-                    range,
-                    count,
-                    n,
-                    self.per_thousand_boots(n)
+                    "  {:<9} {:<23} {:>7} {:>11} {:>11}",
+                    p.name, range, count, erases, per_k
                 );
             }
         }
@@ -435,18 +469,22 @@ impl SoakReport {
     }
 }
 
-/// Runs of consecutive sectors with the same erase count: (first, last, erases, sectors).
-fn runs(sectors: &[(u32, u32)]) -> Vec<(u32, u32, u32, u32)> {
-    let mut out: Vec<(u32, u32, u32, u32)> = Vec::new();
+/// Runs of consecutive sectors: (first, last, (fewest, most erases), sectors). With
+/// `merge_counts` a run goes on whatever the counts; without, only while they are equal.
+fn runs(sectors: &[(u32, u32)], merge_counts: bool) -> Vec<(u32, u32, (u32, u32), u32)> {
+    let mut out: Vec<(u32, u32, (u32, u32), u32)> = Vec::new();
     for &(sector, n) in sectors {
         match out.last_mut() {
-            Some((_, last, erases, count))
-                if *erases == n && *last + firmware::storage::SECTOR == sector =>
+            Some((_, last, (low, high), count))
+                if *last + firmware::storage::SECTOR == sector
+                    && (merge_counts || (*low == n && *high == n)) =>
             {
                 *last = sector;
+                *low = (*low).min(n);
+                *high = (*high).max(n);
                 *count += 1;
             }
-            _ => out.push((sector, sector, n, 1)),
+            _ => out.push((sector, sector, (n, n), 1)),
         }
     }
     out
@@ -694,8 +732,8 @@ impl Soak {
         self.world.broker_proxy.set_mode(ProxyMode::Pass);
     }
 
-    /// One boot, judged. Returns how it ended and the flash operations it made.
-    async fn boot(&mut self, plan: &BootPlan) -> Result<(BootEnd, u64), WorldError> {
+    /// One boot, judged. Returns how it ended and what it did.
+    async fn boot(&mut self, plan: &BootPlan) -> Result<(BootEnd, LastBoot), WorldError> {
         let boot = self.board.boots + 1;
         let violation = |what: String| SoakViolation {
             boot,
@@ -713,13 +751,18 @@ impl Soak {
         let mut triggers = self.arm(plan)?;
         let trace_from = self.board.trace.len();
         let ops_before = self.board.flash.ops();
+        let (clock_before, downloaded_before) = (self.board.clock, self.board.downloaded);
         let cuts_before = self.board.cuts.len();
         let end = self
             .board
             .boot(&self.http, &self.wiring, &mut triggers)
             .await;
         self.disarm();
-        let ops = self.board.flash.ops() - ops_before;
+        let did = LastBoot {
+            ops: self.board.flash.ops() - ops_before,
+            ms: self.board.clock - clock_before,
+            downloaded: self.board.downloaded > downloaded_before,
+        };
         match &end {
             BootEnd::Bricked(b) => found.push(format!("invariant: bricked: {b}")),
             BootEnd::Stuck => found.push("invariant: stuck (the core waits for nothing)".into()),
@@ -757,7 +800,7 @@ impl Soak {
             BootEnd::PowerCut => self.board.clock += 1 + (self.board.clock % 60_000),
             _ => {}
         }
-        Ok((end, ops))
+        Ok((end, did))
     }
 
     /// The board's log ring at the end: (next sequence number, undelivered records).
@@ -806,17 +849,14 @@ pub async fn soak(opts: &SoakOptions, broker: &BrokerChoice) -> Result<SoakRepor
     let started = Instant::now();
     let mut soak = Soak::start(opts, broker).await?;
     let mut rng = SplitMix(opts.seed);
-    let mut last_ops = 16;
+    let mut last = LastBoot {
+        ops: 16,
+        ms: 10_000,
+        downloaded: false,
+    };
     for _ in 0..opts.boots {
-        let span = if soak.published.is_empty() {
-            last_ops
-        } else {
-            // A boot that may download: erases and programs of a whole image.
-            last_ops.max(opts.image_size as u64 / 1024)
-        };
-        let plan = BootPlan::draw(&mut rng, span, opts.image_size as u64);
-        let (_, ops) = soak.boot(&plan).await?;
-        last_ops = ops.max(4);
+        let plan = BootPlan::draw(&mut rng, last, opts.image_size as u64);
+        last = soak.boot(&plan).await?.1;
     }
     soak.report.boots = soak.board.boots;
     // Calm boots until the application runs and the ring holds nothing undelivered.
@@ -905,8 +945,13 @@ mod tests {
     fn plans_are_a_function_of_the_seed_and_mostly_calm() {
         let draw = |seed| {
             let mut rng = SplitMix(seed);
+            let last = LastBoot {
+                ops: 40,
+                ms: 5000,
+                downloaded: false,
+            };
             (0..2000)
-                .map(|_| BootPlan::draw(&mut rng, 40, 65536))
+                .map(|_| BootPlan::draw(&mut rng, last, 65536))
                 .collect::<Vec<_>>()
         };
         let plans = draw(7);
@@ -942,10 +987,20 @@ mod tests {
             names,
             ["otadata", "ota_0", "ota_1", "otastate", "otalog", "other"]
         );
+        let slot = layout.slots[1].offset;
         assert_eq!(
-            runs(&wear[2].sectors),
-            vec![(layout.slots[1].offset, layout.slots[1].offset + 4096, 2, 2)]
+            runs(&wear[2].sectors, false),
+            vec![(slot, slot + 4096, (2, 2), 2)]
         );
+        let uneven = [(slot, 5), (slot + 4096, 4), (slot + 3 * 4096, 4)];
+        assert_eq!(
+            runs(&uneven, true),
+            vec![
+                (slot, slot + 4096, (4, 5), 2),
+                (slot + 3 * 4096, slot + 3 * 4096, (4, 4), 1)
+            ]
+        );
+        assert_eq!(runs(&uneven, false).len(), 3);
         let report = SoakReport {
             boots: 1000,
             wear,
