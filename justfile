@@ -23,6 +23,10 @@ sweep size="1MiB":
 sweep-deep size="64KiB":
     cargo run -p sim -- sweep --image-size {{size}} --workload all --depth 2 --html target/sweep.html --vcd target/sweep.vcd
 
+# One board through N boots of releases, power cuts and outages: flash wear per sector, log records lost (must be 0), violations.
+soak boots="10000" seed="1":
+    cargo run -p sim -- soak --boots {{boots}} --seed {{seed}}
+
 # Every test of the workspace (host only: the board binary needs a chip feature).
 test:
     cargo test --workspace

@@ -928,7 +928,11 @@ async fn publish(
     let acked = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
             match m.events.poll().await {
-                Ok(MqttEvent::Incoming(Packet::PubAck(_))) => return true,
+                // As the firmware's glue: a PUBACK with a failing reason code (0x80 and up,
+                // e.g. quota exceeded) is no delivery.
+                Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
+                    return crate::broker::puback_delivers(ack.reason);
+                }
                 Ok(_) => {}
                 Err(_) => return false,
             }

@@ -364,6 +364,24 @@ pub fn resolve(addr: &BrokerAddr) -> Option<SocketAddr> {
         .next()
 }
 
+/// Whether a PUBACK with this reason code is a delivery. MQTT 5 (§3.4.2.1): codes below 0x80
+/// are successes (0x00 Success, 0x10 No matching subscribers), 0x80 and up are failures (not
+/// authorized, quota exceeded, …) after which the broker does not forward the message. The
+/// firmware's glue counts it the same way (`reason_code.is_success()`).
+pub fn puback_delivers(reason: rumqttc::v5::mqttbytes::v5::PubAckReason) -> bool {
+    use rumqttc::v5::mqttbytes::v5::PubAckReason as R;
+    match reason {
+        R::Success | R::NoMatchingSubscribers => true,
+        R::UnspecifiedError
+        | R::ImplementationSpecificError
+        | R::NotAuthorized
+        | R::TopicNameInvalid
+        | R::PacketIdentifierInUse
+        | R::QuotaExceeded
+        | R::PayloadFormatInvalid => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,6 +119,9 @@ pub struct SimFlash {
     clock_ms: u64,
     /// Sectors changed since [`SimFlash::clear_dirty`], one bit each.
     dirty: Vec<u64>,
+    /// Erases of each sector over the flash's life (a torn erase counts: the cell was
+    /// stressed), the wear figure of `sim soak`.
+    erases: Vec<u32>,
 }
 
 impl SimFlash {
@@ -137,6 +140,7 @@ impl SimFlash {
             log: Vec::new(),
             clock_ms: 0,
             dirty: vec![0; FLASH_SIZE / SECTOR / 64],
+            erases: vec![0; FLASH_SIZE / SECTOR],
         }
     }
 
@@ -211,6 +215,20 @@ impl SimFlash {
         self.clock_ms = ms;
     }
 
+    /// Erase cycles of every 4 KiB sector over the flash's life, indexed by sector number
+    /// (offset / 4096). Loading (a flashing tool) erases nothing here.
+    pub fn erase_counts(&self) -> &[u32] {
+        &self.erases
+    }
+
+    /// Disarms every pending cut (by operation, in a region, or torn in a shape) that has
+    /// not fired: a soak arms one cut per boot and must not carry it into the next.
+    pub fn disarm(&mut self) {
+        self.cut_at = None;
+        self.cut_in = None;
+        self.shape = None;
+    }
+
     /// Cut power during the `nth` (1-based) operation that touches `[start, end)`.
     pub fn arm_cut_in(&mut self, start: u32, end: u32, nth: u32) {
         self.cut_in = Some((start, end, nth.max(1)));
@@ -241,6 +259,9 @@ impl SimFlash {
             return Err(SimFlashError::PowerCut);
         }
         self.ops += 1;
+        if kind == OpKind::Erase {
+            self.erases[offset as usize / SECTOR] += 1;
+        }
         self.mark(
             offset as usize,
             if kind == OpKind::Erase {
@@ -418,6 +439,24 @@ mod tests {
         assert!(written < 4096, "a torn write is incomplete");
         f.power_on();
         assert!(f.read(0, &mut [0; 4]).is_ok());
+    }
+
+    #[test]
+    fn erases_are_counted_per_sector_torn_ones_too_and_survive_a_clone() {
+        let mut f = SimFlash::new(3);
+        f.load(0, &[0; 8192]);
+        f.erase(0, 8192).unwrap();
+        f.erase(4096, 8192).unwrap();
+        f.write(4096, &[0; 4]).unwrap();
+        f.arm_cut(f.ops() + 1);
+        assert_eq!(f.erase(4096, 8192), Err(SimFlashError::PowerCut));
+        let copy = f.clone();
+        assert_eq!(&copy.erase_counts()[..3], &[1, 3, 0]);
+        f.power_on();
+        f.arm_cut(f.ops() + 1);
+        f.disarm();
+        f.erase(0, 4096).unwrap();
+        assert_eq!(&f.erase_counts()[..2], &[2, 3]);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod recording;
 pub mod report;
 pub mod scenario;
+pub mod soak;
 pub mod sweep;
 pub mod torn;
 pub mod world;

@@ -122,6 +122,23 @@ enum Command {
         #[arg(long, requires = "record")]
         every: Option<u64>,
     },
+    /// One board through N boots with a seeded mix of releases, power cuts, WiFi and broker
+    /// outages, bad releases and rate limits: prints the erase count of every sector touched,
+    /// the log records lost and duplicated, and the invariant violations.
+    Soak {
+        /// Boots (a few calm ones that drain the activity log follow).
+        #[arg(long, default_value_t = 1000)]
+        boots: u32,
+        /// Seed of what happens at each boot (and of the board's jitter and torn operations).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Size of each release image: bytes, or with KiB / MiB.
+        #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+        image_size: usize,
+        /// The board's bootloader: espflash or idf-rollback.
+        #[arg(long, default_value = "espflash", value_parser = parse_model)]
+        bootloader: Model,
+    },
     /// Every scenario behind every bootloader, then sweeps of a small image (every workload,
     /// every torn shape; random multi-cut runs; depth 2 on a 16 KiB image): what `just sim` runs.
     All {
@@ -1008,6 +1025,27 @@ async fn main() -> ExitCode {
                     vcd,
                 };
                 run_sweep_with(opts, &broker, &files).await
+            }
+        }
+        Command::Soak {
+            boots,
+            seed,
+            image_size,
+            bootloader,
+        } => {
+            let opts = sim::soak::SoakOptions {
+                boots,
+                seed,
+                image_size,
+                bootloader,
+            };
+            println!("soak: {boots} boots, seed {seed}, {image_size}-byte releases, {bootloader}");
+            match sim::soak::soak(&opts, &broker).await {
+                Ok(report) => {
+                    print!("{}", report.render());
+                    Ok(report.passed())
+                }
+                Err(e) => Err(e.to_string()),
             }
         }
         Command::All { dir, image_size } => {
