@@ -2164,6 +2164,29 @@ mod tests {
         items.iter().map(|s| s.to_string()).collect()
     }
 
+    #[test]
+    fn an_application_held_past_max_wait_is_a_violation() {
+        let judge = |starts: &[(u32, u64)], lengths: &[(u32, u64)], wait: u64| {
+            let mut failures = Vec::new();
+            check_app_started(starts, lengths, wait, &mut failures);
+            failures
+        };
+        // Started at the limit; a boot that ended before the limit needs no start.
+        assert!(judge(&[(1, 120_000)], &[(1, 900_000), (2, 5_000)], 120_000).is_empty());
+        let late = judge(&[(1, 120_001)], &[(1, 900_000)], 120_000);
+        assert!(
+            late[0].contains("boot 1") && late[0].contains("after 120001 ms"),
+            "{late:?}"
+        );
+        let never = judge(&[], &[(3, 200_000)], 120_000);
+        assert!(
+            never[0].contains("boot 3") && never[0].contains("without starting"),
+            "{never:?}"
+        );
+        // 0 waits for ever, as the original updater did.
+        assert!(judge(&[], &[(1, 9_000_000)], 0).is_empty());
+    }
+
     fn observed() -> Observed {
         Observed {
             versions: strings(&["1.0", "1.1"]),

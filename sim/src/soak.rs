@@ -20,7 +20,7 @@ use crate::github::{Asset, Fault, RateLimit, Release};
 use crate::image;
 use crate::oracle::{Approved, History, Oracle, OracleSpec};
 use crate::proxy::ProxyMode;
-use crate::scenario::{LogFacts, check_boot_invariants, log_key, wait_for_log};
+use crate::scenario::{LogFacts, check_app_started, check_boot_invariants, log_key, wait_for_log};
 use crate::world::{BrokerChoice, SimDns, World, WorldError, conf_json};
 use firmware::storage::log::LogStore;
 use firmware::storage::{Layout, Region};
@@ -779,6 +779,16 @@ impl Soak {
             .map_or(0, |i| i + 1);
         let mut failures = Vec::new();
         check_boot_invariants(recent, &self.board.trace[lines_from..], &[], &mut failures);
+        // The application is never held hostage, whatever this boot met.
+        let this_boot = |list: &[(u32, u64)]| -> Vec<(u32, u64)> {
+            list.iter().filter(|(b, _)| *b == boot).copied().collect()
+        };
+        check_app_started(
+            &this_boot(&self.board.app_starts),
+            &this_boot(&self.board.boot_lengths),
+            MAX_WAIT_MS,
+            &mut failures,
+        );
         // The previous boot was judged already: only this boot's findings are new.
         found.extend(
             failures
