@@ -1162,7 +1162,9 @@ impl<F: NorFlash> Updater<F> {
         })?;
         let body = Body::Release(ReleaseParser::new(&config.asset, config.allow_prereleases));
         let authorize = config.token.is_some();
-        self.session.check_url_crc = memory::url_crc(&url);
+        // The asset name is part of the key: a 304 says the release is unchanged, not that
+        // a refusal of another asset applies.
+        self.session.check_url_crc = memory::check_key(&url, &config.asset);
         self.session.check_etag = None;
         let if_none_match = self
             .usable_memo(self.session.check_url_crc)

@@ -50,7 +50,8 @@ const ETAG_MAX: usize = 128;
 /// The last release answer that needed no download, by its `ETag`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckMemo {
-    /// CRC-32 of the URL asked (the ETag is only good for the same request).
+    /// [`check_key`] of the URL asked and the asset looked for (the ETag is only good for the
+    /// same request, and a refusal only for the same asset).
     pub url_crc: u32,
     /// The answer's `ETag`.
     pub etag: Validator,
@@ -285,9 +286,13 @@ fn decode(raw: &[u8; RECORD as usize]) -> Option<(u32, Remembered)> {
     ))
 }
 
-/// CRC-32 of a check URL, as the journal keys an `ETag` on it.
-pub fn url_crc(url: &str) -> u32 {
-    RECORD_CRC.checksum(url.as_bytes())
+/// What the journal keys an `ETag` on: CRC-32 of the check URL and the asset name looked for.
+pub fn check_key(url: &str, asset: &str) -> u32 {
+    let mut digest = RECORD_CRC.digest();
+    digest.update(url.as_bytes());
+    digest.update(b"\n");
+    digest.update(asset.as_bytes());
+    digest.finalize()
 }
 
 #[cfg(test)]
@@ -321,7 +326,7 @@ mod tests {
         let _ = tag.push_str("1.4");
         Remembered {
             check: Some(CheckMemo {
-                url_crc: url_crc("https://api.github.com/repos/a/b/releases/latest"),
+                url_crc: check_key("https://api.github.com/repos/a/b/releases/latest", "fw.bin"),
                 etag: v,
                 tag,
                 size: 1234,
