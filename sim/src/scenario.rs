@@ -153,6 +153,10 @@ pub struct BoardSpec {
     /// `update.max_wait_s` in the generated conf.json (default: absent, the core's 120 s).
     #[serde(default)]
     pub max_wait_s: Option<u32>,
+    /// Once the application runs beside the routine, its reboot hook holds a reboot into a
+    /// new release this many seconds (default 0: at once, the hook's default).
+    #[serde(default)]
+    pub app_holds_reboot_s: u64,
     /// The OTA slot the running image is in (default 0, blank otadata as after `just flash`;
     /// another slot comes with a VALID otadata entry selecting it).
     #[serde(default)]
@@ -1202,6 +1206,8 @@ pub struct Stage {
     /// The bootloader model.
     pub model: Model,
     /// The chip's revision.
+    /// How long the application's reboot hook holds a reboot (`board.app_holds_reboot_s`).
+    pub app_holds_reboot_s: u64,
     pub chip_revision: u16,
     /// Every build a release entry serves: (tag, build, image), for `final_build`.
     pub builds: Vec<(String, u32, Vec<u8>)>,
@@ -1373,6 +1379,7 @@ impl Stage {
             seed: s.seed,
             model,
             chip_revision: s.board.chip_revision.unwrap_or(DEFAULT_REVISION),
+            app_holds_reboot_s: s.board.app_holds_reboot_s,
             builds,
             collector,
             dns: SimDns::default(),
@@ -1563,6 +1570,7 @@ impl Stage {
     /// GitHub's rate limiter following its virtual clock.
     pub fn board_with(&self, flash: SimFlash) -> VirtualBoard {
         let mut board = VirtualBoard::new(flash, &self.client_id, self.seed);
+        board.app_holds_reboot_ms = self.app_holds_reboot_s * 1000;
         board.bootloader = Bootloader {
             model: self.model,
             chip: Chip {
