@@ -376,11 +376,6 @@ impl<F: NorFlash> Updater<F> {
         self.phase == Phase::Done
     }
 
-    /// True once the application was started, early or at the end of the routine.
-    pub fn application_started(&self) -> bool {
-        self.app_started
-    }
-
     /// The flash, for drivers that need it back (the simulator after a power cut).
     pub fn into_flash(self) -> F {
         self.flash

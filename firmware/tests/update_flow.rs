@@ -760,6 +760,67 @@ fn a_puback_after_the_deadline_still_counts_as_delivered() {
     );
 }
 
+/// Drains the core's actions: whether one of them was an HTTP request.
+fn requested(core: &mut Updater<Ram>) -> bool {
+    let mut any = false;
+    while let Some(action) = core.poll_action() {
+        any |= matches!(action, Action::Http(_));
+    }
+    while core.poll_event().is_some() {}
+    any
+}
+
+#[test]
+fn the_networks_return_ends_a_network_backoff_at_once_but_not_a_rate_limit_wait() {
+    let mut core = Updater::new(board("1.0"), 1);
+    let boot = BootInfo {
+        running_offset: SLOT_OFFSETS[0],
+        chip_revision: 4,
+    };
+    core.handle_boot(Instant(0), boot);
+    assert!(!requested(&mut core), "no network yet");
+    // The join times out: a network retry waits its backoff.
+    let join_timeout = core.poll_timeout().unwrap();
+    core.handle_timeout(join_timeout);
+    assert!(!requested(&mut core));
+    let backoff_end = core.poll_timeout().unwrap();
+    assert!(backoff_end > join_timeout.plus_ms(1));
+    // The WiFi comes back before the backoff is over: the check goes now.
+    core.handle_network(join_timeout.plus_ms(1), true);
+    assert!(
+        requested(&mut core),
+        "the check starts as soon as the network is back"
+    );
+
+    // A rate limit keeps its wait, whatever the network does meanwhile.
+    let mut core = Updater::new(board("1.0"), 1);
+    core.handle_boot(Instant(0), boot);
+    core.handle_network(Instant(0), true);
+    let mut check_id = None;
+    while let Some(action) = core.poll_action() {
+        if let Action::Http(req) = action {
+            check_id = Some(req.id);
+        }
+    }
+    let mut head = ResponseHead::new(429);
+    head.header("retry-after", "600");
+    core.handle_response_head(Instant(10), check_id.unwrap(), &head);
+    assert!(!requested(&mut core));
+    core.handle_network(Instant(20), false);
+    core.handle_network(Instant(30), true);
+    assert!(
+        !requested(&mut core),
+        "a rate limit is not a network outage"
+    );
+    core.handle_timeout(Instant(300_000));
+    assert!(!requested(&mut core), "still waiting for the rate limit");
+    core.handle_timeout(Instant(601_000));
+    assert!(
+        requested(&mut core),
+        "asked again once the rate limit passed"
+    );
+}
+
 #[test]
 fn an_endless_release_response_is_refused() {
     let new = image("1.1");
