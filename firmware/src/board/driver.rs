@@ -1,27 +1,36 @@
 //! The driver loop: the only place the glue talks to the core.
 //!
 //! ```text
-//!            ┌────────────────────────────────────────────────────────────┐
-//!            ▼                                                            │
-//!   handle_boot ─► drain: poll_trace → println   poll_action → execute ──┤
-//!                                                   │                     │
-//!        Led ───────── set the GPIO at once         │                     │
-//!        JoinNetwork ─ start WiFi + DHCP (once)     │                     │
-//!        RunApplication ─ spawn board::app::run     │                     │
-//!        AbortHttp ── drop that request (queued or in flight)          │
-//!        Http / Publish / Reboot ─► queue ──────────┘                     │
-//!                                                                         │
-//!   queue not empty: run the head (http::get / mqtt::publish / reset) ────┤
-//!   queue empty: wait for the first of  network edge │ poll_timeout() ────┘
+//!            ┌──────────────────────────────────────────────────────────────────┐
+//!            ▼                                                                  │
+//!   handle_boot ─► drain: poll_trace → println   poll_action → execute ────────┤
+//!                                                   │                           │
+//!     Led ─────────────── set the GPIO at once      │                           │
+//!     JoinNetwork ─────── start the WiFi driver if it is not running (a failure │
+//!                         → handle_join_error(Board)), then one association     │
+//!     StartApplication ── spawn board::app::run; keep driving the core          │
+//!     RunApplication ──── spawn it if not yet; close the MQTT session           │
+//!     AbortHttp ───────── drop that request (queued or in flight)               │
+//!     Http / Publish / Reboot ─► queue ─────────────┘                           │
+//!                                                                               │
+//!   queue not empty: run the head ──────────────────────────────────────────────┤
+//!     Http ──── http::get, raced against the network going down                 │
+//!     Publish ─ mqtt::publish on the boot's one MQTT session, raced likewise    │
+//!     Reboot ── app running? app::request_reboot, await app::allow_reboot; reset│
+//!   queue empty: wait for the first of                                          │
+//!     network edge │ failed association │ poll_timeout() ───────────────────────┘
 //! ```
 //!
 //! Every branch either executes an action verbatim or reports what happened
-//! (`handle_network`, `handle_response_*`, `handle_transport_error`,
-//! `handle_publish_result`, `handle_timeout`). There is no update decision
-//! here: no retry, no backoff, no redirect following, no flash layout.
+//! (`handle_network`, `handle_join_error`, `handle_response_*`,
+//! `handle_transport_error`, `handle_publish_result`, `handle_timeout`). There is no
+//! update decision here: no retry, no backoff, no redirect following, no flash layout.
+//! When the access point disappears mid-download the exchange is dropped at once (its
+//! socket and TLS session with it) and the core hears "network down"; it asks to join
+//! again on its own schedule and resumes the download with `Range`.
 
 use embassy_executor::Spawner;
-use embassy_futures::select::{Either, select};
+use embassy_futures::select::{Either, Either3, select, select3};
 use embassy_net::Stack;
 use embassy_time::Timer;
 use esp_hal::peripherals::WIFI;
@@ -35,17 +44,18 @@ use firmware::machine::{Action, Payload, Topic, Updater};
 use heapless::{Deque, String};
 use static_cell::StaticCell;
 
+use super::app;
 use super::http::{self, Buffers, Event, Flow};
 use super::leds::Leds;
 use super::mqtt::{self, Broker};
-use super::net;
+use super::net::{self, Station};
 use super::tls::TlsContext;
 
 /// What `bin/board.rs` hands over after bringing the chip up.
 pub struct Hardware {
     /// The whole SPI flash; the core owns it from here on.
     pub flash: FlashStorage<'static>,
-    /// The radio, started on the core's `JoinNetwork`.
+    /// The radio, started on the core's first `JoinNetwork` (again after a failed start).
     pub wifi: WIFI<'static>,
     /// True random numbers for TLS.
     pub trng: Trng,
@@ -73,13 +83,16 @@ type Core = Updater<FlashStorage<'static>>;
 struct Board {
     spawner: Spawner,
     leds: Leds,
-    wifi: Option<WIFI<'static>>,
-    stack: Option<Stack<'static>>,
+    station: Station,
     seed: u64,
     queue: Deque<Queued, 4>,
     /// The in-flight request the core dropped with `AbortHttp`.
     aborted: Option<u32>,
     app_started: bool,
+    /// What the core was last told with `handle_network`.
+    net_up: bool,
+    /// The MQTT session task runs (started on the first `Publish`).
+    mqtt_started: bool,
 }
 
 fn now() -> Instant {
@@ -110,14 +123,14 @@ pub async fn run(spawner: Spawner, hw: Hardware) -> ! {
     let mut board = Board {
         spawner,
         leds,
-        wifi: Some(hw.wifi),
-        stack: None,
+        station: Station::new(hw.wifi),
         seed: hw.seed,
         queue: Deque::new(),
         aborted: None,
         app_started: false,
+        net_up: false,
+        mqtt_started: false,
     };
-    let mut net_up = false;
     // Execute the boot actions (yellow LED on) before the slower TLS setup.
     drain(&mut core, &mut board);
     let tls = match TlsContext::new(hw.trng) {
@@ -140,20 +153,19 @@ pub async fn run(spawner: Spawner, hw: Hardware) -> ! {
                     seq,
                     topic,
                     payload,
-                } => run_publish(&mut core, &mut board, bufs, seq, &topic, &payload).await,
-                Queued::Reboot => {
-                    // Let the last trace lines leave the UART/USB FIFO.
-                    Timer::after_millis(50).await;
-                    esp_hal::system::software_reset();
-                }
+                } => run_publish(&mut core, &mut board, seq, topic, payload).await,
+                Queued::Reboot => reboot(&board).await,
             }
             continue;
         }
 
-        // Nothing to execute: sleep until the network changes or the core's deadline.
+        // Nothing to execute: sleep until the network changes, an association fails or
+        // the core's deadline passes.
         let deadline = core.poll_timeout();
+        let stack = board.station.stack();
+        let net_up = board.net_up;
         let edge = async {
-            match board.stack {
+            match stack {
                 Some(stack) if net_up => stack.wait_config_down().await,
                 Some(stack) => stack.wait_config_up().await,
                 None => core::future::pending().await,
@@ -165,14 +177,45 @@ pub async fn run(spawner: Spawner, hw: Hardware) -> ! {
                 None => core::future::pending().await,
             }
         };
-        match select(edge, timer).await {
-            Either::First(()) => {
-                net_up = board.stack.is_some_and(|s| s.is_config_up());
-                core.handle_network(now(), net_up);
+        match select3(edge, net::join_failure(), timer).await {
+            Either3::First(()) => {
+                board.net_up = stack.is_some_and(|s| s.is_config_up());
+                core.handle_network(now(), board.net_up);
             }
-            Either::Second(()) => core.handle_timeout(now()),
+            Either3::Second(failure) => {
+                core.handle_join_error(now(), failure.kind, failure.what.as_str())
+            }
+            Either3::Third(()) => core.handle_timeout(now()),
         }
     }
+}
+
+/// `Reboot`: when the application runs, tell it and wait until it allows the restart.
+async fn reboot(board: &Board) -> ! {
+    if board.app_started {
+        app::request_reboot();
+        println!("# app: reboot pending, waiting for app::allow_reboot");
+        app::allow_reboot().await;
+    }
+    // Let the last trace lines leave the UART/USB FIFO.
+    Timer::after_millis(50).await;
+    esp_hal::system::software_reset()
+}
+
+/// Awaits `fut` unless the network goes down first (`None`: `fut` was dropped, and with
+/// it any socket and TLS session it held).
+async fn unless_network_drops<F: Future>(stack: Stack<'static>, fut: F) -> Option<F::Output> {
+    match select(fut, stack.wait_config_down()).await {
+        Either::First(out) => Some(out),
+        Either::Second(()) => None,
+    }
+}
+
+/// Tells the core the network is gone (found while an exchange ran).
+fn network_lost(core: &mut Core, board: &mut Board) {
+    println!("# net: down during an exchange");
+    board.net_up = false;
+    core.handle_network(now(), false);
 }
 
 /// Prints every pending trace line and executes every pending action; the
@@ -191,6 +234,10 @@ fn drain(core: &mut Core, board: &mut Board) {
             Action::Led { led, on } => board.leds.set(led, on),
             Action::JoinNetwork => join(core, board),
             Action::StartApplication | Action::RunApplication => {
+                if matches!(action, Action::RunApplication) {
+                    // The routine is over: no record follows this boot.
+                    mqtt::close();
+                }
                 if !board.app_started {
                     board.app_started = true;
                     match super::app::run(board.leds.take_app()) {
@@ -243,20 +290,20 @@ fn push(board: &mut Board, job: Queued) {
     }
 }
 
-/// `JoinNetwork`: bring up WiFi and DHCP once; later requests are no-ops
-/// because the station reassociates by itself.
+/// `JoinNetwork`: start the WiFi driver and the IP stack if they do not run yet, then
+/// one association attempt. A driver that fails to start is reported and started again at
+/// the core's next `JoinNetwork`.
 fn join(core: &mut Core, board: &mut Board) {
-    let (Some(wifi), Some(config)) = (board.wifi.take(), core.config()) else {
+    let Some(config) = core.config() else {
         return;
     };
-    let (ssid, password) = wifi_credentials(config);
-    match net::start(board.spawner, wifi, ssid, password, board.seed) {
-        Ok(stack) => board.stack = Some(stack),
-        Err(e) => {
-            println!("# wifi: {:?}", e);
-            // The radio of this image did not start: its own fault, not the network's.
-            core.handle_join_error(now(), Transport::Board, "WiFi driver did not start");
-        }
+    if let Err(e) = board.station.join(board.spawner, config, board.seed) {
+        let mut what: String<96> = String::new();
+        // Cut at 96 bytes: the trace line's detail is bounded anyway.
+        let _ = core::fmt::write(&mut what, format_args!("{e}"));
+        println!("# wifi: {}", what);
+        // The radio of this image did not start: its own fault, not the network's.
+        core.handle_join_error(now(), Transport::Board, &what);
     }
 }
 
@@ -269,7 +316,7 @@ async fn run_http(
     req: &HttpRequest,
 ) {
     let id = req.id;
-    let (Some(stack), Some(tls)) = (board.stack, tls) else {
+    let (Some(stack), Some(tls)) = (board.station.stack(), tls) else {
         // No network stack or no TLS context on this board: the image's own fault.
         core.handle_transport_error(now(), id, Transport::Board, "no network stack or TLS");
         return;
@@ -300,28 +347,35 @@ async fn run_http(
             Flow::Continue(core.poll_timeout())
         }
     };
-    let result = http::get(&cx, bufs, req, deadline, &mut on_event).await;
-    if let Err(e) = result
-        && board.aborted != Some(id)
-    {
-        core.handle_transport_error(now(), id, e.kind(), e.name());
+    let result =
+        unless_network_drops(stack, http::get(&cx, bufs, req, deadline, &mut on_event)).await;
+    match result {
+        Some(Err(e)) if board.aborted != Some(id) => {
+            core.handle_transport_error(now(), id, e.kind(), e.name());
+        }
+        Some(_) => {}
+        // The core drops the request itself on "network down" and resumes it later.
+        None => network_lost(core, board),
     }
     board.aborted = None;
 }
 
-/// `Publish`: one QoS 1 publish; the core's timers keep running meanwhile.
-async fn run_publish(
-    core: &mut Core,
-    board: &mut Board,
-    bufs: &mut Buffers,
-    seq: u32,
-    topic: &str,
-    payload: &[u8],
-) {
-    let (Some(stack), Some(broker)) = (board.stack, core.config().map(broker)) else {
+/// `Publish`: one record on the boot's MQTT session; the core's timers keep running meanwhile.
+async fn run_publish(core: &mut Core, board: &mut Board, seq: u32, topic: Topic, payload: Payload) {
+    let (Some(stack), Some(broker)) = (board.station.stack(), core.config().map(broker)) else {
         core.handle_publish_result(now(), seq, false);
         return;
     };
+    if !board.mqtt_started {
+        match mqtt::start(board.spawner, stack, broker) {
+            Ok(()) => board.mqtt_started = true,
+            Err(e) => {
+                println!("# mqtt: {:?}", e);
+                core.handle_publish_result(now(), seq, false);
+                return;
+            }
+        }
+    }
     let mut deadline = core.poll_timeout();
     let mut on_event = |_: Event<'_>| -> Flow {
         core.handle_timeout(now());
@@ -333,18 +387,21 @@ async fn run_publish(
             Flow::Continue(core.poll_timeout())
         }
     };
-    let publish = mqtt::publish(stack, bufs, &broker, topic, payload);
-    let delivered = http::serviced(publish, &mut deadline, &mut on_event)
-        .await
-        .unwrap_or(false);
-    core.handle_publish_result(now(), seq, delivered);
+    let publish = http::serviced(
+        mqtt::publish(seq, topic, payload),
+        &mut deadline,
+        &mut on_event,
+    );
+    match unless_network_drops(stack, publish).await {
+        Some(delivered) => core.handle_publish_result(now(), seq, delivered.unwrap_or(false)),
+        None => {
+            network_lost(core, board);
+            core.handle_publish_result(now(), seq, false);
+        }
+    }
 }
 
-// ---- The few config fields the glue needs (WiFi, broker, LEDs, token). ----
-
-fn wifi_credentials(c: &Config) -> (&str, &str) {
-    (c.wifi_ssid.as_str(), c.wifi_password.as_str())
-}
+// ---- The few config fields the glue needs (broker, LEDs, token; WiFi: net.rs). ----
 
 fn led_pins(c: &Config) -> (Option<u8>, Option<u8>, Option<u8>) {
     (Some(c.led_yellow), Some(c.led_green), Some(c.led_app))

@@ -81,7 +81,7 @@ impl TransportError {
 /// Room for a response's status line and headers.
 pub const HEAD_LEN: usize = 16 * 1024;
 
-/// Buffers for one connection, reused by every request (and by MQTT).
+/// Buffers for one HTTP connection, reused by every request (MQTT has its own).
 pub struct Buffers {
     /// TCP receive window.
     pub tcp_rx: [u8; 8192],

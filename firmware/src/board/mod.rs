@@ -7,12 +7,12 @@
 //! |-------------|-----------------------------------------------------------------|
 //! | [`boot`]    | the hardware's answer to "which slot runs, on which chip revision" |
 //! | [`driver`]  | everything: the loop `handle_* → poll_trace → poll_action → wait` |
-//! | [`net`]     | the WiFi station and the embassy-net stack (DHCP, DNS, TCP)     |
+//! | [`net`]     | the WiFi station (started, retried and joined at the core's pace) and embassy-net |
 //! | [`http`]    | one HTTP/1.1 GET, plain or TLS, redirects *not* followed        |
 //! | [`tls`]     | mbedtls-rs and the embedded root certificates (`certs/`)        |
-//! | [`mqtt`]    | one MQTT 5 publish at QoS 1                                     |
+//! | [`mqtt`]    | MQTT 5 publishes at QoS 1 on one session per boot               |
 //! | [`leds`]    | the GPIO outputs named in `conf.json`                           |
-//! | [`app`]     | **the application routine: the place users edit**              |
+//! | [`app`]     | **the application routine and its reboot hook: the place users edit** |
 
 pub mod app;
 pub mod boot;
