@@ -274,6 +274,10 @@ async fn exchange<C: Read + Write>(
             let _ = headers.push(("If-Range", validator));
         }
     }
+    // The release answer the board already acted on: GitHub answers 304 without a body.
+    if let Some(etag) = req.if_none_match.as_deref() {
+        let _ = headers.push(("If-None-Match", etag));
+    }
     if let (true, Some(token)) = (req.authorize, cx.token) {
         let _ = core::fmt::write(&mut auth, format_args!("Bearer {}", token));
         let _ = headers.push(("Authorization", auth.as_str()));
