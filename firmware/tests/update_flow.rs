@@ -159,6 +159,7 @@ impl Reply {
 }
 
 /// The boot as a board sees it: the slot the bootloader started and the chip.
+#[derive(Clone, Copy)]
 struct Boot {
     running_slot: u8,
     chip_revision: u16,
@@ -818,6 +819,219 @@ fn the_networks_return_ends_a_network_backoff_at_once_but_not_a_rate_limit_wait(
     assert!(
         requested(&mut core),
         "asked again once the rate limit passed"
+    );
+}
+
+/// GitHub as `github` serves it, with a weak ETag on the release answer and 304 to an
+/// `If-None-Match` that names it (as api.github.com does). Records every request.
+fn etag_github<'a>(
+    release: &'a str,
+    asset: &'a [u8],
+    requests: &'a mut Vec<HttpRequest>,
+) -> impl FnMut(&HttpRequest) -> Reply + 'a {
+    let etag = format!("W/\"{:x}\"", Sha256::digest(release.as_bytes()));
+    let mut inner = github(release, asset);
+    move |req| {
+        requests.push(req.clone());
+        if !req.url.contains("/releases/latest") {
+            return inner(req);
+        }
+        if req.if_none_match.as_deref() == Some(etag.as_str()) {
+            return Reply::status(304, vec![("etag", etag.clone())]);
+        }
+        Reply::Http {
+            status: 200,
+            headers: vec![
+                ("etag", etag.clone()),
+                ("content-length", release.len().to_string()),
+            ],
+            body: release.as_bytes().to_vec(),
+            cut_at: None,
+        }
+    }
+}
+
+fn checks(requests: &[HttpRequest]) -> Vec<Option<String>> {
+    requests
+        .iter()
+        .filter(|r| r.url.contains("/releases/latest"))
+        .map(|r| r.if_none_match.as_ref().map(|e| e.to_string()))
+        .collect()
+}
+
+#[test]
+fn an_unchanged_release_answer_is_a_304_and_still_up_to_date() {
+    let current = image("1.0");
+    let release = release_json("1.0", &current, &current);
+    let mut requests = Vec::new();
+    let flash = board("1.0");
+    let boot = Boot::as_selected(&flash);
+    let (flash, first) = run_boot(
+        flash,
+        boot,
+        &mut etag_github(&release, &current, &mut requests),
+    );
+    assert_eq!(outcome(&first.events), "up_to_date/none");
+    let (_, second) = run_boot(
+        flash,
+        boot,
+        &mut etag_github(&release, &current, &mut requests),
+    );
+    assert_eq!(
+        outcome(&second.events),
+        "up_to_date/none",
+        "{:?}",
+        second.events
+    );
+    let sent = checks(&requests);
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0], None, "nothing remembered at the first boot");
+    assert!(
+        sent[1].as_deref().is_some_and(|e| e.starts_with("W/")),
+        "{sent:?}"
+    );
+    assert!(
+        second
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Response { status: 304, .. }))
+    );
+    assert!(
+        second
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Release { tag, .. } if tag == "1.0"))
+    );
+    assert_eq!(leds(&second.events), "YGy");
+}
+
+#[test]
+fn a_refused_release_answered_304_is_refused_again_without_a_download() {
+    let new = image("1.1");
+    let release = release_json("1.1", &new, &image("1.0.9"));
+    let mut requests = Vec::new();
+    let flash = board("1.0");
+    let boot = Boot::as_selected(&flash);
+    let (flash, first) = run_boot(flash, boot, &mut etag_github(&release, &new, &mut requests));
+    assert_eq!(outcome(&first.events), "failed/hash_mismatch");
+    let before = requests.len();
+    let (flash, second) = run_boot(flash, boot, &mut etag_github(&release, &new, &mut requests));
+    assert_eq!(outcome(&second.events), "failed/hash_mismatch");
+    assert_eq!(
+        requests.len(),
+        before + 1,
+        "only the check: {:?}",
+        &requests[before..]
+    );
+    assert!(requests[before].if_none_match.is_some());
+    assert_eq!(otadata_slot(&flash), None);
+}
+
+#[test]
+fn a_remembered_answer_is_not_used_once_the_running_version_changed() {
+    let current = image("1.0");
+    let release = release_json("1.0", &current, &current);
+    let mut requests = Vec::new();
+    let flash = board("1.0");
+    let boot = Boot::as_selected(&flash);
+    let (mut flash, _) = run_boot(
+        flash,
+        boot,
+        &mut etag_github(&release, &current, &mut requests),
+    );
+    // Flashed by hand with 1.1 since: "1.0 is up to date" says nothing about 1.1.
+    let newer = image("1.1");
+    flash.0[0x10000..][..newer.len()].copy_from_slice(&newer);
+    let (_, second) = run_boot(
+        flash,
+        boot,
+        &mut etag_github(&release, &current, &mut requests),
+    );
+    assert_eq!(checks(&requests), [None, None]);
+    assert_eq!(outcome(&second.events), "failed/downgrade");
+}
+
+#[test]
+fn a_304_to_a_request_without_an_etag_is_an_error_not_a_verdict() {
+    let current = image("1.0");
+    let release = release_json("1.0", &current, &current);
+    let (_, result) = run_boot(board("1.0"), Boot::as_selected(&board("1.0")), &mut |req| {
+        if req.url.contains("/releases/latest") {
+            Reply::status(304, vec![])
+        } else {
+            github(&release, &current)(req)
+        }
+    });
+    assert_eq!(outcome(&result.events), "failed/http_status");
+}
+
+#[test]
+fn boots_without_github_continue_their_backoff_and_an_answer_ends_it() {
+    let current = image("1.0");
+    let release = release_json("1.0", &current, &current);
+    let mut flash = board("1.0");
+    let first_check_at = |events: &[Event]| {
+        events.iter().find_map(|e| match e {
+            Event::Retry {
+                attempt: 0,
+                delay_ms,
+                ..
+            } => Some(*delay_ms),
+            _ => None,
+        })
+    };
+    let mut delays = Vec::new();
+    for _ in 0..8 {
+        let mut boot = Boot::as_selected(&flash);
+        boot.network_from_ms = u64::MAX;
+        boot.power_off_at_ms = 10 * 60 * 1000;
+        let (next, result) = run_boot(flash, boot, &mut github(&release, &current));
+        flash = next;
+        delays.push(first_check_at(&result.events));
+    }
+    assert_eq!(delays[0], None, "the first boot asks at once");
+    let delays: Vec<u32> = delays[1..].iter().map(|d| d.expect("a wait")).collect();
+    // Equal jitter: after k failed boots the wait is in [d/2, d] with d = 1 s · 2^(k-1),
+    // growing up to six boots and no further.
+    for (k, d) in delays.iter().enumerate() {
+        let full = 1000u32 << k.min(5);
+        assert!((full / 2..=full).contains(d), "boot {}: {d} ms", k + 2);
+    }
+    let (flash, answered) = run_boot(
+        flash,
+        Boot::as_selected(&board("1.0")),
+        &mut github(&release, &current),
+    );
+    assert!(first_check_at(&answered.events).is_some());
+    assert_eq!(outcome(&answered.events), "up_to_date/none");
+    let (_, after) = boot(flash, &release, &current, true);
+    assert_eq!(
+        first_check_at(&after.events),
+        None,
+        "an answer ends the backoff"
+    );
+}
+
+#[test]
+fn a_late_failure_report_does_not_deliver_a_record() {
+    let current = image("1.0");
+    let release = release_json("1.0", &current, &current);
+    let flash = board("1.0");
+    let mut late = Boot::as_selected(&flash);
+    late.late_pubacks = true;
+    late.broker_up = false;
+    let (flash, first) = run_boot(flash, late, &mut github(&release, &current));
+    assert!(
+        !first
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Published { .. }))
+    );
+    let (_, second) = boot(flash, &release, &current, true);
+    assert_eq!(
+        second.published.len(),
+        2,
+        "the kept record goes at the next boot"
     );
 }
 
