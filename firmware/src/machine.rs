@@ -209,6 +209,8 @@ struct Session {
     counted_failed_boot: bool,
     /// CRC of this boot's check URL (what a remembered `ETag` is keyed on).
     check_url_crc: u32,
+    /// The release a 304 named (from the memory), for the outcome record.
+    remembered_tag: Option<Short>,
 }
 
 struct InFlightRequest {
@@ -1225,6 +1227,7 @@ impl<F: NorFlash> Updater<F> {
             tag: memo.tag.clone(),
             size: memo.size,
         });
+        self.session.remembered_tag = Some(memo.tag.clone());
         self.answered();
         if let Err(Failure(code, detail)) = self.confirm() {
             return self.final_failure(code, detail);
@@ -1238,7 +1241,7 @@ impl<F: NorFlash> Updater<F> {
         match refused {
             Some(r) if !up_to_date => {
                 let detail = trace::detail(format_args!(
-                    "release {} failed verification here ({}) and has not changed: not downloaded again",
+                    "release {} unchanged since it failed verification ({}): not fetched again",
                     memo.tag,
                     r.code.name()
                 ));
@@ -1480,7 +1483,7 @@ impl<F: NorFlash> Updater<F> {
                     // The same asset failed verification here: the bytes would be the same.
                     self.remember_answer(&release.tag, release.asset.size);
                     let detail = trace::detail(format_args!(
-                        "release {} failed verification here ({}) and has not changed: not downloaded again",
+                        "release {} unchanged since it failed verification ({}): not fetched again",
                         release.tag,
                         code.name()
                     ));
@@ -2002,7 +2005,11 @@ impl<F: NorFlash> Updater<F> {
             _ => pattern_for(result, error),
         };
         let running = self.running.version_text.clone();
-        let release_tag = self.release.as_ref().map(|r| trace::short(&r.tag));
+        let release_tag = self
+            .release
+            .as_ref()
+            .map(|r| trace::short(&r.tag))
+            .or_else(|| self.session.remembered_tag.clone());
         let (from, to) = match result {
             Outcome::Updated => (self.running.previous_version.clone(), running),
             Outcome::RolledBack => match self.running.refused_version.clone() {
