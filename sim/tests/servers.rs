@@ -69,16 +69,26 @@ fn no_redirects() -> reqwest::Client {
         .expect("client builds")
 }
 
-async fn latest(gh: &GithubHandle) -> Value {
-    reqwest::get(format!(
-        "{}/repos/{OWNER}/{REPO}/releases/latest",
+/// The mock's `releases/latest` API URL.
+fn latest_url(gh: &GithubHandle) -> String {
+    format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url())
+}
+
+/// The mock's download URL of release 1.1's `firmware.bin` (a redirect to the asset host).
+fn download_url(gh: &GithubHandle) -> String {
+    format!(
+        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
         gh.base_url()
-    ))
-    .await
-    .expect("request succeeds")
-    .json_value()
-    .await
-    .expect("JSON body")
+    )
+}
+
+async fn latest(gh: &GithubHandle) -> Value {
+    reqwest::get(latest_url(gh))
+        .await
+        .expect("request succeeds")
+        .json_value()
+        .await
+        .expect("JSON body")
 }
 
 #[tokio::test]
@@ -173,12 +183,9 @@ async fn drafts_are_listed_only_for_a_client_with_a_token() {
 async fn no_release_is_githubs_404() {
     let gh = github().await;
     gh.arm(Fault::NoRelease.times(1));
-    let r = reqwest::get(format!(
-        "{}/repos/{OWNER}/{REPO}/releases/latest",
-        gh.base_url()
-    ))
-    .await
-    .expect("request succeeds");
+    let r = reqwest::get(latest_url(&gh))
+        .await
+        .expect("request succeeds");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let body: Value = r.json_value().await.expect("JSON error body");
     assert_eq!(body["message"], "Not Found");
@@ -261,10 +268,7 @@ async fn browser_download_url_redirects_to_the_asset_host() {
 #[tokio::test]
 async fn ranges_resume_and_out_of_range_is_416() {
     let gh = github().await;
-    let url = format!(
-        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
-        gh.base_url()
-    );
+    let url = download_url(&gh);
     let all = image(100_000);
     let client = reqwest::Client::new();
 
@@ -309,10 +313,7 @@ async fn ranges_resume_and_out_of_range_is_416() {
 
 /// Follows one redirect by hand and returns the signed asset URL.
 async fn signed_url(gh: &GithubHandle) -> String {
-    let url = format!(
-        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
-        gh.base_url()
-    );
+    let url = download_url(gh);
     let r = no_redirects().get(&url).send().await.expect("request");
     assert_eq!(r.status(), StatusCode::FOUND);
     r.headers()[LOCATION].to_str().expect("ascii").to_owned()
@@ -482,7 +483,7 @@ async fn an_asset_without_digest_shows_null_as_github_does_for_old_uploads() {
 #[tokio::test]
 async fn etag_gives_304_which_costs_no_rate_limit() {
     let gh = github().await;
-    let url = format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url());
+    let url = latest_url(&gh);
     let client = reqwest::Client::new();
     let first = client.get(&url).send().await.expect("get");
     let etag = first.headers()[ETAG].clone();
@@ -510,7 +511,7 @@ async fn rate_limit_counts_down_then_403_until_the_window_resets() {
         anonymous: 3,
         ..RateLimit::default()
     });
-    let url = format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url());
+    let url = latest_url(&gh);
     for left in ["2", "1", "0"] {
         let r = reqwest::get(&url).await.expect("get");
         assert_eq!(r.status(), StatusCode::OK);
@@ -521,10 +522,7 @@ async fn rate_limit_counts_down_then_403_until_the_window_resets() {
         assert_eq!(h["x-ratelimit-resource"], "core");
     }
     // Downloads are not API calls: they still work.
-    let dl = format!(
-        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
-        gh.base_url()
-    );
+    let dl = download_url(&gh);
     assert_eq!(
         reqwest::get(&dl).await.expect("get").status(),
         StatusCode::OK
@@ -569,7 +567,7 @@ async fn server_error_fires_n_times_then_recovers() {
         }
         .times(2),
     );
-    let url = format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url());
+    let url = latest_url(&gh);
     let statuses: Vec<u16> = futures_util::future::join_all(
         (0..3).map(|_| async { reqwest::get(&url).await.expect("get").status().as_u16() }),
     )
@@ -584,12 +582,7 @@ async fn server_error_fires_n_times_then_recovers() {
 async fn truncated_json_is_valid_http_with_invalid_json() {
     let gh = github().await;
     gh.arm(Fault::TruncatedJson.times(1));
-    let r = reqwest::get(format!(
-        "{}/repos/{OWNER}/{REPO}/releases/latest",
-        gh.base_url()
-    ))
-    .await
-    .expect("get");
+    let r = reqwest::get(latest_url(&gh)).await.expect("get");
     assert_eq!(r.status(), StatusCode::OK);
     let body = r.bytes().await.expect("whole body arrives");
     assert!(serde_json::from_slice::<Value>(&body).is_err());
@@ -611,10 +604,7 @@ async fn wrong_size_and_wrong_hash_lie_in_the_json_only() {
 async fn cut_body_after_makes_the_body_stream_fail() {
     let gh = github().await;
     gh.arm(Fault::CutBodyAfter { bytes: 30_000 }.times(1));
-    let url = format!(
-        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
-        gh.base_url()
-    );
+    let url = download_url(&gh);
     let r = reqwest::get(&url).await.expect("headers arrive");
     assert_eq!(
         r.headers()[CONTENT_LENGTH],
@@ -672,10 +662,7 @@ async fn stall_and_trickle_slow_the_body_but_deliver_it() {
         }
         .times(1),
     ]);
-    let url = format!(
-        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
-        gh.base_url()
-    );
+    let url = download_url(&gh);
     let start = std::time::Instant::now();
     let body = reqwest::get(&url)
         .await
@@ -693,10 +680,7 @@ async fn stall_and_trickle_slow_the_body_but_deliver_it() {
 async fn redirect_loop_never_reaches_the_bytes() {
     let gh = github().await;
     gh.arm(Fault::RedirectLoop);
-    let url = format!(
-        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
-        gh.base_url()
-    );
+    let url = download_url(&gh);
     let r = no_redirects().get(&url).send().await.expect("get");
     assert_eq!(r.status(), StatusCode::FOUND);
     assert_eq!(r.headers()[LOCATION], url.as_str(), "redirects to itself");
