@@ -772,14 +772,7 @@ fn print_sweep(opts: &SweepOptions, r: &SweepReport) {
     println!("  boots:                              {}", r.boots);
     println!("  runs that resumed a download:       {}", r.resumed_runs);
     println!("  bytes downloaded again (all runs):  {}", r.redownloaded);
-    println!(
-        "  most downloaded again after a cut:  {} bytes (one sector is 4096)",
-        r.max_redownload
-    );
-    println!(
-        "  invariant violations:               {}",
-        r.violations.len()
-    );
+    print_redownload_and_violations(r);
     println!(
         "  wall time:                          {:.2} s ({:.0} crash points/s)",
         r.wall.as_secs_f64(),
@@ -810,6 +803,19 @@ fn print_sweep(opts: &SweepOptions, r: &SweepReport) {
             );
         }
     }
+}
+
+/// The two figures every sweep ends on: the most downloaded again after one cut, and the
+/// invariant violations.
+fn print_redownload_and_violations(r: &SweepReport) {
+    println!(
+        "  most downloaded again after a cut:  {} bytes (one sector is 4096)",
+        r.max_redownload
+    );
+    println!(
+        "  invariant violations:               {}",
+        r.violations.len()
+    );
 }
 
 fn print_exhaustive(opts: &SweepOptions, r: &SweepReport) {
@@ -865,14 +871,7 @@ fn print_exhaustive(opts: &SweepOptions, r: &SweepReport) {
             .map(|w| w.explored.rolled_back)
             .sum::<u64>()
     );
-    println!(
-        "  most downloaded again after a cut:  {} bytes (one sector is 4096)",
-        r.max_redownload
-    );
-    println!(
-        "  invariant violations:               {}",
-        r.violations.len()
-    );
+    print_redownload_and_violations(r);
     println!(
         "  wall time:                          {:.2} s ({:.0} crash points/s, {:.0} distinct states run/s)",
         r.wall.as_secs_f64(),

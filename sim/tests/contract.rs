@@ -577,6 +577,18 @@ async fn the_token_goes_to_the_api_host_and_never_to_the_asset_host() {
 // ---------------------------------------------------------------------------------------------
 // Resuming
 
+/// Hosts that publish a release whose download redirects (as GitHub's does) to the asset
+/// host; returns them, the release image, and the location of its asset.
+async fn hosts_with_a_release() -> (Hosts, Vec<u8>, String) {
+    let hosts = Hosts::start().await;
+    let image = release_image();
+    hosts.release(&image).await;
+    let location = hosts
+        .downloads("download.302-release-assets.http", &image)
+        .await;
+    (hosts, image, location)
+}
+
 /// Power is cut once 10,000 image bytes reached the core: two 4 KiB sectors are durable.
 fn cut_mid_download() -> Triggers {
     Triggers {
@@ -587,12 +599,7 @@ fn cut_mid_download() -> Triggers {
 
 #[tokio::test]
 async fn resumes_with_range_and_githubs_206() {
-    let hosts = Hosts::start().await;
-    let image = release_image();
-    hosts.release(&image).await;
-    let location = hosts
-        .downloads("download.302-release-assets.http", &image)
-        .await;
+    let (hosts, image, location) = hosts_with_a_release().await;
     let partial = hosts.recorded("asset.206.http").carrying(&image, 8192);
     assert_eq!(
         partial.header("content-range"),
@@ -633,12 +640,7 @@ async fn resumes_with_range_and_githubs_206() {
 
 #[tokio::test]
 async fn restarts_from_zero_when_the_asset_host_answers_416() {
-    let hosts = Hosts::start().await;
-    let image = release_image();
-    hosts.release(&image).await;
-    let location = hosts
-        .downloads("download.302-release-assets.http", &image)
-        .await;
+    let (hosts, image, location) = hosts_with_a_release().await;
     let refused = hosts
         .recorded("asset.416.http")
         .unsatisfiable_for(image.len());

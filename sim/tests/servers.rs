@@ -69,6 +69,20 @@ fn no_redirects() -> reqwest::Client {
         .expect("client builds")
 }
 
+/// GETs `url` asking for `range`, with `If-Range: validator` when one is given.
+async fn get_range(
+    client: &reqwest::Client,
+    url: &str,
+    range: &str,
+    if_range: Option<&str>,
+) -> reqwest::Response {
+    let mut request = client.get(url).header(RANGE, range);
+    if let Some(validator) = if_range {
+        request = request.header(IF_RANGE, validator);
+    }
+    request.send().await.expect("get")
+}
+
 /// The mock's `releases/latest` API URL.
 fn latest_url(gh: &GithubHandle) -> String {
     format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url())
@@ -272,32 +286,17 @@ async fn ranges_resume_and_out_of_range_is_416() {
     let all = image(100_000);
     let client = reqwest::Client::new();
 
-    let r = client
-        .get(&url)
-        .header(RANGE, "bytes=40000-")
-        .send()
-        .await
-        .expect("get");
+    let r = get_range(&client, &url, "bytes=40000-", None).await;
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.headers()[CONTENT_RANGE], "bytes 40000-99999/100000");
     assert_eq!(r.headers()[CONTENT_LENGTH], "60000");
     assert_eq!(r.bytes().await.expect("body").as_ref(), &all[40_000..]);
 
-    let r = client
-        .get(&url)
-        .header(RANGE, "bytes=10-19")
-        .send()
-        .await
-        .expect("get");
+    let r = get_range(&client, &url, "bytes=10-19", None).await;
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.bytes().await.expect("body").as_ref(), &all[10..20]);
 
-    let r = client
-        .get(&url)
-        .header(RANGE, "bytes=100000-")
-        .send()
-        .await
-        .expect("get");
+    let r = get_range(&client, &url, "bytes=100000-", None).await;
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()[CONTENT_RANGE], "bytes */100000");
 
@@ -383,13 +382,7 @@ async fn assets_carry_validators_and_honour_if_range() {
 
     // The validator matches: the range applies.
     for validator in [etag.as_str(), modified.as_str()] {
-        let r = client
-            .get(&url)
-            .header(RANGE, "bytes=40000-")
-            .header(IF_RANGE, validator)
-            .send()
-            .await
-            .expect("get");
+        let r = get_range(&client, &url, "bytes=40000-", Some(validator)).await;
         assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{validator}");
         assert_eq!(r.headers()[CONTENT_RANGE], "bytes 40000-99999/100000");
     }
@@ -399,25 +392,13 @@ async fn assets_carry_validators_and_honour_if_range() {
         format!("W/{etag}"),
         "Thu, 01 Jan 2015 00:00:00 GMT".to_owned(),
     ] {
-        let r = client
-            .get(&url)
-            .header(RANGE, "bytes=40000-")
-            .header(IF_RANGE, &validator)
-            .send()
-            .await
-            .expect("get");
+        let r = get_range(&client, &url, "bytes=40000-", Some(&validator)).await;
         assert_eq!(r.status(), StatusCode::OK, "{validator}");
         assert!(r.headers().get(CONTENT_RANGE).is_none());
         assert_eq!(r.bytes().await.expect("body").len(), 100_000);
     }
     // Out of range: 416 with the size, even with a matching validator.
-    let r = client
-        .get(&url)
-        .header(RANGE, "bytes=100000-")
-        .header(IF_RANGE, &etag)
-        .send()
-        .await
-        .expect("get");
+    let r = get_range(&client, &url, "bytes=100000-", Some(&etag)).await;
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()[CONTENT_RANGE], "bytes */100000");
 }
@@ -447,13 +428,13 @@ async fn an_asset_replaced_in_storage_keeps_its_ids_and_changes_only_its_etag() 
     assert_eq!(before["id"], after["id"]);
 
     // The URL issued before the replacement serves the new bytes, under a new ETag only.
-    let r = client
-        .get(&url)
-        .header(RANGE, "bytes=40000-")
-        .header(IF_RANGE, &old_etag)
-        .send()
-        .await
-        .expect("get");
+    let r = get_range(
+        &client,
+        &url,
+        "bytes=40000-",
+        Some(old_etag.to_str().expect("ascii")),
+    )
+    .await;
     assert_eq!(
         r.status(),
         StatusCode::OK,
@@ -653,12 +634,8 @@ async fn cut_body_after_makes_the_body_stream_fail() {
     assert_eq!((rec.bytes_sent, rec.aborted), (30_000, true));
 
     // Disarmed after one firing: a resume fetches the rest.
-    let rest = reqwest::Client::new()
-        .get(&url)
-        .header(RANGE, "bytes=30000-")
-        .send()
+    let rest = get_range(&reqwest::Client::new(), &url, "bytes=30000-", None)
         .await
-        .expect("get")
         .bytes()
         .await
         .expect("body");
