@@ -83,6 +83,16 @@ async fn get_range(
     request.send().await.expect("get")
 }
 
+/// GETs `url` with `Accept: accept` (the asset API answers with the JSON or the bytes by it).
+async fn get_accepting(client: &reqwest::Client, url: &str, accept: &str) -> reqwest::Response {
+    client
+        .get(url)
+        .header("accept", accept)
+        .send()
+        .await
+        .expect("get")
+}
+
 /// The mock's `releases/latest` API URL.
 fn latest_url(gh: &GithubHandle) -> String {
     format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url())
@@ -244,12 +254,7 @@ async fn browser_download_url_redirects_to_the_asset_host() {
 
     // The API asset URL with Accept: octet-stream goes to the same host.
     let api = rel["assets"][0]["url"].as_str().expect("url");
-    let r = no_redirects()
-        .get(api)
-        .header("accept", "application/octet-stream")
-        .send()
-        .await
-        .expect("request");
+    let r = get_accepting(&no_redirects(), api, "application/octet-stream").await;
     assert_eq!(r.status(), StatusCode::FOUND);
     assert!(
         r.headers()[LOCATION]
@@ -257,12 +262,8 @@ async fn browser_download_url_redirects_to_the_asset_host() {
             .expect("ascii")
             .contains("/github-production-release-asset/")
     );
-    let json: Value = reqwest::Client::new()
-        .get(api)
-        .header("accept", "application/json")
-        .send()
+    let json: Value = get_accepting(&reqwest::Client::new(), api, "application/json")
         .await
-        .expect("request")
         .json_value()
         .await
         .expect("asset JSON");
@@ -914,22 +915,13 @@ async fn a_world_on_a_lan_address_hands_out_only_urls_a_board_there_reaches() {
 
         // The API asset URL (a private repository's path): JSON, then 302 to the bytes.
         let api = rel["assets"][0]["url"].as_str().expect("url");
-        let body = http
-            .get(api)
-            .header("accept", "application/json")
-            .send()
+        let body = get_accepting(&http, api, "application/json")
             .await
-            .expect("asset JSON")
             .text()
             .await
             .expect("body");
         only_names(&public, "asset JSON", &body);
-        let r = http
-            .get(api)
-            .header("accept", "application/octet-stream")
-            .send()
-            .await
-            .expect("asset API");
+        let r = get_accepting(&http, api, "application/octet-stream").await;
         assert_eq!(r.status(), StatusCode::FOUND);
         let location = r.headers()[LOCATION].to_str().expect("ascii").to_owned();
         only_names(&public, "asset API 302", &format!("\"{location}\""));
