@@ -93,6 +93,15 @@ async fn get_accepting(client: &reqwest::Client, url: &str, accept: &str) -> req
         .expect("get")
 }
 
+/// Gives the mock a clock that stands at `start` until the test moves it: the returned
+/// seconds since the epoch.
+fn virtual_clock(gh: &GithubHandle, start: u64) -> Arc<AtomicU64> {
+    let now = Arc::new(AtomicU64::new(start));
+    let clock = now.clone();
+    gh.set_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+    now
+}
+
 /// The mock's `releases/latest` API URL.
 fn latest_url(gh: &GithubHandle) -> String {
     format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url())
@@ -322,9 +331,7 @@ async fn signed_url(gh: &GithubHandle) -> String {
 #[tokio::test]
 async fn the_asset_host_checks_signature_and_expiry_in_both_shapes() {
     let gh = github().await;
-    let now = Arc::new(AtomicU64::new(1_766_054_858));
-    let clock = now.clone();
-    gh.set_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+    let now = virtual_clock(&gh, 1_766_054_858);
     for (shape, prefix, refusal) in [
         (
             AssetUrl::ReleaseAssets,
@@ -504,9 +511,7 @@ async fn etag_gives_304_which_costs_no_rate_limit_only_with_a_token() {
 #[tokio::test]
 async fn rate_limit_counts_down_then_403_until_the_window_resets() {
     let gh = github().await;
-    let now = Arc::new(AtomicU64::new(1_700_000_000));
-    let clock = now.clone();
-    gh.set_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+    let now = virtual_clock(&gh, 1_700_000_000);
     gh.set_rate_limit(RateLimit {
         anonymous: 3,
         ..RateLimit::default()
