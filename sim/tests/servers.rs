@@ -102,6 +102,16 @@ fn virtual_clock(gh: &GithubHandle, start: u64) -> Arc<AtomicU64> {
     now
 }
 
+/// GETs `url` (following redirects) and reads the whole body.
+async fn get_body(url: &str) -> bytes::Bytes {
+    reqwest::get(url)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body")
+}
+
 /// The mock's `releases/latest` API URL.
 fn latest_url(gh: &GithubHandle) -> String {
     format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url())
@@ -665,12 +675,7 @@ async fn stall_and_trickle_slow_the_body_but_deliver_it() {
     ]);
     let url = download_url(&gh);
     let start = std::time::Instant::now();
-    let body = reqwest::get(&url)
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("body");
+    let body = get_body(&url).await;
     assert!(start.elapsed() >= Duration::from_millis(300));
     assert_eq!(body.as_ref(), image(100_000));
     assert_eq!(gh.fired(FaultKind::Stall), 1);
@@ -798,12 +803,7 @@ async fn proxy_reset_is_a_connection_error_for_reqwest() {
 
     proxy.set_mode(ProxyMode::Pass);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let body = reqwest::get(&url)
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("body");
+    let body = get_body(&url).await;
     assert_eq!(body.len(), 100_000);
 }
 
