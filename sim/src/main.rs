@@ -67,61 +67,7 @@ enum Command {
     },
     /// Cut power at every flash operation of a workload, in every torn shape, to a depth
     /// (or at random points).
-    Sweep {
-        /// Release image size: bytes, or with KiB / MiB.
-        #[arg(long, default_value = "256KiB", value_parser = parse_size)]
-        image_size: usize,
-        /// Random runs with one to three cuts each instead of the exhaustive sweep.
-        #[arg(long)]
-        random: Option<u32>,
-        /// Seed (of the random runs, or of how cuts tear operations).
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Runs in flight at once.
-        #[arg(long, default_value_t = 4)]
-        jobs: usize,
-        /// Workloads: update, resume, bad-release, rollback, log-wrap (comma-separated), or all.
-        #[arg(long, default_value = "update", value_parser = parse_workloads)]
-        workload: ::std::vec::Vec<sim::sweep::workload::Kind>,
-        /// Torn shapes: erase-early, erase-late, erase-half, erase-almost, program-bits,
-        /// program-prefix, program-landed, otadata-state (comma-separated), or all.
-        #[arg(long, default_value = "all", value_parser = parse_torn)]
-        torn: ::std::vec::Vec<sim::torn::Torn>,
-        /// Cuts per path: 1; 2 cuts again at every operation of each recovery; 3 adds one
-        /// random cut in each recovery of those.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=3))]
-        depth: u32,
-        /// Run only this path of cuts, e.g. op37:erase-early/op12:program-prefix (what a
-        /// violation's reproduce line gives; one workload).
-        #[arg(long, value_parser = parse_cut_path)]
-        cut: Option<::std::vec::Vec<(u64, sim::torn::Torn)>>,
-        /// Write a JUnit XML report here.
-        #[arg(long)]
-        junit: Option<PathBuf>,
-        /// Write a SARIF 2.1.0 report here (one result per failing path).
-        #[arg(long)]
-        sarif: Option<PathBuf>,
-        /// Write an HTML page here: figures, failing paths, and a timeline of one run.
-        #[arg(long)]
-        html: Option<PathBuf>,
-        /// Write the LED and power waveforms of one run here (VCD).
-        #[arg(long)]
-        vcd: Option<PathBuf>,
-        /// The path whose run --html and --vcd show (default: the first failure, else a cut
-        /// half way through the first workload).
-        #[arg(long, value_parser = parse_cut_path)]
-        timeline: Option<::std::vec::Vec<(u64, sim::torn::Torn)>>,
-        /// The boards' bootloader: espflash or idf-rollback.
-        #[arg(long, default_value = "espflash", value_parser = parse_model)]
-        bootloader: Model,
-        /// Instead of the sweep's statistics, save recordings of its cuts in this folder: the
-        /// first cut of each phase reached (erase, download, verify, otadata, confirm, log …).
-        #[arg(long, conflicts_with_all = ["random", "cut"])]
-        record: Option<PathBuf>,
-        /// With --record: every N-th flash operation instead of one per phase.
-        #[arg(long, requires = "record")]
-        every: Option<u64>,
-    },
+    Sweep(SweepArgs),
     /// One board through N boots with a seeded mix of releases, power cuts, WiFi and broker
     /// outages, bad releases and rate limits: prints the erase count of every sector touched,
     /// the log records lost and duplicated, and the invariant violations.
@@ -213,6 +159,64 @@ enum Command {
     },
 }
 
+// The options of `sim sweep` (its help text is the doc comment of `Command::Sweep`).
+#[derive(clap::Args)]
+struct SweepArgs {
+    /// Release image size: bytes, or with KiB / MiB.
+    #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+    image_size: usize,
+    /// Random runs with one to three cuts each instead of the exhaustive sweep.
+    #[arg(long)]
+    random: Option<u32>,
+    /// Seed (of the random runs, or of how cuts tear operations).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Runs in flight at once.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// Workloads: update, resume, bad-release, rollback, log-wrap (comma-separated), or all.
+    #[arg(long, default_value = "update", value_parser = parse_workloads)]
+    workload: ::std::vec::Vec<sim::sweep::workload::Kind>,
+    /// Torn shapes: erase-early, erase-late, erase-half, erase-almost, program-bits,
+    /// program-prefix, program-landed, otadata-state (comma-separated), or all.
+    #[arg(long, default_value = "all", value_parser = parse_torn)]
+    torn: ::std::vec::Vec<sim::torn::Torn>,
+    /// Cuts per path: 1; 2 cuts again at every operation of each recovery; 3 adds one
+    /// random cut in each recovery of those.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=3))]
+    depth: u32,
+    /// Run only this path of cuts, e.g. op37:erase-early/op12:program-prefix (what a
+    /// violation's reproduce line gives; one workload).
+    #[arg(long, value_parser = parse_cut_path)]
+    cut: Option<::std::vec::Vec<(u64, sim::torn::Torn)>>,
+    /// Write a JUnit XML report here.
+    #[arg(long)]
+    junit: Option<PathBuf>,
+    /// Write a SARIF 2.1.0 report here (one result per failing path).
+    #[arg(long)]
+    sarif: Option<PathBuf>,
+    /// Write an HTML page here: figures, failing paths, and a timeline of one run.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Write the LED and power waveforms of one run here (VCD).
+    #[arg(long)]
+    vcd: Option<PathBuf>,
+    /// The path whose run --html and --vcd show (default: the first failure, else a cut
+    /// half way through the first workload).
+    #[arg(long, value_parser = parse_cut_path)]
+    timeline: Option<::std::vec::Vec<(u64, sim::torn::Torn)>>,
+    /// The boards' bootloader: espflash or idf-rollback.
+    #[arg(long, default_value = "espflash", value_parser = parse_model)]
+    bootloader: Model,
+    /// Instead of the sweep's statistics, save recordings of its cuts in this folder: the
+    /// first cut of each phase reached (erase, download, verify, otadata, confirm, log …).
+    #[arg(long, conflicts_with_all = ["random", "cut"])]
+    record: Option<PathBuf>,
+    /// With --record: every N-th flash operation instead of one per phase.
+    #[arg(long, requires = "record")]
+    every: Option<u64>,
+}
+
 fn parse_size(text: &str) -> Result<usize, String> {
     let t = text.trim();
     let (number, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
@@ -295,6 +299,35 @@ fn print_table(reports: &[Report]) {
                 .join("\n")
         );
     }
+}
+
+/// Prints one report as `--json` and `--trace` ask (the table comes after all of them).
+fn show_report(r: &Report, json: bool, trace: bool) {
+    if json {
+        println!("{}", report_json(r));
+    }
+    if trace {
+        println!("=== {} ===\n{}", r.label(), r.console());
+    }
+}
+
+/// Prints `WHAT: N passed, M failed`; true when none failed.
+fn print_tally(what: &str, reports: &[Report]) -> bool {
+    let failed = reports.iter().filter(|r| !r.passed()).count();
+    println!(
+        "{what}: {} passed, {} failed",
+        reports.len() - failed,
+        failed
+    );
+    failed == 0
+}
+
+/// The command line that made a recording, as the recording stores it.
+fn made_by() -> String {
+    std::iter::once("sim".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn report_json(r: &Report) -> serde_json::Value {
@@ -404,25 +437,14 @@ async fn run_scenarios(
             .zip(futures_util::future::join_all(runs).await)
         {
             let r = result.map_err(|e| format!("{} [{model}]: {e}", s.name))?;
-            if json {
-                println!("{}", report_json(&r));
-            }
-            if trace {
-                println!("=== {} ===\n{}", r.label(), r.console());
-            }
+            show_report(&r, json, trace);
             reports.push(r);
         }
     }
     if !json {
         print_table(&reports);
     }
-    let failed = reports.iter().filter(|r| !r.passed()).count();
-    println!(
-        "scenarios: {} passed, {} failed",
-        reports.len() - failed,
-        failed
-    );
-    Ok(failed == 0)
+    Ok(print_tally("scenarios", &reports))
 }
 
 /// The scenario files to run: those named, or every `.toml` in `dir`.
@@ -448,10 +470,7 @@ async fn record_scenarios(
     images: &[(String, Vec<u8>)],
     broker: &BrokerChoice,
 ) -> Result<bool, String> {
-    let made_by = std::iter::once("sim".to_string())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let made_by = made_by();
     let mut reports = Vec::new();
     for path in scenario_paths(paths, dir)? {
         let text =
@@ -497,13 +516,7 @@ async fn record_scenarios(
         }
     }
     print_table(&reports);
-    let failed = reports.iter().filter(|r| !r.passed()).count();
-    println!(
-        "scenarios: {} passed, {} failed",
-        reports.len() - failed,
-        failed
-    );
-    Ok(failed == 0)
+    Ok(print_tally("scenarios", &reports))
 }
 
 /// `sim sweep --record OUT`.
@@ -515,10 +528,7 @@ async fn record_sweep(
     out: &Path,
     broker: &BrokerChoice,
 ) -> Result<bool, String> {
-    let made_by = std::iter::once("sim".to_string())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let made_by = made_by();
     let made = sim::recording::record_sweep(size, seed, model, keep, broker, &made_by)
         .await
         .map_err(|e| e.to_string())?;
@@ -585,24 +595,13 @@ async fn replay_recordings(
         let r = sim::recording::replay(&rec, broker)
             .await
             .map_err(|e| format!("{}: {e}", dir.display()))?;
-        if json {
-            println!("{}", report_json(&r));
-        }
-        if trace {
-            println!("=== {} ===\n{}", r.label(), r.console());
-        }
+        show_report(&r, json, trace);
         reports.push(r);
     }
     if !json {
         print_table(&reports);
     }
-    let failed = reports.iter().filter(|r| !r.passed()).count();
-    println!(
-        "recordings: {} passed, {} failed",
-        reports.len() - failed,
-        failed
-    );
-    Ok(failed == 0)
+    Ok(print_tally("recordings", &reports))
 }
 
 /// Image size of `sim all`'s depth-2 sweeps (every workload, every shape, twice).
@@ -773,14 +772,7 @@ fn print_sweep(opts: &SweepOptions, r: &SweepReport) {
     println!("  boots:                              {}", r.boots);
     println!("  runs that resumed a download:       {}", r.resumed_runs);
     println!("  bytes downloaded again (all runs):  {}", r.redownloaded);
-    println!(
-        "  most downloaded again after a cut:  {} bytes (one sector is 4096)",
-        r.max_redownload
-    );
-    println!(
-        "  invariant violations:               {}",
-        r.violations.len()
-    );
+    print_redownload_and_violations(r);
     println!(
         "  wall time:                          {:.2} s ({:.0} crash points/s)",
         r.wall.as_secs_f64(),
@@ -811,6 +803,19 @@ fn print_sweep(opts: &SweepOptions, r: &SweepReport) {
             );
         }
     }
+}
+
+/// The two figures every sweep ends on: the most downloaded again after one cut, and the
+/// invariant violations.
+fn print_redownload_and_violations(r: &SweepReport) {
+    println!(
+        "  most downloaded again after a cut:  {} bytes (one sector is 4096)",
+        r.max_redownload
+    );
+    println!(
+        "  invariant violations:               {}",
+        r.violations.len()
+    );
 }
 
 fn print_exhaustive(opts: &SweepOptions, r: &SweepReport) {
@@ -866,14 +871,7 @@ fn print_exhaustive(opts: &SweepOptions, r: &SweepReport) {
             .map(|w| w.explored.rolled_back)
             .sum::<u64>()
     );
-    println!(
-        "  most downloaded again after a cut:  {} bytes (one sector is 4096)",
-        r.max_redownload
-    );
-    println!(
-        "  invariant violations:               {}",
-        r.violations.len()
-    );
+    print_redownload_and_violations(r);
     println!(
         "  wall time:                          {:.2} s ({:.0} crash points/s, {:.0} distinct states run/s)",
         r.wall.as_secs_f64(),
@@ -947,7 +945,21 @@ async fn main() -> ExitCode {
         opts.seed = seed;
         return run_probe(opts, token_env, cli.broker, json, trace).await;
     }
-    let result = match cli.command {
+    let result = run_command(cli.command, &broker).await;
+    println!("wall time: {:.2} s", started.elapsed().as_secs_f64());
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs one subcommand (all but `probe`): true when everything it checked passed.
+async fn run_command(command: Command, broker: &BrokerChoice) -> Result<bool, String> {
+    match command {
         Command::Run {
             scenarios,
             dir,
@@ -956,77 +968,23 @@ async fn main() -> ExitCode {
             bootloader,
             record,
             images,
-        } => match read_images(&images) {
-            Err(e) => Err(e),
-            Ok(images) => match record {
+        } => {
+            let images = read_images(&images)?;
+            match record {
                 None => {
-                    run_scenarios(&scenarios, &dir, json, trace, bootloader, &images, &broker).await
+                    run_scenarios(&scenarios, &dir, json, trace, bootloader, &images, broker).await
                 }
                 Some(out) => {
-                    record_scenarios(&scenarios, &dir, bootloader, &out, &images, &broker).await
+                    record_scenarios(&scenarios, &dir, bootloader, &out, &images, broker).await
                 }
-            },
-        },
+            }
+        }
         Command::Replay {
             recordings,
             json,
             trace,
-        } => replay_recordings(&recordings, json, trace, &broker).await,
-        Command::Sweep {
-            image_size,
-            seed,
-            bootloader,
-            record: Some(out),
-            every,
-            ..
-        } => {
-            let keep = every.map_or(sim::recording::Keep::Phases, sim::recording::Keep::Every);
-            record_sweep(image_size, seed, bootloader, keep, &out, &broker).await
-        }
-        Command::Sweep {
-            image_size,
-            random,
-            seed,
-            jobs,
-            bootloader,
-            record: None,
-            every: _,
-            workload,
-            torn,
-            depth,
-            cut,
-            junit,
-            sarif,
-            html,
-            vcd,
-            timeline,
-        } => {
-            let workloads = workload;
-            if cut.is_some() && workloads.len() != 1 {
-                Err("--cut reproduces a path of one workload: give one --workload".to_string())
-            } else {
-                let opts = SweepOptions {
-                    image_size,
-                    random: random.map(|n| (n, seed)),
-                    seed,
-                    jobs,
-                    bootloader,
-                    workloads,
-                    torn,
-                    depth,
-                    want_timeline: html.is_some() || vcd.is_some(),
-                    timeline: timeline.or_else(|| cut.clone()),
-                    cut,
-                };
-                let files = ReportFiles {
-                    junit,
-                    sarif,
-                    html,
-                    vcd,
-                };
-                run_sweep_with(opts, &broker, &files).await
-            }
-        }
+        } => replay_recordings(&recordings, json, trace, broker).await,
+        Command::Sweep(args) => sweep_command(args, broker).await,
         Command::Soak {
             boots,
             seed,
@@ -1039,78 +997,121 @@ async fn main() -> ExitCode {
                 image_size,
                 bootloader,
             };
-            println!("soak: {boots} boots, seed {seed}, {image_size}-byte releases, {bootloader}");
-            match sim::soak::soak(&opts, &broker).await {
-                Ok(report) => {
-                    print!("{}", report.render());
-                    Ok(report.passed())
-                }
-                Err(e) => Err(e.to_string()),
-            }
+            soak_command(&opts, broker).await
         }
-        Command::All { dir, image_size } => {
-            let mut results =
-                vec![run_scenarios(&[], &dir, false, false, None, &[], &broker).await];
-            // Behind each bootloader: every workload's flash operations in every torn shape,
-            // random multi-cut runs, then every workload cut twice (a smaller image: depth 2
-            // runs every operation of every recovery).
-            let sweeps = Model::ALL.into_iter().flat_map(|m| {
-                [
-                    (None, 1, m, 1, image_size),
-                    (Some((50, 7)), 7, m, 1, image_size),
-                    (None, 1, m, 2, DEEP_SWEEP_IMAGE),
-                ]
-            });
-            for (random, seed, bootloader, depth, image_size) in sweeps {
-                let opts = SweepOptions {
-                    image_size,
-                    random,
-                    seed,
-                    bootloader,
-                    depth,
-                    workloads: sim::sweep::workload::Kind::ALL.to_vec(),
-                    ..SweepOptions::default()
-                };
-                results.push(run_sweep(opts, &broker).await);
-            }
-            results
-                .into_iter()
-                .try_fold(true, |all, r| r.map(|ok| all && ok))
-        }
+        Command::All { dir, image_size } => run_all(&dir, image_size, broker).await,
         Command::Serve {
             addr,
             asset_url,
             releases,
         } => serve(addr, asset_url, &releases).await,
-        // Handled above: the probe has its own exit codes and output.
+        // Handled in `main`: the probe has its own exit codes and output.
         Command::Probe { .. } => Ok(true),
         Command::Image {
             version,
             size,
             output,
-        } => {
-            let bytes = sim::image::build(&version, size, 1);
-            std::fs::write(&output, &bytes)
-                .map(|_| {
-                    println!(
-                        "wrote {} ({} bytes, version {version})",
-                        output.display(),
-                        bytes.len()
-                    );
-                    true
-                })
-                .map_err(|e| format!("{}: {e}", output.display()))
-        }
-    };
-    println!("wall time: {:.2} s", started.elapsed().as_secs_f64());
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
+        } => write_image(&version, size, &output),
     }
+}
+
+/// `sim sweep`: records its cuts with `--record`, else sweeps and writes the reports asked for.
+async fn sweep_command(args: SweepArgs, broker: &BrokerChoice) -> Result<bool, String> {
+    if let Some(out) = args.record {
+        let keep = args
+            .every
+            .map_or(sim::recording::Keep::Phases, sim::recording::Keep::Every);
+        return record_sweep(
+            args.image_size,
+            args.seed,
+            args.bootloader,
+            keep,
+            &out,
+            broker,
+        )
+        .await;
+    }
+    if args.cut.is_some() && args.workload.len() != 1 {
+        return Err("--cut reproduces a path of one workload: give one --workload".to_string());
+    }
+    let opts = SweepOptions {
+        image_size: args.image_size,
+        random: args.random.map(|n| (n, args.seed)),
+        seed: args.seed,
+        jobs: args.jobs,
+        bootloader: args.bootloader,
+        workloads: args.workload,
+        torn: args.torn,
+        depth: args.depth,
+        want_timeline: args.html.is_some() || args.vcd.is_some(),
+        timeline: args.timeline.or_else(|| args.cut.clone()),
+        cut: args.cut,
+    };
+    let files = ReportFiles {
+        junit: args.junit,
+        sarif: args.sarif,
+        html: args.html,
+        vcd: args.vcd,
+    };
+    run_sweep_with(opts, broker, &files).await
+}
+
+/// `sim soak`: one board through many boots; prints the wear table and what went wrong.
+async fn soak_command(
+    opts: &sim::soak::SoakOptions,
+    broker: &BrokerChoice,
+) -> Result<bool, String> {
+    println!(
+        "soak: {} boots, seed {}, {}-byte releases, {}",
+        opts.boots, opts.seed, opts.image_size, opts.bootloader
+    );
+    let report = sim::soak::soak(opts, broker)
+        .await
+        .map_err(|e| e.to_string())?;
+    print!("{}", report.render());
+    Ok(report.passed())
+}
+
+/// `sim all`: every scenario behind every bootloader, then the sweeps `just sim` runs.
+async fn run_all(dir: &Path, image_size: usize, broker: &BrokerChoice) -> Result<bool, String> {
+    let mut results = vec![run_scenarios(&[], dir, false, false, None, &[], broker).await];
+    // Behind each bootloader: every workload's flash operations in every torn shape,
+    // random multi-cut runs, then every workload cut twice (a smaller image: depth 2
+    // runs every operation of every recovery).
+    let sweeps = Model::ALL.into_iter().flat_map(|m| {
+        [
+            (None, 1, m, 1, image_size),
+            (Some((50, 7)), 7, m, 1, image_size),
+            (None, 1, m, 2, DEEP_SWEEP_IMAGE),
+        ]
+    });
+    for (random, seed, bootloader, depth, image_size) in sweeps {
+        let opts = SweepOptions {
+            image_size,
+            random,
+            seed,
+            bootloader,
+            depth,
+            workloads: sim::sweep::workload::Kind::ALL.to_vec(),
+            ..SweepOptions::default()
+        };
+        results.push(run_sweep(opts, broker).await);
+    }
+    results
+        .into_iter()
+        .try_fold(true, |all, r| r.map(|ok| all && ok))
+}
+
+/// `sim image`: writes a release image of `version`, `size` bytes, to `output`.
+fn write_image(version: &str, size: usize, output: &Path) -> Result<bool, String> {
+    let bytes = sim::image::build(version, size, 1);
+    std::fs::write(output, &bytes).map_err(|e| format!("{}: {e}", output.display()))?;
+    println!(
+        "wrote {} ({} bytes, version {version})",
+        output.display(),
+        bytes.len()
+    );
+    Ok(true)
 }
 
 /// `sim probe`: exit 0 when the board would succeed, 1 when it would fail, 2 when the probe

@@ -644,74 +644,145 @@ fn judge(
     end: &BootEnd,
     wall: Duration,
 ) -> ProbeReport {
-    let events: Vec<&Event> = board.trace.iter().map(|l| &l.event).collect();
-    let mut release = None;
-    let mut outcome = None;
-    let mut last_error: Option<(ErrorCode, String)> = None;
-    let mut retries = Vec::new();
-    let mut switched = false;
-    let mut published = false;
-    let mut kept = false;
-    for event in &events {
-        match event {
-            Event::Release { tag, size } => {
-                release = Some(ReleaseSeen {
-                    tag: tag.to_string(),
-                    size: Some(*size),
-                    digest: None,
-                })
-            }
-            Event::Error { code, detail } => last_error = Some((*code, detail.to_string())),
-            Event::Retry {
-                reason, delay_ms, ..
-            } => retries.push(RetrySeen {
-                reason: *reason,
-                detail: last_error
-                    .as_ref()
-                    .filter(|(c, _)| c == reason)
-                    .map_or(String::new(), |(_, d)| d.clone()),
-                delay_ms: *delay_ms,
-            }),
-            Event::Switch { .. } => switched = true,
-            Event::Outcome {
-                result,
-                error,
-                bytes,
-                ..
-            } => outcome = Some((*result, *error, *bytes)),
-            Event::Published { .. } => published = true,
-            Event::LogKept { .. } => kept = true,
-            _ => {}
+    let seen = TraceSeen::read(board.trace.iter().map(|l| &l.event));
+    let release = release_seen(seen.release.clone(), &board.exchanges, &opts.asset);
+    let requests: Vec<Request> = board.exchanges.iter().map(request_of).collect();
+    let redirects = redirects_of(&board.exchanges);
+    let bytes = seen
+        .outcome
+        .map_or_else(|| bytes_downloaded(&board.exchanges), |(_, _, b)| b);
+    let verdict = verdict(board, &seen, release.as_ref(), end);
+    let mqtt = match (opts.broker, seen.published) {
+        (None, _) => {
+            "no broker: the board's MQTT port closes every connection; the record stays on the simulated flash".to_string()
         }
+        (Some(addr), true) => format!("published to the broker at {addr}"),
+        (Some(addr), false) => {
+            format!("broker at {addr} did not acknowledge; the record stays on the simulated flash")
+        }
+    };
+    ProbeReport {
+        decision: verdict.decision,
+        from: opts.from.clone(),
+        asset: opts.asset.clone(),
+        release,
+        error: verdict.error,
+        detail: verdict.detail,
+        failed_step: verdict.failed_step,
+        bytes,
+        image_sha256: verdict.image_sha256,
+        redirects,
+        requests,
+        retries: seen.retries,
+        boot: verdict.boot,
+        mqtt,
+        console: board.trace.iter().map(|l| l.render()).collect(),
+        wall,
+        phase_times: phase_times(&board.exchanges),
     }
-    let json = release_json(&board.exchanges);
-    let asset_json = json.as_ref().and_then(|j| asset_of(j, &opts.asset));
+}
+
+/// What the board's trace says about its boot.
+#[derive(Default)]
+struct TraceSeen {
+    /// The release the core chose (tag and size; the digest comes from the JSON).
+    release: Option<ReleaseSeen>,
+    /// The boot's outcome: result, error code, bytes downloaded.
+    outcome: Option<(Outcome, ErrorCode, u32)>,
+    /// The last error reported, with its detail.
+    last_error: Option<(ErrorCode, String)>,
+    /// Every retry, with the detail of the error behind it.
+    retries: Vec<RetrySeen>,
+    /// The core switched the boot slot.
+    switched: bool,
+    /// The log record reached the broker.
+    published: bool,
+}
+
+impl TraceSeen {
+    fn read<'a>(events: impl Iterator<Item = &'a Event>) -> Self {
+        let mut seen = Self::default();
+        for event in events {
+            match event {
+                Event::Release { tag, size } => {
+                    seen.release = Some(ReleaseSeen {
+                        tag: tag.to_string(),
+                        size: Some(*size),
+                        digest: None,
+                    })
+                }
+                Event::Error { code, detail } => {
+                    seen.last_error = Some((*code, detail.to_string()))
+                }
+                Event::Retry {
+                    reason, delay_ms, ..
+                } => seen.retries.push(RetrySeen {
+                    reason: *reason,
+                    detail: seen
+                        .last_error
+                        .as_ref()
+                        .filter(|(c, _)| c == reason)
+                        .map_or(String::new(), |(_, d)| d.clone()),
+                    delay_ms: *delay_ms,
+                }),
+                Event::Switch { .. } => seen.switched = true,
+                Event::Outcome {
+                    result,
+                    error,
+                    bytes,
+                    ..
+                } => seen.outcome = Some((*result, *error, *bytes)),
+                Event::Published { .. } => seen.published = true,
+                _ => {}
+            }
+        }
+        seen
+    }
+
+    /// The detail of the last error, when its code is `code`.
+    fn detail_of(&self, code: ErrorCode) -> Option<String> {
+        self.last_error
+            .as_ref()
+            .filter(|(c, _)| *c == code)
+            .map(|(_, d)| d.clone())
+    }
+}
+
+/// The release as the trace and the release JSON show it: the asset's digest from the JSON
+/// and, for a release the core refused before choosing its asset, tag and size too.
+fn release_seen(
+    traced: Option<ReleaseSeen>,
+    exchanges: &[Exchange],
+    asset: &str,
+) -> Option<ReleaseSeen> {
+    let json = release_json(exchanges);
+    let asset_json = json.as_ref().and_then(|j| asset_of(j, asset));
     let digest = asset_json
         .and_then(|a| a.get("digest"))
         .and_then(|d| d.as_str())
         .map(str::to_string);
-    match release.as_mut() {
-        Some(r) => r.digest = digest,
+    match traced {
+        Some(r) => Some(ReleaseSeen { digest, ..r }),
         // The core reports a release once it has chosen its asset; for a release it refused
         // earlier (asset missing, bad tag …) the tag comes from the JSON the board received.
-        None => {
-            release = json
-                .as_ref()
-                .and_then(|j| j.get("tag_name"))
-                .and_then(|t| t.as_str())
-                .map(|tag| ReleaseSeen {
-                    tag: tag.to_string(),
-                    size: asset_json
-                        .and_then(|a| a.get("size"))
-                        .and_then(|s| s.as_u64())
-                        .and_then(|s| u32::try_from(s).ok()),
-                    digest,
-                })
-        }
+        None => json
+            .as_ref()
+            .and_then(|j| j.get("tag_name"))
+            .and_then(|t| t.as_str())
+            .map(|tag| ReleaseSeen {
+                tag: tag.to_string(),
+                size: asset_json
+                    .and_then(|a| a.get("size"))
+                    .and_then(|s| s.as_u64())
+                    .and_then(|s| u32::try_from(s).ok()),
+                digest,
+            }),
     }
-    let requests: Vec<Request> = board.exchanges.iter().map(request_of).collect();
-    let redirects: Vec<Redirect> = board
-        .exchanges
+}
+
+/// The redirects the board followed.
+fn redirects_of(exchanges: &[Exchange]) -> Vec<Redirect> {
+    exchanges
         .iter()
         .filter_map(|x| {
             let status = x.status.filter(|s| (300..400).contains(s))?;
@@ -723,143 +794,156 @@ fn judge(
                 location_len: location.len(),
             })
         })
-        .collect();
-    let last_purpose = board.exchanges.last().map(|x| x.purpose);
-    let bytes = outcome.map_or_else(
-        || {
-            board
-                .exchanges
-                .iter()
-                .filter(|x| x.purpose == Purpose::Download && x.status.is_some_and(|s| s < 300))
-                .map(|x| x.body_bytes as u32)
-                .sum()
-        },
-        |(_, _, b)| b,
-    );
+        .collect()
+}
 
-    let mut boot = None;
-    let mut image_sha256 = None;
-    let (decision, error, detail, failed_step) = match (outcome, end) {
-        (Some((Outcome::Installed, _, _)), _) => {
-            let tag = release.as_ref().map_or(String::new(), |r| r.tag.clone());
-            let bootloader = board.bootloader;
-            match bootloader.boot(&mut board.flash) {
-                Ok(choice) => {
-                    let selected = match choice.selection {
-                        bootloader::Selection::Entry { slot, .. } => slot,
-                        _ => 0,
-                    };
-                    let slot = choice.slot().unwrap_or(u8::MAX);
-                    let ok = !choice.fell_back()
-                        && slot == selected
-                        && Version::parse(&choice.version).ok() == Version::parse(&tag).ok();
-                    if let Some(size) = release.as_ref().and_then(|r| r.size) {
-                        image_sha256 = slot_sha256(&board.flash, choice.offset, size);
-                    }
-                    let started = format!("bootloader model: {}", choice.describe());
-                    boot = Some(BootCheck {
-                        slot,
-                        selected,
-                        version: choice.version.clone(),
-                    });
-                    if ok {
-                        (
-                            Decision::Installs {
-                                version: choice.version,
-                            },
-                            ErrorCode::None,
-                            None,
-                            None,
-                        )
-                    } else {
-                        (
-                            Decision::DoesNotBoot,
-                            ErrorCode::None,
-                            Some(started),
-                            Some(Step::Boot),
-                        )
-                    }
-                }
-                Err(bricked) => (
-                    Decision::DoesNotBoot,
-                    ErrorCode::None,
-                    Some(format!("bootloader model: {bricked}")),
-                    Some(Step::Boot),
-                ),
-            }
+/// Bytes of image the successful downloads carried (when the trace has no outcome).
+fn bytes_downloaded(exchanges: &[Exchange]) -> u32 {
+    exchanges
+        .iter()
+        .filter(|x| x.purpose == Purpose::Download && x.status.is_some_and(|s| s < 300))
+        .map(|x| x.body_bytes as u32)
+        .sum()
+}
+
+/// How long the release check and the download took, each from its first request to the
+/// end of its last.
+fn phase_times(exchanges: &[Exchange]) -> Vec<(Purpose, Duration)> {
+    let mut phase_times = Vec::new();
+    for purpose in [Purpose::Check, Purpose::Download] {
+        let of: Vec<&Exchange> = exchanges.iter().filter(|x| x.purpose == purpose).collect();
+        if let (Some(first), Some(last)) = (of.first(), of.last()) {
+            let end = last.ended_at.or(last.head_at).unwrap_or(last.sent_at);
+            phase_times.push((purpose, end.saturating_sub(first.sent_at)));
         }
-        (Some((Outcome::UpToDate, _, _)), _) => (Decision::UpToDate, ErrorCode::None, None, None),
-        (Some((_, code, _)), _) => {
-            let detail = last_error
-                .as_ref()
-                .filter(|(c, _)| *c == code)
-                .map(|(_, d)| d.clone());
-            (
-                Decision::Refuses,
-                code,
-                detail,
-                Some(step_of(code, last_purpose, switched)),
-            )
+    }
+    phase_times
+}
+
+/// The probe's decision, and what the bootloader model found when the board installed.
+struct Verdict {
+    decision: Decision,
+    error: ErrorCode,
+    detail: Option<String>,
+    failed_step: Option<Step>,
+    boot: Option<BootCheck>,
+    image_sha256: Option<String>,
+}
+
+impl Verdict {
+    /// A verdict without a boot check.
+    fn of(
+        decision: Decision,
+        error: ErrorCode,
+        detail: Option<String>,
+        failed_step: Option<Step>,
+    ) -> Self {
+        Self {
+            decision,
+            error,
+            detail,
+            failed_step,
+            boot: None,
+            image_sha256: None,
         }
-        (None, BootEnd::PowerCut) if !retries.is_empty() => {
-            let last = retries.last().cloned();
+    }
+}
+
+/// The decision from the boot's outcome (or how it ended without one).
+fn verdict(
+    board: &mut VirtualBoard,
+    seen: &TraceSeen,
+    release: Option<&ReleaseSeen>,
+    end: &BootEnd,
+) -> Verdict {
+    let last_purpose = board.exchanges.last().map(|x| x.purpose);
+    match (seen.outcome, end) {
+        (Some((Outcome::Installed, _, _)), _) => boot_installed(board, release),
+        (Some((Outcome::UpToDate, _, _)), _) => {
+            Verdict::of(Decision::UpToDate, ErrorCode::None, None, None)
+        }
+        (Some((_, code, _)), _) => Verdict::of(
+            Decision::Refuses,
+            code,
+            seen.detail_of(code),
+            Some(step_of(code, last_purpose, seen.switched)),
+        ),
+        (None, BootEnd::PowerCut) if !seen.retries.is_empty() => {
+            let last = seen.retries.last().cloned();
             let step = match last_purpose {
                 Some(Purpose::Download) => Step::Download,
                 _ => Step::ReleaseCheck,
             };
-            (
+            Verdict::of(
                 Decision::KeepsRetrying,
                 last.as_ref().map_or(ErrorCode::Network, |r| r.reason),
                 last.map(|r| r.detail),
                 Some(step),
             )
         }
-        (None, other) => (
+        (None, other) => Verdict::of(
             Decision::Refuses,
             ErrorCode::None,
             Some(format!("the boot ended without an outcome: {other:?}")),
             Some(Step::Setup),
         ),
-    };
-    let mqtt = match (opts.broker, published, kept) {
-        (None, _, _) => {
-            "no broker: the board's MQTT port closes every connection; the record stays on the simulated flash".to_string()
-        }
-        (Some(addr), true, _) => format!("published to the broker at {addr}"),
-        (Some(addr), false, _) => {
-            format!("broker at {addr} did not acknowledge; the record stays on the simulated flash")
-        }
-    };
-    let mut phase_times = Vec::new();
-    for purpose in [Purpose::Check, Purpose::Download] {
-        let of: Vec<&Exchange> = board
-            .exchanges
-            .iter()
-            .filter(|x| x.purpose == purpose)
-            .collect();
-        if let (Some(first), Some(last)) = (of.first(), of.last()) {
-            let end = last.ended_at.or(last.head_at).unwrap_or(last.sent_at);
-            phase_times.push((purpose, end.saturating_sub(first.sent_at)));
-        }
     }
-    ProbeReport {
-        decision,
-        from: opts.from.clone(),
-        asset: opts.asset.clone(),
-        release,
-        error,
-        detail,
-        failed_step,
-        bytes,
-        image_sha256,
-        redirects,
-        requests,
-        retries,
+}
+
+/// The board installed `release`: the bootloader model starts it, and the verdict is
+/// whether it started the new image from the slot otadata selects.
+fn boot_installed(board: &mut VirtualBoard, release: Option<&ReleaseSeen>) -> Verdict {
+    let tag = release.map_or(String::new(), |r| r.tag.clone());
+    let bootloader = board.bootloader;
+    let choice = match bootloader.boot(&mut board.flash) {
+        Ok(choice) => choice,
+        Err(bricked) => {
+            return Verdict::of(
+                Decision::DoesNotBoot,
+                ErrorCode::None,
+                Some(format!("bootloader model: {bricked}")),
+                Some(Step::Boot),
+            );
+        }
+    };
+    let selected = match choice.selection {
+        bootloader::Selection::Entry { slot, .. } => slot,
+        _ => 0,
+    };
+    let slot = choice.slot().unwrap_or(u8::MAX);
+    let ok = !choice.fell_back()
+        && slot == selected
+        && Version::parse(&choice.version).ok() == Version::parse(&tag).ok();
+    let image_sha256 = release
+        .and_then(|r| r.size)
+        .and_then(|size| slot_sha256(&board.flash, choice.offset, size));
+    let started = format!("bootloader model: {}", choice.describe());
+    let boot = Some(BootCheck {
+        slot,
+        selected,
+        version: choice.version.clone(),
+    });
+    let verdict = if ok {
+        Verdict::of(
+            Decision::Installs {
+                version: choice.version,
+            },
+            ErrorCode::None,
+            None,
+            None,
+        )
+    } else {
+        Verdict::of(
+            Decision::DoesNotBoot,
+            ErrorCode::None,
+            Some(started),
+            Some(Step::Boot),
+        )
+    };
+    Verdict {
         boot,
-        mqtt,
-        console: board.trace.iter().map(|l| l.render()).collect(),
-        wall,
-        phase_times,
+        image_sha256,
+        ..verdict
     }
 }
 

@@ -690,20 +690,9 @@ pub struct Recorded {
 /// [`scenario::run`], keeping the flash at every power cut as a [`Recording`]. Each
 /// recording's expectation is what its replay (no further faults) does; for the run's last
 /// cut, when the scenario has no faults but power cuts, the replay must also agree with the
-/// boots the run saw after the cut.
-pub async fn record(
-    s: &Scenario,
-    path: &str,
-    text: &str,
-    model: Model,
-    broker: &BrokerChoice,
-    made_by: &str,
-) -> Result<Recorded, RecordingError> {
-    record_with(s, path, text, model, broker, made_by, None).await
-}
-
-/// As [`record`], with the user's firmware images in the board's slot and as the release
-/// assets ([`Stage::with_images`]); every recording carries them.
+/// boots the run saw after the cut. With `images`, the user's firmware images run in the
+/// board's slot and are the release assets ([`Stage::with_images`]); every recording carries
+/// them.
 pub async fn record_with(
     s: &Scenario,
     path: &str,
@@ -879,13 +868,14 @@ pub async fn record_sweep(
         if wanted {
             let text = sweep_scenario(size, seed, model, op);
             let s = Scenario::parse(&text, Path::new(&format!("sweep-op{op}.toml")))?;
-            let made = record(
+            let made = record_with(
                 &s,
                 &format!("sweep-op{op}.toml"),
                 &text,
                 model,
                 broker,
                 made_by,
+                None,
             )
             .await?;
             out.runs += 1;

@@ -309,6 +309,15 @@ fn header_of<'a>(r: &'a Request, name: &str) -> Option<&'a str> {
     r.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Each request's `name` header (None where it has none), in the order `server` received them.
+async fn received_headers(server: &MockServer, name: &str) -> Vec<Option<String>> {
+    received(server)
+        .await
+        .iter()
+        .map(|r| header_of(r, name).map(str::to_owned))
+        .collect()
+}
+
 async fn received(server: &MockServer) -> Vec<Request> {
     server
         .received_requests()
@@ -414,6 +423,19 @@ impl Board {
     /// The bytes of ota_1 up to `len`.
     fn ota_1(&self, len: usize) -> &[u8] {
         &self.board.flash.contents()[OTA_1..OTA_1 + len]
+    }
+
+    /// Boots with a power cut mid-download, then on: asserts that the next boot installed
+    /// `image` and the one after confirmed it.
+    async fn update_through_cut_mid_download(&mut self, image: &[u8]) {
+        self.run(&mut cut_mid_download()).await;
+        assert_eq!(
+            self.outcomes(),
+            ["cut", "installed/none", "updated/none"],
+            "{}",
+            self.console()
+        );
+        self.assert_updated_to(image);
     }
 
     /// Asserts the board installed `image`, confirmed it, and runs it.
@@ -555,6 +577,18 @@ async fn the_token_goes_to_the_api_host_and_never_to_the_asset_host() {
 // ---------------------------------------------------------------------------------------------
 // Resuming
 
+/// Hosts that publish a release whose download redirects (as GitHub's does) to the asset
+/// host; returns them, the release image, and the location of its asset.
+async fn hosts_with_a_release() -> (Hosts, Vec<u8>, String) {
+    let hosts = Hosts::start().await;
+    let image = release_image();
+    hosts.release(&image).await;
+    let location = hosts
+        .downloads("download.302-release-assets.http", &image)
+        .await;
+    (hosts, image, location)
+}
+
 /// Power is cut once 10,000 image bytes reached the core: two 4 KiB sectors are durable.
 fn cut_mid_download() -> Triggers {
     Triggers {
@@ -565,12 +599,7 @@ fn cut_mid_download() -> Triggers {
 
 #[tokio::test]
 async fn resumes_with_range_and_githubs_206() {
-    let hosts = Hosts::start().await;
-    let image = release_image();
-    hosts.release(&image).await;
-    let location = hosts
-        .downloads("download.302-release-assets.http", &image)
-        .await;
+    let (hosts, image, location) = hosts_with_a_release().await;
     let partial = hosts.recorded("asset.206.http").carrying(&image, 8192);
     assert_eq!(
         partial.header("content-range"),
@@ -585,15 +614,7 @@ async fn resumes_with_range_and_githubs_206() {
         .await;
 
     let mut board = Board::new(&hosts, "contract-resume", false);
-    board.run(&mut cut_mid_download()).await;
-
-    assert_eq!(
-        board.outcomes(),
-        ["cut", "installed/none", "updated/none"],
-        "{}",
-        board.console()
-    );
-    board.assert_updated_to(&image);
+    board.update_through_cut_mid_download(&image).await;
     assert!(
         board
             .lines(2)
@@ -610,29 +631,16 @@ async fn resumes_with_range_and_githubs_206() {
         _ => None,
     });
     assert_eq!(installed, Some((image.len() as u32 - 8192, 8192)));
-    let ranges: Vec<Option<String>> = received(&hosts.assets)
-        .await
-        .iter()
-        .map(|r| header_of(r, "range").map(str::to_owned))
-        .collect();
+    let ranges = received_headers(&hosts.assets, "range").await;
     assert_eq!(ranges, [None, Some("bytes=8192-".to_owned())]);
     // The resume names the file it continues: the ETag the asset host's 200 carried.
-    let validators: Vec<Option<String>> = received(&hosts.assets)
-        .await
-        .iter()
-        .map(|r| header_of(r, "if-range").map(str::to_owned))
-        .collect();
+    let validators = received_headers(&hosts.assets, "if-range").await;
     assert_eq!(validators, [None, Some("\"0x8DE3E1C0F2A7B55\"".to_owned())]);
 }
 
 #[tokio::test]
 async fn restarts_from_zero_when_the_asset_host_answers_416() {
-    let hosts = Hosts::start().await;
-    let image = release_image();
-    hosts.release(&image).await;
-    let location = hosts
-        .downloads("download.302-release-assets.http", &image)
-        .await;
+    let (hosts, image, location) = hosts_with_a_release().await;
     let refused = hosts
         .recorded("asset.416.http")
         .unsatisfiable_for(image.len());
@@ -646,15 +654,7 @@ async fn restarts_from_zero_when_the_asset_host_answers_416() {
         .await;
 
     let mut board = Board::new(&hosts, "contract-416", false);
-    board.run(&mut cut_mid_download()).await;
-
-    assert_eq!(
-        board.outcomes(),
-        ["cut", "installed/none", "updated/none"],
-        "{}",
-        board.console()
-    );
-    board.assert_updated_to(&image);
+    board.update_through_cut_mid_download(&image).await;
     let downloads: Vec<u32> = board
         .requests(2)
         .into_iter()
@@ -667,11 +667,7 @@ async fn restarts_from_zero_when_the_asset_host_answers_416() {
         &l.event,
         Event::Error { code: ErrorCode::Network, detail } if detail.contains("416")
     )));
-    let ranges: Vec<Option<String>> = received(&hosts.assets)
-        .await
-        .iter()
-        .map(|r| header_of(r, "range").map(str::to_owned))
-        .collect();
+    let ranges = received_headers(&hosts.assets, "range").await;
     assert_eq!(ranges, [None, Some("bytes=8192-".to_owned()), None]);
 }
 

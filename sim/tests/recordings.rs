@@ -1,5 +1,5 @@
 //! Recorded power cuts (`fixtures/recordings/`): every shipped recording replays in the
-//! simulator and recovers as it says; a recording made by `record` replays to what the run
+//! simulator and recovers as it says; a recording made by `record_with` replays to what the run
 //! saw after its cut; damaged recordings are refused with errors that say what is wrong,
 //! and a flipped byte in a durable sector changes the recovery.
 
@@ -74,13 +74,14 @@ async fn a_recording_made_by_a_run_saves_loads_and_replays_to_what_the_run_saw()
     let text = std::fs::read_to_string(&path).unwrap();
     let s = Scenario::load(&path).unwrap();
     let model = s.models()[0];
-    let made = recording::record(
+    let made = recording::record_with(
         &s,
         "erase.toml",
         &text,
         model,
         &BrokerChoice::Embedded,
         "test",
+        None,
     )
     .await
     .unwrap();

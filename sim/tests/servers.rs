@@ -69,16 +69,69 @@ fn no_redirects() -> reqwest::Client {
         .expect("client builds")
 }
 
-async fn latest(gh: &GithubHandle) -> Value {
-    reqwest::get(format!(
-        "{}/repos/{OWNER}/{REPO}/releases/latest",
+/// GETs `url` asking for `range`, with `If-Range: validator` when one is given.
+async fn get_range(
+    client: &reqwest::Client,
+    url: &str,
+    range: &str,
+    if_range: Option<&str>,
+) -> reqwest::Response {
+    let mut request = client.get(url).header(RANGE, range);
+    if let Some(validator) = if_range {
+        request = request.header(IF_RANGE, validator);
+    }
+    request.send().await.expect("get")
+}
+
+/// GETs `url` with `Accept: accept` (the asset API answers with the JSON or the bytes by it).
+async fn get_accepting(client: &reqwest::Client, url: &str, accept: &str) -> reqwest::Response {
+    client
+        .get(url)
+        .header("accept", accept)
+        .send()
+        .await
+        .expect("get")
+}
+
+/// Gives the mock a clock that stands at `start` until the test moves it: the returned
+/// seconds since the epoch.
+fn virtual_clock(gh: &GithubHandle, start: u64) -> Arc<AtomicU64> {
+    let now = Arc::new(AtomicU64::new(start));
+    let clock = now.clone();
+    gh.set_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+    now
+}
+
+/// GETs `url` (following redirects) and reads the whole body.
+async fn get_body(url: &str) -> bytes::Bytes {
+    reqwest::get(url)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body")
+}
+
+/// The mock's `releases/latest` API URL.
+fn latest_url(gh: &GithubHandle) -> String {
+    format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url())
+}
+
+/// The mock's download URL of release 1.1's `firmware.bin` (a redirect to the asset host).
+fn download_url(gh: &GithubHandle) -> String {
+    format!(
+        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
         gh.base_url()
-    ))
-    .await
-    .expect("request succeeds")
-    .json_value()
-    .await
-    .expect("JSON body")
+    )
+}
+
+async fn latest(gh: &GithubHandle) -> Value {
+    reqwest::get(latest_url(gh))
+        .await
+        .expect("request succeeds")
+        .json_value()
+        .await
+        .expect("JSON body")
 }
 
 #[tokio::test]
@@ -173,12 +226,9 @@ async fn drafts_are_listed_only_for_a_client_with_a_token() {
 async fn no_release_is_githubs_404() {
     let gh = github().await;
     gh.arm(Fault::NoRelease.times(1));
-    let r = reqwest::get(format!(
-        "{}/repos/{OWNER}/{REPO}/releases/latest",
-        gh.base_url()
-    ))
-    .await
-    .expect("request succeeds");
+    let r = reqwest::get(latest_url(&gh))
+        .await
+        .expect("request succeeds");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let body: Value = r.json_value().await.expect("JSON error body");
     assert_eq!(body["message"], "Not Found");
@@ -223,12 +273,7 @@ async fn browser_download_url_redirects_to_the_asset_host() {
 
     // The API asset URL with Accept: octet-stream goes to the same host.
     let api = rel["assets"][0]["url"].as_str().expect("url");
-    let r = no_redirects()
-        .get(api)
-        .header("accept", "application/octet-stream")
-        .send()
-        .await
-        .expect("request");
+    let r = get_accepting(&no_redirects(), api, "application/octet-stream").await;
     assert_eq!(r.status(), StatusCode::FOUND);
     assert!(
         r.headers()[LOCATION]
@@ -236,12 +281,8 @@ async fn browser_download_url_redirects_to_the_asset_host() {
             .expect("ascii")
             .contains("/github-production-release-asset/")
     );
-    let json: Value = reqwest::Client::new()
-        .get(api)
-        .header("accept", "application/json")
-        .send()
+    let json: Value = get_accepting(&reqwest::Client::new(), api, "application/json")
         .await
-        .expect("request")
         .json_value()
         .await
         .expect("asset JSON");
@@ -261,39 +302,21 @@ async fn browser_download_url_redirects_to_the_asset_host() {
 #[tokio::test]
 async fn ranges_resume_and_out_of_range_is_416() {
     let gh = github().await;
-    let url = format!(
-        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
-        gh.base_url()
-    );
+    let url = download_url(&gh);
     let all = image(100_000);
     let client = reqwest::Client::new();
 
-    let r = client
-        .get(&url)
-        .header(RANGE, "bytes=40000-")
-        .send()
-        .await
-        .expect("get");
+    let r = get_range(&client, &url, "bytes=40000-", None).await;
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.headers()[CONTENT_RANGE], "bytes 40000-99999/100000");
     assert_eq!(r.headers()[CONTENT_LENGTH], "60000");
     assert_eq!(r.bytes().await.expect("body").as_ref(), &all[40_000..]);
 
-    let r = client
-        .get(&url)
-        .header(RANGE, "bytes=10-19")
-        .send()
-        .await
-        .expect("get");
+    let r = get_range(&client, &url, "bytes=10-19", None).await;
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.bytes().await.expect("body").as_ref(), &all[10..20]);
 
-    let r = client
-        .get(&url)
-        .header(RANGE, "bytes=100000-")
-        .send()
-        .await
-        .expect("get");
+    let r = get_range(&client, &url, "bytes=100000-", None).await;
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()[CONTENT_RANGE], "bytes */100000");
 
@@ -309,10 +332,7 @@ async fn ranges_resume_and_out_of_range_is_416() {
 
 /// Follows one redirect by hand and returns the signed asset URL.
 async fn signed_url(gh: &GithubHandle) -> String {
-    let url = format!(
-        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
-        gh.base_url()
-    );
+    let url = download_url(gh);
     let r = no_redirects().get(&url).send().await.expect("request");
     assert_eq!(r.status(), StatusCode::FOUND);
     r.headers()[LOCATION].to_str().expect("ascii").to_owned()
@@ -321,9 +341,7 @@ async fn signed_url(gh: &GithubHandle) -> String {
 #[tokio::test]
 async fn the_asset_host_checks_signature_and_expiry_in_both_shapes() {
     let gh = github().await;
-    let now = Arc::new(AtomicU64::new(1_766_054_858));
-    let clock = now.clone();
-    gh.set_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+    let now = virtual_clock(&gh, 1_766_054_858);
     for (shape, prefix, refusal) in [
         (
             AssetUrl::ReleaseAssets,
@@ -382,13 +400,7 @@ async fn assets_carry_validators_and_honour_if_range() {
 
     // The validator matches: the range applies.
     for validator in [etag.as_str(), modified.as_str()] {
-        let r = client
-            .get(&url)
-            .header(RANGE, "bytes=40000-")
-            .header(IF_RANGE, validator)
-            .send()
-            .await
-            .expect("get");
+        let r = get_range(&client, &url, "bytes=40000-", Some(validator)).await;
         assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{validator}");
         assert_eq!(r.headers()[CONTENT_RANGE], "bytes 40000-99999/100000");
     }
@@ -398,25 +410,13 @@ async fn assets_carry_validators_and_honour_if_range() {
         format!("W/{etag}"),
         "Thu, 01 Jan 2015 00:00:00 GMT".to_owned(),
     ] {
-        let r = client
-            .get(&url)
-            .header(RANGE, "bytes=40000-")
-            .header(IF_RANGE, &validator)
-            .send()
-            .await
-            .expect("get");
+        let r = get_range(&client, &url, "bytes=40000-", Some(&validator)).await;
         assert_eq!(r.status(), StatusCode::OK, "{validator}");
         assert!(r.headers().get(CONTENT_RANGE).is_none());
         assert_eq!(r.bytes().await.expect("body").len(), 100_000);
     }
     // Out of range: 416 with the size, even with a matching validator.
-    let r = client
-        .get(&url)
-        .header(RANGE, "bytes=100000-")
-        .header(IF_RANGE, &etag)
-        .send()
-        .await
-        .expect("get");
+    let r = get_range(&client, &url, "bytes=100000-", Some(&etag)).await;
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()[CONTENT_RANGE], "bytes */100000");
 }
@@ -446,13 +446,13 @@ async fn an_asset_replaced_in_storage_keeps_its_ids_and_changes_only_its_etag() 
     assert_eq!(before["id"], after["id"]);
 
     // The URL issued before the replacement serves the new bytes, under a new ETag only.
-    let r = client
-        .get(&url)
-        .header(RANGE, "bytes=40000-")
-        .header(IF_RANGE, &old_etag)
-        .send()
-        .await
-        .expect("get");
+    let r = get_range(
+        &client,
+        &url,
+        "bytes=40000-",
+        Some(old_etag.to_str().expect("ascii")),
+    )
+    .await;
     assert_eq!(
         r.status(),
         StatusCode::OK,
@@ -480,15 +480,34 @@ async fn an_asset_without_digest_shows_null_as_github_does_for_old_uploads() {
 }
 
 #[tokio::test]
-async fn etag_gives_304_which_costs_no_rate_limit() {
+async fn etag_gives_304_which_costs_no_rate_limit_only_with_a_token() {
     let gh = github().await;
-    let url = format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url());
+    let url = latest_url(&gh);
     let client = reqwest::Client::new();
-    let first = client.get(&url).send().await.expect("get");
+    // GitHub: a 304 to an authorized request does not count against the primary limit.
+    let first = client
+        .get(&url)
+        .bearer_auth("ghp_sim")
+        .send()
+        .await
+        .expect("get");
     let etag = first.headers()[ETAG].clone();
     assert!(etag.to_str().expect("ascii").starts_with("W/\""));
-    assert_eq!(first.headers()["x-ratelimit-remaining"], "59");
+    assert_eq!(first.headers()["x-ratelimit-remaining"], "4999");
+    let again = client
+        .get(&url)
+        .bearer_auth("ghp_sim")
+        .header(IF_NONE_MATCH, etag.clone())
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers()["x-ratelimit-remaining"], "4999");
+    assert!(again.bytes().await.expect("body").is_empty());
 
+    // An unauthenticated 304 counts like any other answer.
+    let first = client.get(&url).send().await.expect("get");
+    assert_eq!(first.headers()["x-ratelimit-remaining"], "59");
     let again = client
         .get(&url)
         .header(IF_NONE_MATCH, etag)
@@ -496,21 +515,18 @@ async fn etag_gives_304_which_costs_no_rate_limit() {
         .await
         .expect("get");
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
-    assert_eq!(again.headers()["x-ratelimit-remaining"], "59");
-    assert!(again.bytes().await.expect("body").is_empty());
+    assert_eq!(again.headers()["x-ratelimit-remaining"], "58");
 }
 
 #[tokio::test]
 async fn rate_limit_counts_down_then_403_until_the_window_resets() {
     let gh = github().await;
-    let now = Arc::new(AtomicU64::new(1_700_000_000));
-    let clock = now.clone();
-    gh.set_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+    let now = virtual_clock(&gh, 1_700_000_000);
     gh.set_rate_limit(RateLimit {
         anonymous: 3,
         ..RateLimit::default()
     });
-    let url = format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url());
+    let url = latest_url(&gh);
     for left in ["2", "1", "0"] {
         let r = reqwest::get(&url).await.expect("get");
         assert_eq!(r.status(), StatusCode::OK);
@@ -521,10 +537,7 @@ async fn rate_limit_counts_down_then_403_until_the_window_resets() {
         assert_eq!(h["x-ratelimit-resource"], "core");
     }
     // Downloads are not API calls: they still work.
-    let dl = format!(
-        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
-        gh.base_url()
-    );
+    let dl = download_url(&gh);
     assert_eq!(
         reqwest::get(&dl).await.expect("get").status(),
         StatusCode::OK
@@ -569,7 +582,7 @@ async fn server_error_fires_n_times_then_recovers() {
         }
         .times(2),
     );
-    let url = format!("{}/repos/{OWNER}/{REPO}/releases/latest", gh.base_url());
+    let url = latest_url(&gh);
     let statuses: Vec<u16> = futures_util::future::join_all(
         (0..3).map(|_| async { reqwest::get(&url).await.expect("get").status().as_u16() }),
     )
@@ -584,12 +597,7 @@ async fn server_error_fires_n_times_then_recovers() {
 async fn truncated_json_is_valid_http_with_invalid_json() {
     let gh = github().await;
     gh.arm(Fault::TruncatedJson.times(1));
-    let r = reqwest::get(format!(
-        "{}/repos/{OWNER}/{REPO}/releases/latest",
-        gh.base_url()
-    ))
-    .await
-    .expect("get");
+    let r = reqwest::get(latest_url(&gh)).await.expect("get");
     assert_eq!(r.status(), StatusCode::OK);
     let body = r.bytes().await.expect("whole body arrives");
     assert!(serde_json::from_slice::<Value>(&body).is_err());
@@ -611,10 +619,7 @@ async fn wrong_size_and_wrong_hash_lie_in_the_json_only() {
 async fn cut_body_after_makes_the_body_stream_fail() {
     let gh = github().await;
     gh.arm(Fault::CutBodyAfter { bytes: 30_000 }.times(1));
-    let url = format!(
-        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
-        gh.base_url()
-    );
+    let url = download_url(&gh);
     let r = reqwest::get(&url).await.expect("headers arrive");
     assert_eq!(
         r.headers()[CONTENT_LENGTH],
@@ -645,12 +650,8 @@ async fn cut_body_after_makes_the_body_stream_fail() {
     assert_eq!((rec.bytes_sent, rec.aborted), (30_000, true));
 
     // Disarmed after one firing: a resume fetches the rest.
-    let rest = reqwest::Client::new()
-        .get(&url)
-        .header(RANGE, "bytes=30000-")
-        .send()
+    let rest = get_range(&reqwest::Client::new(), &url, "bytes=30000-", None)
         .await
-        .expect("get")
         .bytes()
         .await
         .expect("body");
@@ -672,17 +673,9 @@ async fn stall_and_trickle_slow_the_body_but_deliver_it() {
         }
         .times(1),
     ]);
-    let url = format!(
-        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
-        gh.base_url()
-    );
+    let url = download_url(&gh);
     let start = std::time::Instant::now();
-    let body = reqwest::get(&url)
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("body");
+    let body = get_body(&url).await;
     assert!(start.elapsed() >= Duration::from_millis(300));
     assert_eq!(body.as_ref(), image(100_000));
     assert_eq!(gh.fired(FaultKind::Stall), 1);
@@ -693,10 +686,7 @@ async fn stall_and_trickle_slow_the_body_but_deliver_it() {
 async fn redirect_loop_never_reaches_the_bytes() {
     let gh = github().await;
     gh.arm(Fault::RedirectLoop);
-    let url = format!(
-        "{}/{OWNER}/{REPO}/releases/download/1.1/firmware.bin",
-        gh.base_url()
-    );
+    let url = download_url(&gh);
     let r = no_redirects().get(&url).send().await.expect("get");
     assert_eq!(r.status(), StatusCode::FOUND);
     assert_eq!(r.headers()[LOCATION], url.as_str(), "redirects to itself");
@@ -813,12 +803,7 @@ async fn proxy_reset_is_a_connection_error_for_reqwest() {
 
     proxy.set_mode(ProxyMode::Pass);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let body = reqwest::get(&url)
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("body");
+    let body = get_body(&url).await;
     assert_eq!(body.len(), 100_000);
 }
 
@@ -935,22 +920,13 @@ async fn a_world_on_a_lan_address_hands_out_only_urls_a_board_there_reaches() {
 
         // The API asset URL (a private repository's path): JSON, then 302 to the bytes.
         let api = rel["assets"][0]["url"].as_str().expect("url");
-        let body = http
-            .get(api)
-            .header("accept", "application/json")
-            .send()
+        let body = get_accepting(&http, api, "application/json")
             .await
-            .expect("asset JSON")
             .text()
             .await
             .expect("body");
         only_names(&public, "asset JSON", &body);
-        let r = http
-            .get(api)
-            .header("accept", "application/octet-stream")
-            .send()
-            .await
-            .expect("asset API");
+        let r = get_accepting(&http, api, "application/octet-stream").await;
         assert_eq!(r.status(), StatusCode::FOUND);
         let location = r.headers()[LOCATION].to_str().expect("ascii").to_owned();
         only_names(&public, "asset API 302", &format!("\"{location}\""));

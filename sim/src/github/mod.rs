@@ -698,105 +698,27 @@ fn api(
     peer: SocketAddr,
     answer: impl FnOnce() -> ApiAnswer,
 ) -> Response {
-    let secondary = lock(&shared.faults).take(|f| matches!(f, Fault::SecondaryRateLimit { .. }));
-    if let Some(Fault::SecondaryRateLimit { retry_after }) = secondary {
-        let mut r = message(
-            StatusCode::TOO_MANY_REQUESTS,
-            "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
-            "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    if let Some(r) = secondary_rate_limit(shared) {
         return r;
     }
-
     let clock = lock(&shared.clock).clone();
     let now = clock();
     let key = match header_str(headers, header::AUTHORIZATION) {
         Some(token) => format!("token:{token}"),
         None => format!("ip:{}", peer.ip()),
     };
-    let (limit, window) = {
-        let mut rate = lock(&shared.rate);
-        let (cfg, windows) = &mut *rate;
-        let limit = if has_token(headers) {
-            cfg.authenticated
-        } else {
-            cfg.anonymous
-        };
-        let w = windows.entry(key.clone()).or_insert(Window {
-            start: now,
-            used: 0,
-        });
-        if now >= w.start + cfg.window_secs {
-            *w = Window {
-                start: now,
-                used: 0,
-            };
-        }
-        (limit, (*w, cfg.window_secs, cfg.exhausted))
-    };
-    let (w, window_secs, exhausted) = window;
+    let (limit, w, window_secs, exhausted) = open_window(shared, headers, &key, now);
     let reset = w.start + window_secs;
 
     let mut response = if w.used >= limit {
         lock(&shared.faults).count(FaultKind::RateLimited);
-        match exhausted {
-            Exhausted::Forbidden => message(
-                StatusCode::FORBIDDEN,
-                &format!(
-                    "API rate limit exceeded for {}. (But here's the good news: Authenticated \
-                     requests get a higher rate limit. Check out the documentation for more details.)",
-                    peer.ip()
-                ),
-                "https://docs.github.com/rest/overview/resources-in-the-rest-api#rate-limiting",
-            ),
-            Exhausted::TooManyRequests { retry_after } => {
-                let mut r = message(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "API rate limit exceeded",
-                    "https://docs.github.com/rest/overview/resources-in-the-rest-api#rate-limiting",
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-                r
-            }
-        }
+        rate_limit_exceeded(exhausted, peer)
     } else if let Some(r) = take_server_error(shared, Route::Api) {
         r
     } else {
         match answer() {
             ApiAnswer::Other(r) => r,
-            ApiAnswer::Json(value) => {
-                let text = value.to_string();
-                let etag = format!("W/\"{}\"", hex::encode(Sha256::digest(text.as_bytes())));
-                let matches = header_str(headers, header::IF_NONE_MATCH)
-                    .is_some_and(|inm| inm.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-                let mut r = if matches {
-                    StatusCode::NOT_MODIFIED.into_response()
-                } else {
-                    let body = if lock(&shared.faults)
-                        .take(|f| *f == Fault::TruncatedJson)
-                        .is_some()
-                    {
-                        // Cut on a byte boundary: the result need not even be valid UTF-8.
-                        let half = text.len() / 2;
-                        Bytes::from(text).slice(..half)
-                    } else {
-                        Bytes::from(text)
-                    };
-                    (
-                        StatusCode::OK,
-                        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-                        body,
-                    )
-                        .into_response()
-                };
-                if let Ok(v) = HeaderValue::from_str(&etag) {
-                    r.headers_mut().insert(header::ETAG, v);
-                }
-                r
-            }
+            ApiAnswer::Json(value) => json_with_etag(shared, headers, &value),
         }
     };
 
@@ -833,6 +755,115 @@ fn api(
     response
 }
 
+/// The 429 of a queued secondary-rate-limit fault, if one is due.
+fn secondary_rate_limit(shared: &Shared) -> Option<Response> {
+    let secondary = lock(&shared.faults).take(|f| matches!(f, Fault::SecondaryRateLimit { .. }));
+    let Some(Fault::SecondaryRateLimit { retry_after }) = secondary else {
+        return None;
+    };
+    let mut r = message(
+        StatusCode::TOO_MANY_REQUESTS,
+        "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+        "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    Some(r)
+}
+
+/// The client's limit and its window (a new one once the old has run out), with the window
+/// length and the answer once exhausted.
+fn open_window(
+    shared: &Shared,
+    headers: &HeaderMap,
+    key: &str,
+    now: u64,
+) -> (u32, Window, u64, Exhausted) {
+    let mut rate = lock(&shared.rate);
+    let (cfg, windows) = &mut *rate;
+    let limit = if has_token(headers) {
+        cfg.authenticated
+    } else {
+        cfg.anonymous
+    };
+    let w = windows.entry(key.to_string()).or_insert(Window {
+        start: now,
+        used: 0,
+    });
+    if now >= w.start + cfg.window_secs {
+        *w = Window {
+            start: now,
+            used: 0,
+        };
+    }
+    (limit, *w, cfg.window_secs, cfg.exhausted)
+}
+
+/// GitHub's answer to a client that has used up its primary rate limit.
+fn rate_limit_exceeded(exhausted: Exhausted, peer: SocketAddr) -> Response {
+    match exhausted {
+        Exhausted::Forbidden => message(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "API rate limit exceeded for {}. (But here's the good news: Authenticated \
+                 requests get a higher rate limit. Check out the documentation for more details.)",
+                peer.ip()
+            ),
+            "https://docs.github.com/rest/overview/resources-in-the-rest-api#rate-limiting",
+        ),
+        Exhausted::TooManyRequests { retry_after } => {
+            let mut r = message(
+                StatusCode::TOO_MANY_REQUESTS,
+                "API rate limit exceeded",
+                "https://docs.github.com/rest/overview/resources-in-the-rest-api#rate-limiting",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            r
+        }
+    }
+}
+
+/// A JSON answer with its weak ETag: 304 when `If-None-Match` names it, else the body (cut in
+/// half when a truncation fault is due).
+fn json_with_etag(shared: &Shared, headers: &HeaderMap, value: &Value) -> Response {
+    let text = value.to_string();
+    let etag = format!("W/\"{}\"", hex::encode(Sha256::digest(text.as_bytes())));
+    let matches = header_str(headers, header::IF_NONE_MATCH)
+        .is_some_and(|inm| inm.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut r = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let body = if lock(&shared.faults)
+            .take(|f| *f == Fault::TruncatedJson)
+            .is_some()
+        {
+            // Cut on a byte boundary: the result need not even be valid UTF-8.
+            let half = text.len() / 2;
+            Bytes::from(text).slice(..half)
+        } else {
+            Bytes::from(text)
+        };
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+            body,
+        )
+            .into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+/// Takes a queued "no release" fault; true when one was due.
+fn take_no_release(shared: &Shared) -> bool {
+    lock(&shared.faults)
+        .take(|f| *f == Fault::NoRelease)
+        .is_some()
+}
+
 async fn latest(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -840,10 +871,7 @@ async fn latest(
     headers: HeaderMap,
 ) -> Response {
     api(&shared, &headers, peer, || {
-        if lock(&shared.faults)
-            .take(|f| *f == Fault::NoRelease)
-            .is_some()
-        {
+        if take_no_release(&shared) {
             return ApiAnswer::Other(not_found());
         }
         let base = base_url(&shared, &headers);
@@ -865,10 +893,7 @@ async fn list(
     headers: HeaderMap,
 ) -> Response {
     api(&shared, &headers, peer, || {
-        if lock(&shared.faults)
-            .take(|f| *f == Fault::NoRelease)
-            .is_some()
-        {
+        if take_no_release(&shared) {
             return ApiAnswer::Json(json!([]));
         }
         let base = base_url(&shared, &headers);

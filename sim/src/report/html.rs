@@ -289,9 +289,10 @@ fn boot_section(out: &mut String, b: &BootTimeline) {
 
 /// The SVG chart of one boot.
 fn chart(out: &mut String, b: &BootTimeline) {
-    let span = b.span_ms().max(1);
-    let plot = WIDTH - LABEL - RIGHT;
-    let x = |ms: u64| LABEL + plot * ms as f64 / span as f64;
+    let scale = Scale {
+        span: b.span_ms().max(1),
+        plot: WIDTH - LABEL - RIGHT,
+    };
     let height = 3.0 * LED_LANE + PROGRESS_LANE + FLASH_LANE + MQTT_LANE + AXIS;
     let _ = writeln!(
         out,
@@ -299,71 +300,90 @@ fn chart(out: &mut String, b: &BootTimeline) {
         b.boot
     );
     let mut top = 0.0;
-
-    // LED lanes: a shaded span while lit, and the step line.
     for (led, colour) in LEDS {
-        let high = top + 4.0;
-        let low = top + LED_LANE - 4.0;
-        lane_label(out, led, top, LED_LANE);
-        let mut edges: Vec<(u64, bool)> = b
-            .leds
-            .iter()
-            .filter(|m| m.led == led)
-            .map(|m| (m.ms, m.on))
-            .collect();
-        edges.sort_by_key(|e| e.0);
-        // Power-on leaves every LED dark.
-        let mut lit = false;
-        let mut since = 0;
-        let mut points = format!("{:.1},{low:.1}", x(0));
-        for (ms, on) in edges {
-            if on == lit {
-                continue;
-            }
-            if lit {
-                shade(out, x(since), x(ms), high, low, colour);
-            }
-            let _ = write!(
-                points,
-                " {:.1},{:.1} {:.1},{:.1}",
-                x(ms),
-                if lit { high } else { low },
-                x(ms),
-                if on { high } else { low }
-            );
-            lit = on;
-            since = ms;
-        }
-        if lit {
-            shade(out, x(since), x(span), high, low, colour);
-        }
-        let _ = write!(
-            points,
-            " {:.1},{:.1}",
-            x(span),
-            if lit { high } else { low }
-        );
-        let _ = writeln!(
-            out,
-            "<polyline points=\"{points}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\"/>"
-        );
+        led_lane(out, b, &scale, top, led, colour);
         top += LED_LANE;
     }
+    progress_lane(out, b, &scale, top);
+    top += PROGRESS_LANE;
+    flash_lane(out, b, &scale, top);
+    top += FLASH_LANE;
+    mqtt_lane(out, b, &scale, top);
+    top += MQTT_LANE;
+    time_axis(out, b, &scale, top);
+    out.push_str("</svg>\n");
+}
 
-    // Download progress: the share of the image written.
+/// The horizontal scale of a chart: a boot's `span` of milliseconds over `plot` pixels.
+struct Scale {
+    span: u64,
+    plot: f64,
+}
+
+impl Scale {
+    /// The x coordinate of `ms` into the boot.
+    fn x(&self, ms: u64) -> f64 {
+        LABEL + self.plot * ms as f64 / self.span as f64
+    }
+}
+
+/// One LED's lane: a shaded span while lit, and the step line.
+fn led_lane(out: &mut String, b: &BootTimeline, scale: &Scale, top: f64, led: &str, colour: &str) {
+    let x = |ms: u64| scale.x(ms);
+    let high = top + 4.0;
+    let low = top + LED_LANE - 4.0;
+    let level = |on: bool| if on { high } else { low };
+    lane_label(out, led, top, LED_LANE);
+    let mut edges: Vec<(u64, bool)> = b
+        .leds
+        .iter()
+        .filter(|m| m.led == led)
+        .map(|m| (m.ms, m.on))
+        .collect();
+    edges.sort_by_key(|e| e.0);
+    // Power-on leaves every LED dark.
+    let mut lit = false;
+    let mut since = 0;
+    let mut points = format!("{:.1},{low:.1}", x(0));
+    for (ms, on) in edges {
+        if on == lit {
+            continue;
+        }
+        if lit {
+            shade(out, x(since), x(ms), high, low, colour);
+        }
+        // A vertical step at `ms`, from the old level to the new.
+        let _ = write!(points, " {:.1},{:.1}", x(ms), level(lit));
+        let _ = write!(points, " {:.1},{:.1}", x(ms), level(on));
+        lit = on;
+        since = ms;
+    }
+    if lit {
+        shade(out, x(since), x(scale.span), high, low, colour);
+    }
+    let _ = write!(points, " {:.1},{:.1}", x(scale.span), level(lit));
+    let _ = writeln!(
+        out,
+        "<polyline points=\"{points}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\"/>"
+    );
+}
+
+/// The download lane: the share of the image written.
+fn progress_lane(out: &mut String, b: &BootTimeline, scale: &Scale, top: f64) {
+    let x = |ms: u64| scale.x(ms);
     lane_label(out, "download", top, PROGRESS_LANE);
     let bottom = top + PROGRESS_LANE - 4.0;
     let full = PROGRESS_LANE - 10.0;
     let _ = writeln!(
         out,
         "<line x1=\"{LABEL:.1}\" y1=\"{bottom:.1}\" x2=\"{:.1}\" y2=\"{bottom:.1}\" stroke=\"#ccc\"/>",
-        LABEL + plot
+        LABEL + scale.plot
     );
     // The 100 % line: the whole image written.
     let _ = writeln!(
         out,
         "<line x1=\"{LABEL:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\" stroke-dasharray=\"2 3\"/>",
-        LABEL + plot,
+        LABEL + scale.plot,
         y = bottom - full
     );
     let mut progress: Vec<&(u64, u32, u32)> = b.progress.iter().filter(|p| p.2 > 0).collect();
@@ -394,14 +414,16 @@ fn chart(out: &mut String, b: &BootTimeline) {
             let _ = writeln!(
                 out,
                 "<text x=\"{:.1}\" y=\"{:.1}\">{written}/{total}</text>",
-                LABEL + plot + 6.0,
+                LABEL + scale.plot + 6.0,
                 bottom - 2.0
             );
         }
     }
-    top += PROGRESS_LANE;
+}
 
-    // Flash operations: a tick each, coloured by region; the torn one stands out.
+/// The flash lane: a tick per operation, coloured by region; the torn one stands out.
+fn flash_lane(out: &mut String, b: &BootTimeline, scale: &Scale, top: f64) {
+    let x = |ms: u64| scale.x(ms);
     lane_label(out, "flash", top, FLASH_LANE);
     for op in &b.flash_ops {
         let detail = format!(
@@ -436,9 +458,11 @@ fn chart(out: &mut String, b: &BootTimeline) {
             );
         }
     }
-    top += FLASH_LANE;
+}
 
-    // MQTT records: filled once the broker has them.
+/// The MQTT lane: a dot per record, filled once the broker has it.
+fn mqtt_lane(out: &mut String, b: &BootTimeline, scale: &Scale, top: f64) {
+    let x = |ms: u64| scale.x(ms);
     lane_label(out, "mqtt", top, MQTT_LANE);
     for m in &b.mqtt {
         let _ = writeln!(
@@ -460,12 +484,14 @@ fn chart(out: &mut String, b: &BootTimeline) {
             ))
         );
     }
-    top += MQTT_LANE;
+}
 
-    // The time axis, and the boot's end across every lane.
-    let step = tick_step(span);
+/// The time axis, and the boot's end across every lane.
+fn time_axis(out: &mut String, b: &BootTimeline, scale: &Scale, top: f64) {
+    let x = |ms: u64| scale.x(ms);
+    let step = tick_step(scale.span);
     let mut tick = 0;
-    while tick <= span {
+    while tick <= scale.span {
         let _ = writeln!(
             out,
             "<line x1=\"{x:.1}\" y1=\"{top:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#999\"/><text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{tick} ms</text>",
@@ -487,7 +513,6 @@ fn chart(out: &mut String, b: &BootTimeline) {
         end + 4.0,
         esc(&b.end)
     );
-    out.push_str("</svg>\n");
 }
 
 fn lane_label(out: &mut String, name: &str, top: f64, height: f64) {

@@ -467,6 +467,55 @@ async fn random_sweep(
     broker: &BrokerChoice,
 ) -> Result<SweepReport, WorldError> {
     let started = Instant::now();
+    let (shared, collector) = random_sweep_world(opts, broker).await?;
+    let clean = clean_update_ops(&shared, opts.seed).await;
+    let plans = random_plans(opts, clean, shared.image_size);
+    let mut report = SweepReport {
+        clean_ops: clean,
+        ..Default::default()
+    };
+    let results = run_plans(&shared, plans, opts.jobs, &mut report).await?;
+    let mut by_board = received_logs(&collector, &results).await;
+    collector.close().await;
+    for (seed, cuts, mut result) in results {
+        let mut log = by_board.remove(&result.client_id).unwrap_or_default();
+        log.sort();
+        log.dedup_by_key(|e| e.0);
+        check_invariants(
+            &result.boot_choices,
+            &result.trace,
+            &result.cut_boots,
+            &log,
+            &[],
+            &mut result.what,
+        );
+        report.runs += 1;
+        report.boots += result.boots;
+        report.redownloaded += result.redownloaded;
+        report.resumed_runs += u64::from(result.resumed);
+        if cuts.len() == 1 {
+            report.max_redownload = report.max_redownload.max(result.redownloaded);
+        }
+        if !result.what.is_empty() {
+            report.violations.push(Violation {
+                seed,
+                cuts: cuts.iter().map(|c| c.to_string()).collect(),
+                what: result.what,
+            });
+        }
+    }
+    report.wall = started.elapsed();
+    Ok(report)
+}
+
+/// One run of [`random_sweep`]: its seed, its cuts and what the board did.
+type PlanResult = (u64, Vec<CutAt>, RunResult);
+
+/// The world of a random sweep, serving release 1.1, and the collector of its boards' logs.
+async fn random_sweep_world(
+    opts: &SweepOptions,
+    broker: &BrokerChoice,
+) -> Result<(Arc<Shared>, Collector), WorldError> {
     let world = World::start(broker, false).await?;
     let image = image::build("1.1", opts.image_size, 11);
     let image_size = image.len() as u64;
@@ -486,30 +535,34 @@ async fn random_sweep(
         http,
         image_size,
         latest: "1.1".into(),
-        prefix: prefix.clone(),
+        prefix,
         bootloader: Bootloader {
             model: opts.bootloader,
             ..Bootloader::default()
         },
     });
+    Ok((shared, collector))
+}
 
-    // 1. Count the operations of a clean update.
-    let clean = {
-        let mut board = VirtualBoard::new(shared.template.clone(), "sweep-clean", opts.seed);
-        board.bootloader = shared.bootloader;
-        let wiring = Wiring {
-            broker: shared.world.board_broker(),
-        };
-        let mut triggers = Triggers::default();
-        // Until the new image confirmed itself and the application runs.
-        while board.boots < 4
-            && board.boot(&shared.http, &wiring, &mut triggers).await != BootEnd::App
-        {}
-        board.flash.ops()
+/// The flash operations of a clean update: until the new image confirmed itself and the
+/// application runs.
+async fn clean_update_ops(shared: &Shared, seed: u64) -> u64 {
+    let mut board = VirtualBoard::new(shared.template.clone(), "sweep-clean", seed);
+    board.bootloader = shared.bootloader;
+    let wiring = Wiring {
+        broker: shared.world.board_broker(),
     };
+    let mut triggers = Triggers::default();
+    while board.boots < 4 && board.boot(&shared.http, &wiring, &mut triggers).await != BootEnd::App
+    {
+    }
+    board.flash.ops()
+}
 
-    // 2. The runs.
-    let plans: Vec<(u64, Vec<CutAt>)> = match &opts.random {
+/// The runs: each a seed and one to three cuts (at an operation, a download byte or a trace
+/// event) drawn from it; without `--random`, one cut at each operation of the clean update.
+fn random_plans(opts: &SweepOptions, clean: u64, image_size: u64) -> Vec<(u64, Vec<CutAt>)> {
+    match &opts.random {
         None => (1..=clean)
             .map(|n| (opts.seed ^ n, vec![CutAt::Op(n)]))
             .collect(),
@@ -531,12 +584,18 @@ async fn random_sweep(
                 (run_seed, cuts)
             })
             .collect(),
-    };
-    let mut report = SweepReport {
-        clean_ops: clean,
-        ..Default::default()
-    };
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
+    }
+}
+
+/// Runs every plan, `jobs` at once. A run that panicked is a violation in `report` (and
+/// counted as a run); the others are returned for the log check.
+async fn run_plans(
+    shared: &Arc<Shared>,
+    plans: Vec<(u64, Vec<CutAt>)>,
+    jobs: usize,
+    report: &mut SweepReport,
+) -> Result<Vec<PlanResult>, WorldError> {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
     let mut tasks = Vec::new();
     for (id, (seed, cuts)) in plans.into_iter().enumerate() {
         let shared = shared.clone();
@@ -568,7 +627,15 @@ async fn random_sweep(
         }
     }
     report.runs += report.violations.len() as u64;
-    // The activity log as the broker received it, per board (the topic names the board).
+    Ok(results)
+}
+
+/// The activity log as the broker received it, per board (the topic names the board): waits
+/// until every record the runs published has arrived, or 10 s.
+async fn received_logs(
+    collector: &Collector,
+    results: &[PlanResult],
+) -> std::collections::HashMap<String, Vec<(u64, String, String)>> {
     let expected: std::collections::BTreeSet<(String, u64)> = results
         .iter()
         .flat_map(|(_, _, r)| {
@@ -579,8 +646,7 @@ async fn random_sweep(
         })
         .collect();
     let messages =
-        crate::scenario::wait_for_log(&collector, &expected, Duration::from_secs(10)).await;
-    collector.close().await;
+        crate::scenario::wait_for_log(collector, &expected, Duration::from_secs(10)).await;
     let mut by_board: std::collections::HashMap<String, Vec<(u64, String, String)>> =
         Default::default();
     for m in messages {
@@ -592,33 +658,5 @@ async fn random_sweep(
                 .push((seq, String::new(), payload));
         }
     }
-    for (seed, cuts, mut result) in results {
-        let mut log = by_board.remove(&result.client_id).unwrap_or_default();
-        log.sort();
-        log.dedup_by_key(|e| e.0);
-        check_invariants(
-            &result.boot_choices,
-            &result.trace,
-            &result.cut_boots,
-            &log,
-            &[],
-            &mut result.what,
-        );
-        report.runs += 1;
-        report.boots += result.boots;
-        report.redownloaded += result.redownloaded;
-        report.resumed_runs += u64::from(result.resumed);
-        if cuts.len() == 1 {
-            report.max_redownload = report.max_redownload.max(result.redownloaded);
-        }
-        if !result.what.is_empty() {
-            report.violations.push(Violation {
-                seed,
-                cuts: cuts.iter().map(|c| c.to_string()).collect(),
-                what: result.what,
-            });
-        }
-    }
-    report.wall = started.elapsed();
-    Ok(report)
+    by_board
 }
