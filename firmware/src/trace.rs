@@ -853,6 +853,59 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn a_trace_reads_as_its_led_sequence() {
+        let events = [
+            (
+                0,
+                Event::Led {
+                    led: Led::Yellow,
+                    on: true,
+                },
+            ),
+            (5, Event::Network { up: true }),
+            (
+                10,
+                Event::Led {
+                    led: Led::Green,
+                    on: true,
+                },
+            ),
+            (
+                210,
+                Event::Led {
+                    led: Led::Green,
+                    on: false,
+                },
+            ),
+            (
+                610,
+                Event::Led {
+                    led: Led::Green,
+                    on: true,
+                },
+            ),
+            (
+                1410,
+                Event::Led {
+                    led: Led::Green,
+                    on: false,
+                },
+            ),
+            (
+                1410,
+                Event::Led {
+                    led: Led::Yellow,
+                    on: false,
+                },
+            ),
+        ];
+        assert_eq!(
+            led_sequence(events.iter().map(|(t, e)| (*t, e))).as_str(),
+            "Y.-y"
+        );
+    }
+
     proptest! {
         #[test]
         fn every_event_parses_back_from_its_line(event in any_event(), ms in any::<u64>()) {

@@ -73,11 +73,20 @@ fn image(version: &str) -> Vec<u8> {
 
 /// An image that the bootloader starts only on chip revisions `min..=max` (major * 100 + minor).
 fn image_for_revisions(version: &str, min: u16, max: u16) -> Vec<u8> {
+    image_built(version, min, max, 1)
+}
+
+/// A build of `version` whose code bytes follow pattern `salt` (another build, same size).
+fn image_with_data(version: &str, salt: u32) -> Vec<u8> {
+    image_built(version, 0, 199, salt)
+}
+
+fn image_built(version: &str, min: u16, max: u16, salt: u32) -> Vec<u8> {
     let mut header = app_image::esp32c3_header(0x4038_0080);
     header.min_chip_rev_full = min;
     header.max_chip_rev_full = max;
     let mut data = AppDesc::new(version, "thermo").to_bytes().to_vec();
-    data.extend((0..20_000u32).map(|i| (i % 251) as u8));
+    data.extend((0..20_000u32).map(|i| (i.wrapping_mul(salt) % 251) as u8));
     let segs = [SegmentSpec {
         load_addr: 0x3C00_0020,
         data: &data,
@@ -1541,6 +1550,49 @@ fn a_server_ignoring_range_does_not_make_the_core_erase_again() {
             "slot sector {sector:#x} erased once: {erases:x?}"
         );
     }
+}
+
+/// A server that ignores `Range` and sends other bytes under the same ETag (a lying cache)
+/// gets them written: a durable sector is skipped only when the flash already holds its bytes.
+#[test]
+fn a_durable_sector_is_rewritten_when_the_bytes_sent_again_differ() {
+    let first = image("1.1");
+    // A rebuilt 1.1: same size, other bytes from the first sector on.
+    let second = image_with_data("1.1", 7);
+    assert_eq!(first.len(), second.len());
+    assert_ne!(first[..4096], second[..4096]);
+    let release = release_json("1.1", &second, &second);
+    let mut asset_requests = 0;
+    let (flash, result) = run_boot(board("1.0"), Boot::as_selected(&board("1.0")), &mut |req| {
+        if req.url.contains("/releases/latest") {
+            return Reply::ok(release.as_bytes());
+        }
+        if req.url.contains("/releases/") {
+            return Reply::status(302, vec![("location", "https://cdn.test/blob/1".into())]);
+        }
+        asset_requests += 1;
+        let (body, cut_at) = if asset_requests == 1 {
+            (first.clone(), Some(first.len() / 2 + 4096 + 100))
+        } else {
+            (second.clone(), None)
+        };
+        Reply::Http {
+            status: 200,
+            headers: vec![
+                ("content-length", body.len().to_string()),
+                ("etag", "\"same\"".to_string()),
+            ],
+            body,
+            cut_at,
+        }
+    });
+    assert_eq!(
+        outcome(&result.events),
+        "installed/none",
+        "{:?}",
+        result.events
+    );
+    assert_eq!(slot_bytes(&flash, 1, second.len()), second);
 }
 
 /// … and a file that changed on the server is downloaded again from zero, never stitched.

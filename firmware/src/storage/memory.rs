@@ -382,7 +382,8 @@ mod tests {
         // A cut while programming the second record: half of it landed.
         let torn = encode(2, &memo("\"new\""));
         let at = (STATE.offset + 2 * SECTOR + RECORD) as usize;
-        flash.bytes[at..at + 100].copy_from_slice(&torn[..100]);
+        // Past the code name: a torn record must be refused by its CRC, not by luck.
+        flash.bytes[at..at + 320].copy_from_slice(&torn[..320]);
         assert_eq!(
             memory
                 .load(&mut flash)
@@ -426,6 +427,49 @@ mod tests {
             }
             assert!(!r.is(&t), "change {change}");
         }
+    }
+
+    #[test]
+    fn the_journal_writes_only_its_own_two_sectors() {
+        let mut flash = RamFlash::new(0x400000);
+        let memory = Memory::new(STATE).unwrap();
+        for i in 0..20u32 {
+            memory
+                .store(&mut flash, &memo(&std::format!("\"{i}\"")))
+                .unwrap();
+        }
+        let journal = (STATE.offset + 2 * SECTOR) as usize..(STATE.offset + 4 * SECTOR) as usize;
+        let outside = flash
+            .bytes
+            .iter()
+            .enumerate()
+            .filter(|(at, b)| !journal.contains(at) && **b != 0xFF)
+            .count();
+        assert_eq!(
+            outside, 0,
+            "bytes programmed outside sectors 2-3 of otastate"
+        );
+        assert!(
+            flash.bytes[journal.start + SECTOR as usize..journal.end]
+                .iter()
+                .any(|&b| b != 0xFF)
+        );
+    }
+
+    #[test]
+    fn the_check_key_names_the_url_and_the_asset() {
+        let url = "https://api.github.com/repos/a/b/releases/latest";
+        let key = check_key(url, "fw.bin");
+        assert_eq!(key, check_key(url, "fw.bin"));
+        assert_ne!(key, check_key(url, "other.bin"));
+        assert_ne!(
+            key,
+            check_key(
+                "https://api.github.com/repos/a/b/releases?per_page=20",
+                "fw.bin"
+            )
+        );
+        assert_ne!(key, 0);
     }
 
     #[test]
