@@ -261,8 +261,22 @@ impl From<JsonError> for ConfigError {
 fn field_error(path: &Path<'_>, problem: Problem) -> ConfigError {
     let mut field = FieldPath::new();
     // A path longer than the field buffer is cut; the start still names the section.
-    let _ = fmt::write(&mut field, format_args!("{path}"));
+    let _ = fmt::write(&mut OneLine(&mut field), format_args!("{path}"));
     ConfigError { field, problem }
+}
+
+/// Writes text with control characters (a key may hold an escaped `\n`) as `?`, so that an
+/// error naming the field stays one line on the console and in the log.
+struct OneLine<'a>(&'a mut FieldPath);
+
+impl fmt::Write for OneLine<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            let c = if c.is_control() { '?' } else { c };
+            self.0.push(c).map_err(|_| fmt::Error)?;
+        }
+        Ok(())
+    }
 }
 
 fn named_error(name: &str, problem: Problem) -> ConfigError {
@@ -542,7 +556,7 @@ impl Draft {
                 if let (Some(Segment::Key(a)), Some(Segment::Key(b))) =
                     (path.segment(0), path.segment(1))
                 {
-                    let _ = fmt::write(&mut outer, format_args!("{a}.{b}"));
+                    let _ = fmt::write(&mut OneLine(&mut outer), format_args!("{a}.{b}"));
                 }
                 Err(ConfigError {
                     field: outer,
@@ -1183,6 +1197,13 @@ mod tests {
         // In a key: the section it is in.
         let e = err(&with("mqtt", "ho\u{1}st", "\"x\""));
         assert_eq!(e.field, "mqtt");
+        // Found by the config_parser fuzz target: an escaped control character in an unknown
+        // key made the error two lines.
+        let e = err("{\"wi\\nfi\": {}}");
+        assert_eq!(
+            (e.field.as_str(), e.problem),
+            ("wi?fi", Problem::UnknownField)
+        );
         // Escaped, it is just a character.
         let c = Config::parse(GOOD.replace("hunter22", "tab\\there").as_bytes()).unwrap();
         assert_eq!(c.wifi_password, "tab\there");

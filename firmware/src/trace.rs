@@ -421,8 +421,9 @@ impl Event {
                 Value::Bool(b) => write!(out, "{b}"),
                 Value::Text(t)
                     if !t.is_empty()
-                        && !t.contains([' ', '"', '\\', '='])
-                        && !t.chars().any(char::is_control) =>
+                        && !t.contains(['"', '\\', '='])
+                        // Any white space, not only ' ': a reader trims the line's end.
+                        && !t.chars().any(|c| c.is_control() || c.is_whitespace()) =>
                 {
                     out.write_str(t)
                 }
@@ -810,6 +811,15 @@ mod tests {
                 "{noisy:?}"
             );
         }
+        // Found by the same target: a value ending in non-ASCII white space (U+00A0) was written
+        // unquoted at the end of the line, where a reader's trim removed it.
+        let e = Event::Error {
+            code: ErrorCode::Flash,
+            detail: detail(format_args!("hw\u{a0}")),
+        };
+        let written = line(&e, 0);
+        assert_eq!(written, "OTA 0 error code=flash detail=\"hw\u{a0}\"");
+        assert_eq!(Event::parse_line(&written), Some(Ok((0, e))));
         // An escaped newline is how the core writes one.
         let (_, e) = Event::parse_line(r#"OTA 0 error code=flash detail="a\nb""#)
             .unwrap()
