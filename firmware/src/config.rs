@@ -682,7 +682,7 @@ impl Draft {
             }
             // A day at most: longer is a typo (milliseconds?), and 0 already means for ever.
             _ if path.is(&["update", "max_wait_s"]) => {
-                self.max_wait_s = Some(integer(path, token, 0, 86_400)? as u32)
+                self.max_wait_s = Some(integer(path, token, 0, 86_400)?)
             }
             _ => return Err(field_error(path, Problem::UnknownField)),
         }
