@@ -143,3 +143,54 @@ hil-replay PORT recordings=(fw_target_dir / "hil/recordings") *FLAGS:
 # (extra flags: --from 1.1, --api-base URL, --token-env GITHUB_TOKEN, --json, --trace).
 probe repo asset *flags:
     cargo run -q -p sim -- probe --repo {{repo}} --asset {{asset}} {{flags}}
+
+# ---- Fuzzing (firmware/fuzz): libFuzzer on the stable toolchain ----
+# The instrumentation cargo-fuzz asks of nightly's `-Zsanitizer=fuzzer` is only LLVM's SanitizerCoverage
+# pass, which stable rustc runs through codegen options; libfuzzer-sys builds libFuzzer itself with the
+# system C++ compiler. `--target` keeps these flags off build scripts and proc macros.
+fuzz_target_dir := env_var_or_default("FUZZ_TARGET_DIR", "target/fuzz")
+fuzz_targets := "json_tokenizer release_parser config_parser otadata partition_table app_image trace_line http_head"
+fuzz_rustflags := "-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing"
+
+# Build every fuzz target (instrumented, release with overflow checks and debug assertions).
+fuzz-build:
+    cd firmware/fuzz && CARGO_TARGET_DIR="{{absolute_path(fuzz_target_dir)}}" RUSTFLAGS="{{fuzz_rustflags}}" \
+        cargo build --release --target "$(rustc -vV | sed -n 's/^host: //p')"
+
+# Fuzz one target for SECONDS (extra libFuzzer flags, e.g. -runs=1000000); a crash is saved under
+# target/fuzz/artifacts/TARGET/ and fails the recipe. Targets: json_tokenizer release_parser
+# config_parser otadata partition_table app_image trace_line http_head.
+fuzz TARGET SECONDS="60" *FLAGS: fuzz-build
+    @just _fuzz-run {{TARGET}} {{SECONDS}} {{FLAGS}}
+
+# Every fuzz target for SECONDS each, one after another.
+fuzz-all SECONDS="60" *FLAGS: fuzz-build
+    #!/usr/bin/env sh
+    set -eu
+    for t in {{fuzz_targets}}; do just _fuzz-run "$t" {{SECONDS}} {{FLAGS}}; done
+
+# What CI runs: every target for 5 s (40 s of fuzzing in all, under a minute with start-up).
+fuzz-ci: (fuzz-all "5")
+
+# One libFuzzer run. The seed corpus (firmware/fuzz/corpus/TARGET) is only read; what the run
+# discovers goes to target/fuzz/corpus/TARGET and is reused by the next run.
+_fuzz-run TARGET SECONDS *FLAGS:
+    #!/usr/bin/env sh
+    set -eu
+    dir="{{absolute_path(fuzz_target_dir)}}"
+    bin="$dir/$(rustc -vV | sed -n 's/^host: //p')/release/{{TARGET}}"
+    test -x "$bin" || { echo "no fuzz target {{TARGET}} (one of: {{fuzz_targets}})" >&2; exit 2; }
+    mkdir -p "$dir/corpus/{{TARGET}}" "$dir/artifacts/{{TARGET}}"
+    log="$dir/{{TARGET}}.log"
+    status=0
+    "$bin" -max_total_time={{SECONDS}} -timeout=10 -print_final_stats=1 \
+        -artifact_prefix="$dir/artifacts/{{TARGET}}/" {{FLAGS}} \
+        "$dir/corpus/{{TARGET}}" firmware/fuzz/corpus/{{TARGET}} > "$log" 2>&1 || status=$?
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
+    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n 1)
+    echo "fuzz {{TARGET}}: ${runs:-?} executions, ${rate:-?} exec/s, ${cov:-cov: ?} (log: $log)"
+    if [ "$status" -ne 0 ]; then
+        grep -E -A2 'panicked|Test unit written' "$log" >&2 || tail -n 30 "$log" >&2
+        exit "$status"
+    fi

@@ -20,9 +20,16 @@
 //! ```
 //!
 //! Unknown fields are errors: a typo such as `"pasword"` would otherwise be
-//! silently ignored on a board nobody can reach. Every error names the field.
+//! silently ignored on a board nobody can reach; so is a field or section given
+//! twice, and two LEDs on one GPIO. Every error names the field. A UTF-8
+//! byte-order mark (as Windows editors save files) is skipped; syntax error
+//! offsets count from after it, as an editor shows the text.
+//!
+//! A file in the original MicroPython updater's flat format (`{"ssid": …,
+//! "password": …, "repositorio": …}`) is recognised and refused with a pointer to
+//! the README section that maps its fields ([`README_MICROPYTHON_SECTION`]).
 
-use crate::json::{JsonError, Path, Token, Tokenizer};
+use crate::json::{JsonError, JsonErrorKind, Path, Token, Tokenizer};
 use core::fmt;
 use heapless::String;
 
@@ -37,6 +44,51 @@ pub const DEFAULT_LED_APP: u8 = 8;
 pub const MAX_CONFIG_LEN: usize = 4096;
 /// Value buffer of the config tokenizer: the longest string field.
 const VALUE_BUF: usize = 160;
+
+/// The UTF-8 byte-order mark some editors put at the start of a file.
+const UTF8_BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+
+/// The README section that maps the MicroPython updater's `conf.json` to this one.
+pub const README_MICROPYTHON_SECTION: &str = "conf.json from the MicroPython updater";
+
+/// Top-level keys of a flat, MicroPython-updater style `conf.json` (English and Portuguese
+/// spellings): one of them where a section should be means the file is in that format.
+const FLAT_FORMAT_KEYS: [&str; 34] = [
+    "ssid",
+    "password",
+    "senha",
+    "wifi_ssid",
+    "wifi_password",
+    "wifi_senha",
+    "rede",
+    "repo",
+    "repository",
+    "repositorio",
+    "github_repo",
+    "github_repository",
+    "url",
+    "github_url",
+    "token",
+    "github_token",
+    "asset",
+    "arquivo",
+    "firmware",
+    "broker",
+    "mqtt_broker",
+    "mqtt_host",
+    "mqtt_server",
+    "mqtt_port",
+    "porta",
+    "mqtt_user",
+    "mqtt_password",
+    "client_id",
+    "topic",
+    "topico",
+    "led_amarelo",
+    "led_verde",
+    "yellow_led",
+    "green_led",
+];
 
 /// The parsed configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +185,20 @@ pub enum Problem {
     OutOfRange,
     /// A string with an unaccepted value.
     Invalid(&'static str),
+    /// A field or section given a second time (JSON parsers disagree on which one wins).
+    Duplicate,
+    /// Two LEDs on one GPIO pin; `other` may have it by default.
+    SharedGpio {
+        /// The GPIO number both use.
+        gpio: u8,
+        /// The other LED's field (`leds.yellow`).
+        other: &'static str,
+        /// True when the other LED has this GPIO only because it was not set.
+        other_is_default: bool,
+    },
+    /// The file is in the original MicroPython updater's flat format (`field` is the first
+    /// of its keys found).
+    MicroPythonFormat,
 }
 
 /// A configuration error: which field, and what is wrong with it.
@@ -162,6 +228,23 @@ impl fmt::Display for ConfigError {
             Problem::UnknownField => f.write_str("unknown field"),
             Problem::OutOfRange => f.write_str("out of range"),
             Problem::Invalid(why) => f.write_str(why),
+            Problem::Duplicate => f.write_str("appears twice"),
+            Problem::SharedGpio {
+                gpio,
+                other,
+                other_is_default,
+            } => {
+                let default = if other_is_default { " by default" } else { "" };
+                write!(
+                    f,
+                    "GPIO {gpio} is already `{other}`'s{default}; two LEDs cannot share a pin"
+                )
+            }
+            Problem::MicroPythonFormat => write!(
+                f,
+                "this is the MicroPython updater's flat conf.json; this updater wants sections \
+                 (wifi, github, mqtt, leds, update): see the README section \"{README_MICROPYTHON_SECTION}\""
+            ),
         }
     }
 }
@@ -178,8 +261,22 @@ impl From<JsonError> for ConfigError {
 fn field_error(path: &Path<'_>, problem: Problem) -> ConfigError {
     let mut field = FieldPath::new();
     // A path longer than the field buffer is cut; the start still names the section.
-    let _ = fmt::write(&mut field, format_args!("{path}"));
+    let _ = fmt::write(&mut OneLine(&mut field), format_args!("{path}"));
     ConfigError { field, problem }
+}
+
+/// Writes text with control characters (a key may hold an escaped `\n`) as `?`, so that an
+/// error naming the field stays one line on the console and in the log.
+struct OneLine<'a>(&'a mut FieldPath);
+
+impl fmt::Write for OneLine<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            let c = if c.is_control() { '?' } else { c };
+            self.0.push(c).map_err(|_| fmt::Error)?;
+        }
+        Ok(())
+    }
 }
 
 fn named_error(name: &str, problem: Problem) -> ConfigError {
@@ -193,6 +290,8 @@ pub struct ConfigParser {
     tokenizer: Tokenizer<VALUE_BUF>,
     draft: Draft,
     len: usize,
+    /// Bytes of a leading byte-order mark matched so far; `None` once past the start.
+    bom_matched: Option<usize>,
 }
 
 /// Fields as they are found; required ones are checked at the end.
@@ -217,7 +316,34 @@ struct Draft {
     allow_downgrade: Option<bool>,
     max_wait_s: Option<u32>,
     wifi_auth: Option<WifiAuth>,
+    /// Bit `i` is set once `FIELDS[i]` was given.
+    fields_seen: u32,
+    /// Bit `i` is set once `SECTIONS[i]` was opened.
+    sections_seen: u8,
 }
+
+/// Every field, by section; the index is the field's bit in `Draft::fields_seen`.
+const FIELDS: [[&str; 2]; 19] = [
+    ["wifi", "ssid"],
+    ["wifi", "password"],
+    ["wifi", "auth"],
+    ["github", "repository"],
+    ["github", "api_base"],
+    ["github", "asset"],
+    ["github", "token"],
+    ["mqtt", "host"],
+    ["mqtt", "port"],
+    ["mqtt", "user"],
+    ["mqtt", "password"],
+    ["mqtt", "client_id"],
+    ["mqtt", "topic_prefix"],
+    ["leds", "yellow"],
+    ["leds", "green"],
+    ["leds", "app"],
+    ["update", "allow_prereleases"],
+    ["update", "allow_downgrade"],
+    ["update", "max_wait_s"],
+];
 
 const SECTIONS: [&str; 5] = ["wifi", "github", "mqtt", "leds", "update"];
 
@@ -234,26 +360,58 @@ impl ConfigParser {
             tokenizer: Tokenizer::new(),
             draft: Draft::default(),
             len: 0,
+            bom_matched: Some(0),
         }
     }
 
     /// Feeds the next piece of the file.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<(), ConfigError> {
+    pub fn push(&mut self, mut chunk: &[u8]) -> Result<(), ConfigError> {
         self.len += chunk.len();
         if self.len > MAX_CONFIG_LEN {
             return Err(named_error("", Problem::FileTooLarge));
         }
+        // A byte-order mark may arrive split over chunks: hold its bytes until it is whole,
+        // and hand them to the tokenizer (which refuses them) if it turns out not to be one.
+        while let (Some(matched), Some(&byte)) = (self.bom_matched, chunk.first()) {
+            if byte == UTF8_BOM[matched] {
+                chunk = &chunk[1..];
+                self.bom_matched = (matched + 1 < UTF8_BOM.len()).then_some(matched + 1);
+            } else {
+                self.bom_matched = None;
+                self.feed(&UTF8_BOM[..matched])?;
+            }
+        }
+        self.feed(chunk)
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), ConfigError> {
         let draft = &mut self.draft;
-        self.tokenizer
-            .push(chunk, &mut |path: &Path<'_>, token: Token<'_>| {
+        let result = self
+            .tokenizer
+            .push(bytes, &mut |path: &Path<'_>, token: Token<'_>| {
                 draft.accept(path, token)
-            })
+            });
+        result.map_err(|e| self.name_syntax_error(e))
+    }
+
+    /// A control character inside a string is a syntax error that belongs to a field: name it.
+    fn name_syntax_error(&self, e: ConfigError) -> ConfigError {
+        match e.problem {
+            Problem::Syntax(JsonError {
+                kind: JsonErrorKind::ControlCharacter(_),
+                ..
+            }) if e.field.is_empty() => field_error(&self.tokenizer.value_path(), e.problem),
+            _ => e,
+        }
     }
 
     /// Ends the file and checks that every required field was given.
     pub fn finish(mut self) -> Result<Config, ConfigError> {
         if self.len == 0 {
             return Err(named_error("", Problem::EmptyFile));
+        }
+        if let Some(matched) = self.bom_matched.take() {
+            self.feed(&UTF8_BOM[..matched])?;
         }
         let draft = &mut self.draft;
         self.tokenizer
@@ -358,13 +516,30 @@ impl Draft {
                 _ => Err(named_error("", Problem::NotAnObject)),
             },
             1 => {
-                let known =
-                    matches!(path.segment(0), Some(Segment::Key(k)) if SECTIONS.contains(&k));
-                if !known {
-                    return Err(field_error(path, Problem::UnknownField));
-                }
+                let key = match path.segment(0) {
+                    Some(Segment::Key(k)) => k,
+                    _ => "",
+                };
+                let Some(section) = SECTIONS.iter().position(|s| *s == key) else {
+                    let flat = FLAT_FORMAT_KEYS.contains(&key)
+                        && !matches!(token, Token::StartObject | Token::StartArray);
+                    let problem = if flat {
+                        Problem::MicroPythonFormat
+                    } else {
+                        Problem::UnknownField
+                    };
+                    return Err(field_error(path, problem));
+                };
                 match token {
-                    Token::StartObject | Token::EndObject => Ok(()),
+                    Token::StartObject => {
+                        let bit = 1u8 << section;
+                        if self.sections_seen & bit != 0 {
+                            return Err(field_error(path, Problem::Duplicate));
+                        }
+                        self.sections_seen |= bit;
+                        Ok(())
+                    }
+                    Token::EndObject => Ok(()),
                     // Nested arrays and scalars at section level are type errors.
                     _ => Err(field_error(
                         path,
@@ -381,7 +556,7 @@ impl Draft {
                 if let (Some(Segment::Key(a)), Some(Segment::Key(b))) =
                     (path.segment(0), path.segment(1))
                 {
-                    let _ = fmt::write(&mut outer, format_args!("{a}.{b}"));
+                    let _ = fmt::write(&mut OneLine(&mut outer), format_args!("{a}.{b}"));
                 }
                 Err(ConfigError {
                     field: outer,
@@ -410,6 +585,13 @@ impl Draft {
         }
         if matches!(token, Token::EndObject | Token::EndArray) {
             return Ok(());
+        }
+        if let Some(index) = FIELDS.iter().position(|f| path.is(f)) {
+            let bit = 1u32 << index;
+            if self.fields_seen & bit != 0 {
+                return Err(field_error(path, Problem::Duplicate));
+            }
+            self.fields_seen |= bit;
         }
         match () {
             _ if path.is(&["wifi", "ssid"]) => self.wifi_ssid = Some(nonempty_text(path, token)?),
@@ -508,31 +690,38 @@ impl Draft {
     }
 
     fn knows(&self, path: &Path<'_>) -> bool {
-        const FIELDS: [[&str; 2]; 19] = [
-            ["wifi", "ssid"],
-            ["wifi", "password"],
-            ["wifi", "auth"],
-            ["github", "repository"],
-            ["github", "api_base"],
-            ["github", "asset"],
-            ["github", "token"],
-            ["mqtt", "host"],
-            ["mqtt", "port"],
-            ["mqtt", "user"],
-            ["mqtt", "password"],
-            ["mqtt", "client_id"],
-            ["mqtt", "topic_prefix"],
-            ["leds", "yellow"],
-            ["leds", "green"],
-            ["leds", "app"],
-            ["update", "allow_prereleases"],
-            ["update", "allow_downgrade"],
-            ["update", "max_wait_s"],
-        ];
         FIELDS.iter().any(|f| path.is(f))
     }
 
+    /// Two LEDs on one pin: the later of two given fields is named, or the given one
+    /// when the other has the pin by default.
+    fn check_led_pins(&self) -> Result<(u8, u8, u8), ConfigError> {
+        let leds = [
+            ("leds.yellow", self.led_yellow, DEFAULT_LED_YELLOW),
+            ("leds.green", self.led_green, DEFAULT_LED_GREEN),
+            ("leds.app", self.led_app, DEFAULT_LED_APP),
+        ];
+        let pin = |i: usize| leds[i].1.unwrap_or(leds[i].2);
+        for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+            if pin(a) != pin(b) {
+                continue;
+            }
+            // Defaults differ, so at least one of the two was given.
+            let (named, other) = if leds[b].1.is_some() { (b, a) } else { (a, b) };
+            return Err(named_error(
+                leds[named].0,
+                Problem::SharedGpio {
+                    gpio: pin(a),
+                    other: leds[other].0,
+                    other_is_default: leds[other].1.is_none(),
+                },
+            ));
+        }
+        Ok((pin(0), pin(1), pin(2)))
+    }
+
     fn build(self) -> Result<Config, ConfigError> {
+        let (led_yellow, led_green, led_app) = self.check_led_pins()?;
         let missing = |name: &str| named_error(name, Problem::Missing);
         let (owner, repo) = self
             .repository
@@ -574,9 +763,9 @@ impl Draft {
                 .mqtt_client_id
                 .ok_or_else(|| missing("mqtt.client_id"))?,
             mqtt_topic_prefix: self.mqtt_topic_prefix.unwrap_or(default_prefix),
-            led_yellow: self.led_yellow.unwrap_or(DEFAULT_LED_YELLOW),
-            led_green: self.led_green.unwrap_or(DEFAULT_LED_GREEN),
-            led_app: self.led_app.unwrap_or(DEFAULT_LED_APP),
+            led_yellow,
+            led_green,
+            led_app,
             allow_prereleases: self.allow_prereleases.unwrap_or(false),
             allow_downgrade: self.allow_downgrade.unwrap_or(false),
             max_wait_s: self.max_wait_s.unwrap_or(DEFAULT_MAX_WAIT_S),
@@ -681,9 +870,9 @@ mod tests {
             "https://github.com/acme/thermostat.git/",
             "http://www.github.com/acme/thermostat",
         ] {
-            let c =
-                Config::parse(with("github", "repository", &std::format!("\"{form}\"")).as_bytes())
-                    .unwrap();
+            // GOOD already has a repository: replace it (a second one would be a duplicate).
+            let doc = GOOD.replace("https://github.com/acme/thermostat", form);
+            let c = Config::parse(doc.as_bytes()).unwrap();
             assert_eq!(
                 (c.owner.as_str(), c.repo.as_str()),
                 ("acme", "thermostat"),
@@ -857,6 +1046,193 @@ mod tests {
         }
         // Without a token, plain http is the user's choice.
         Config::parse(with("github", "api_base", "\"http://ghe.example.com\"").as_bytes()).unwrap();
+    }
+
+    fn parse_in_chunks(doc: &[u8], chunk: usize) -> Result<Config, ConfigError> {
+        let mut parser = ConfigParser::new();
+        for piece in doc.chunks(chunk) {
+            parser.push(piece)?;
+        }
+        parser.finish()
+    }
+
+    #[test]
+    fn a_utf8_byte_order_mark_is_skipped_however_the_file_arrives() {
+        let with_bom = [&UTF8_BOM[..], GOOD.as_bytes()].concat();
+        let plain = Config::parse(GOOD.as_bytes()).unwrap();
+        for chunk in [1, 2, 3, 4, 7, with_bom.len()] {
+            assert_eq!(
+                parse_in_chunks(&with_bom, chunk).unwrap(),
+                plain,
+                "chunk {chunk}"
+            );
+        }
+        // Offsets count from after the mark, as an editor shows the text.
+        let e = err("\u{feff}{\"wifi\" 1}");
+        assert_eq!(
+            e.problem,
+            Problem::Syntax(JsonError {
+                kind: JsonErrorKind::UnexpectedByte(b'1'),
+                offset: 8
+            })
+        );
+        // Only a whole mark, only at the start.
+        for doc in [
+            &b"\xef\xbb{}"[..],
+            b"\xef{}",
+            b"\xef\xbb",
+            b" \xef\xbb\xbf{}",
+        ] {
+            for chunk in [1, 2, doc.len()] {
+                let e = parse_in_chunks(doc, chunk).unwrap_err();
+                assert!(matches!(e.problem, Problem::Syntax(_)), "{doc:?}: {e}");
+            }
+        }
+        let e = Config::parse(b"\xef\xbb{}").unwrap_err();
+        assert_eq!(
+            e.problem,
+            Problem::Syntax(JsonError {
+                kind: JsonErrorKind::UnexpectedByte(0xef),
+                offset: 0
+            })
+        );
+    }
+
+    #[test]
+    fn a_field_or_section_given_twice_is_named() {
+        let e = err(&with("wifi", "ssid", "\"other\""));
+        assert_eq!(
+            (e.field.as_str(), e.problem),
+            ("wifi.ssid", Problem::Duplicate)
+        );
+        assert_eq!(e.to_string(), "conf.json field `wifi.ssid`: appears twice");
+        // Even when both say the same, and for a null token.
+        let e = err(&with("mqtt", "port", "1884"));
+        assert_eq!(e.field, "mqtt.port");
+        let e = err(&with("github", "token", "null, \"token\": null"));
+        assert_eq!(
+            (e.field.as_str(), e.problem),
+            ("github.token", Problem::Duplicate)
+        );
+        let e = err(&GOOD.replacen(
+            "\"mqtt\": {",
+            "\"leds\": {\"yellow\": 1}, \"leds\": {\"green\": 2}, \"mqtt\": {",
+            1,
+        ));
+        assert_eq!((e.field.as_str(), e.problem), ("leds", Problem::Duplicate));
+        assert_eq!(e.to_string(), "conf.json field `leds`: appears twice");
+    }
+
+    #[test]
+    fn two_leds_on_one_gpio_are_refused_naming_both() {
+        let leds = |json: &str| {
+            GOOD.replacen(
+                "\"mqtt\": {",
+                &std::format!("\"leds\": {json}, \"mqtt\": {{"),
+                1,
+            )
+        };
+        let e = err(&leds(r#"{"yellow": 6, "green": 6}"#));
+        assert_eq!(e.field, "leds.green");
+        assert_eq!(
+            e.problem,
+            Problem::SharedGpio {
+                gpio: 6,
+                other: "leds.yellow",
+                other_is_default: false
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "conf.json field `leds.green`: GPIO 6 is already `leds.yellow`'s; two LEDs cannot share a pin"
+        );
+        // Against a default: the given field is named, and the default said so.
+        let e = err(&leds(r#"{"app": 4}"#));
+        assert_eq!(e.field, "leds.app");
+        assert_eq!(
+            e.problem,
+            Problem::SharedGpio {
+                gpio: 4,
+                other: "leds.yellow",
+                other_is_default: true
+            }
+        );
+        assert!(e.to_string().contains("`leds.yellow`'s by default"), "{e}");
+        let e = err(&leds(r#"{"yellow": 5}"#));
+        assert_eq!(e.field, "leds.yellow");
+        assert_eq!(
+            e.problem,
+            Problem::SharedGpio {
+                gpio: 5,
+                other: "leds.green",
+                other_is_default: true
+            }
+        );
+        // Swapping pins is fine.
+        let c = Config::parse(leds(r#"{"yellow": 5, "green": 4}"#).as_bytes()).unwrap();
+        assert_eq!((c.led_yellow, c.led_green, c.led_app), (5, 4, 8));
+    }
+
+    #[test]
+    fn a_control_character_in_a_string_names_the_field() {
+        let e = err(&with("wifi", "password", "\"tab\there\""));
+        assert_eq!(e.field, "wifi.password");
+        assert!(
+            matches!(
+                e.problem,
+                Problem::Syntax(JsonError {
+                    kind: JsonErrorKind::ControlCharacter(b'\t'),
+                    ..
+                })
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().starts_with(
+                "conf.json field `wifi.password`: not valid JSON: control character 0x09"
+            ),
+            "{e}"
+        );
+        assert!(!e.to_string().contains('\n'));
+        // In a key: the section it is in.
+        let e = err(&with("mqtt", "ho\u{1}st", "\"x\""));
+        assert_eq!(e.field, "mqtt");
+        // Found by the config_parser fuzz target: an escaped control character in an unknown
+        // key made the error two lines.
+        let e = err("{\"wi\\nfi\": {}}");
+        assert_eq!(
+            (e.field.as_str(), e.problem),
+            ("wi?fi", Problem::UnknownField)
+        );
+        // Escaped, it is just a character.
+        let c = Config::parse(GOOD.replace("hunter22", "tab\\there").as_bytes()).unwrap();
+        assert_eq!(c.wifi_password, "tab\there");
+    }
+
+    #[test]
+    fn the_micropython_updaters_flat_file_points_to_the_readme() {
+        let flat = r#"{"ssid": "casa", "password": "segredo",
+            "repositorio": "https://github.com/acme/thermostat", "broker": "10.0.0.2"}"#;
+        let e = err(flat);
+        assert_eq!(
+            (e.field.as_str(), e.problem),
+            ("ssid", Problem::MicroPythonFormat)
+        );
+        let line = e.to_string();
+        assert!(line.contains("MicroPython updater"), "{line}");
+        assert!(line.contains(README_MICROPYTHON_SECTION), "{line}");
+        assert!(!line.contains('\n'));
+        for key in ["repositorio", "broker", "wifi_ssid", "mqtt_broker", "repo"] {
+            let e = err(&std::format!("{{\"{key}\": \"x\"}}"));
+            assert_eq!(
+                (e.field.as_str(), e.problem),
+                (key, Problem::MicroPythonFormat),
+                "{key}"
+            );
+        }
+        // A section-shaped unknown key is a plain typo.
+        assert_eq!(err(r#"{"broker": {}}"#).problem, Problem::UnknownField);
+        assert_eq!(err(r#"{"wfi": "x"}"#).problem, Problem::UnknownField);
     }
 
     #[test]

@@ -118,6 +118,8 @@ pub enum JsonErrorKind {
     NumberTooLong,
     /// A string that is not UTF-8, or a bad `\u` escape.
     InvalidString,
+    /// A control character (U+0000 to U+001F) written as is inside a string: JSON wants it escaped.
+    ControlCharacter(u8),
     /// Bytes other than white space after the document.
     TrailingData,
 }
@@ -146,6 +148,11 @@ impl fmt::Display for JsonError {
             }
             JsonErrorKind::NumberTooLong => write!(f, "number too long at byte {}", self.offset),
             JsonErrorKind::InvalidString => write!(f, "invalid string at byte {}", self.offset),
+            JsonErrorKind::ControlCharacter(b) => write!(
+                f,
+                "control character 0x{b:02x} inside a string at byte {} (write it escaped: \\n, \\t, \\u00{b:02x})",
+                self.offset
+            ),
             JsonErrorKind::TrailingData => {
                 write!(f, "data after the document at byte {}", self.offset)
             }
@@ -234,6 +241,21 @@ impl<const N: usize> Tokenizer<N> {
     /// Bytes consumed so far.
     pub fn offset(&self) -> u32 {
         self.offset
+    }
+
+    /// The path of the value being read: inside a key, the object the key belongs to.
+    /// Lets a parser name the field a syntax error sits in.
+    pub fn value_path(&self) -> Path<'_> {
+        let in_key = matches!(
+            self.expect,
+            Expect::Str { is_key: true }
+                | Expect::Escape { is_key: true }
+                | Expect::Unicode { is_key: true, .. }
+        );
+        let depth = self.levels.len() - usize::from(in_key && !self.levels.is_empty());
+        Path {
+            levels: &self.levels[..depth],
+        }
     }
 
     /// Feeds a chunk; `sink` receives each token with the path of its value.
@@ -440,7 +462,7 @@ impl<const N: usize> Tokenizer<N> {
                 self.expect = Expect::Escape { is_key };
                 Ok(())
             }
-            0..=0x1f => Err(self.error(JsonErrorKind::UnexpectedByte(b)).into()),
+            0..=0x1f => Err(self.error(JsonErrorKind::ControlCharacter(b)).into()),
             _ => {
                 self.flush_surrogate();
                 self.push_value_byte(b);
@@ -697,6 +719,41 @@ mod tests {
         );
         assert_eq!(err(b"\"\\x\"").kind, JsonErrorKind::InvalidString);
         assert_eq!(err(b"[\"\xff\"]").kind, JsonErrorKind::InvalidString);
+    }
+
+    #[test]
+    fn a_raw_control_character_in_a_string_is_named_and_escaped_ones_are_not() {
+        let e = tokens(b"{\"a\": \"line\none\"}", 3).unwrap_err();
+        assert_eq!(
+            (e.kind, e.offset),
+            (JsonErrorKind::ControlCharacter(b'\n'), 11)
+        );
+        assert!(e.to_string().contains("control character 0x0a"), "{e}");
+        assert_eq!(
+            tokens(b"[\"\x00\"]", 1).unwrap_err().kind,
+            JsonErrorKind::ControlCharacter(0)
+        );
+        assert_eq!(
+            tokens(b"{\"k\x1f\": 1}", 2).unwrap_err().kind,
+            JsonErrorKind::ControlCharacter(0x1f)
+        );
+        // DEL and escaped control characters are fine.
+        let ok = tokens(b"[\"\x7f\\n\\u0001\"]", 2).unwrap();
+        assert_eq!(
+            ok[1],
+            "[0]=Str(Text { value: \"\\u{7f}\\n\\u{1}\", truncated: false })"
+        );
+    }
+
+    #[test]
+    fn the_value_path_names_the_value_being_read() {
+        let mut t = Tokenizer::<16>::new();
+        let mut sink = |_: &Path<'_>, _: Token<'_>| -> Result<(), JsonError> { Ok(()) };
+        t.push(br#"{"wifi": {"ssid": "ab"#, &mut sink).unwrap();
+        assert_eq!(t.value_path().to_string(), "wifi.ssid");
+        t.push(br#"c", "pass"#, &mut sink).unwrap();
+        // Inside a key: the object it belongs to.
+        assert_eq!(t.value_path().to_string(), "wifi");
     }
 
     #[test]

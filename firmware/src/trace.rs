@@ -421,8 +421,9 @@ impl Event {
                 Value::Bool(b) => write!(out, "{b}"),
                 Value::Text(t)
                     if !t.is_empty()
-                        && !t.contains([' ', '"', '\\', '='])
-                        && !t.chars().any(char::is_control) =>
+                        && !t.contains(['"', '\\', '='])
+                        // Any white space, not only ' ': a reader trims the line's end.
+                        && !t.chars().any(|c| c.is_control() || c.is_whitespace()) =>
                 {
                     out.write_str(t)
                 }
@@ -569,9 +570,15 @@ fn parse_fields(rest: &str) -> Result<(u64, Event), ParseError> {
                     }
                     '\\' => {
                         let (_, e) = chars.next().ok_or(ParseError::Malformed)?;
-                        let c = if e == 'n' { '\n' } else { e };
+                        let c = match e {
+                            'n' => '\n',
+                            e if e.is_control() => return Err(ParseError::Malformed),
+                            e => e,
+                        };
                         value.push(c).map_err(|_| ParseError::Malformed)?;
                     }
+                    // The core never writes one (it prints `?`): line noise, not a trace.
+                    c if c.is_control() => return Err(ParseError::Malformed),
                     c => value.push(c).map_err(|_| ParseError::Malformed)?,
                 }
             }
@@ -579,6 +586,9 @@ fn parse_fields(rest: &str) -> Result<(u64, Event), ParseError> {
             remaining = quoted[end + 1..].trim_start();
         } else {
             let (v, r) = after.split_once(' ').unwrap_or((after, ""));
+            if v.chars().any(char::is_control) {
+                return Err(ParseError::Malformed);
+            }
             value.push_str(v).map_err(|_| ParseError::Malformed)?;
             remaining = r.trim_start();
         }
@@ -792,6 +802,37 @@ mod tests {
             Event::parse_line("OTA 1 resume from=x").unwrap(),
             Err(ParseError::BadValue("from"))
         );
+    }
+
+    /// Found by the `trace_line` fuzz target: a raw control character inside a value was
+    /// read as is, but the core writes it as `?`, so the line did not read back the same.
+    #[test]
+    fn a_raw_control_character_is_line_noise_not_a_value() {
+        for noisy in [
+            "OTA 0 error code=flash detail=\"flash write at\0\0 0x3d8000 failed\"",
+            "OTA 0 error code=flash detail=\"a\\\u{1}b\"",
+            "OTA 0 error code=flash detail=a\tb",
+        ] {
+            assert_eq!(
+                Event::parse_line(noisy),
+                Some(Err(ParseError::Malformed)),
+                "{noisy:?}"
+            );
+        }
+        // Found by the same target: a value ending in non-ASCII white space (U+00A0) was written
+        // unquoted at the end of the line, where a reader's trim removed it.
+        let e = Event::Error {
+            code: ErrorCode::Flash,
+            detail: detail(format_args!("hw\u{a0}")),
+        };
+        let written = line(&e, 0);
+        assert_eq!(written, "OTA 0 error code=flash detail=\"hw\u{a0}\"");
+        assert_eq!(Event::parse_line(&written), Some(Ok((0, e))));
+        // An escaped newline is how the core writes one.
+        let (_, e) = Event::parse_line(r#"OTA 0 error code=flash detail="a\nb""#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(line(&e, 0), r#"OTA 0 error code=flash detail="a\nb""#);
     }
 
     fn any_text() -> impl Strategy<Value = StdString> {

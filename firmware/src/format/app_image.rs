@@ -413,8 +413,14 @@ impl ImageVerifier {
                     let s = &self.scratch;
                     let length = u32::from_le_bytes([s[4], s[5], s[6], s[7]]);
                     let end = u64::from(self.consumed) + used as u64 + u64::from(length);
-                    // Checksum block and hash must still fit after the segment.
-                    if end + 1 + 32 > u64::from(self.limit) {
+                    // Checksum byte and hash must still fit after the segment; after the last
+                    // one, so must the padding that makes the checksum end a 16-byte block.
+                    let image_end = if self.segments_left == 1 {
+                        (end + 1).div_ceil(16) * 16 + 32
+                    } else {
+                        end + 1 + 32
+                    };
+                    if image_end > u64::from(self.limit) {
                         return Err(ImageError::SegmentTooLong {
                             index: self.segment_index,
                         });
@@ -590,7 +596,9 @@ pub fn write_image(
 
 /// Reads an image already in memory (or flash) in one go.
 pub fn inspect(image: &[u8]) -> Result<ImageInfo, ImageError> {
-    let mut v = ImageVerifier::new(u32::try_from(image.len()).unwrap_or(u32::MAX));
+    // No slot limit: the buffer's end is where the image ends, so a structure running past it
+    // is reported as truncated.
+    let mut v = ImageVerifier::new(u32::MAX);
     v.update(image)?;
     v.finish()
 }
@@ -637,6 +645,28 @@ mod tests {
         let n = write_image(&mut out, &esp32c3_header(0x4038_0080), &segs).unwrap();
         assert_eq!(n, out.len());
         out
+    }
+
+    /// Found by the `app_image` fuzz target: the limit ignored the padding before the
+    /// checksum, so an image up to 15 bytes longer than its slot was accepted.
+    #[test]
+    fn the_limit_counts_the_padding_before_the_checksum() {
+        for payload in 0..16 {
+            let image = sample("1.2.3", payload);
+            let len = image.len() as u32;
+            assert!(inspect(&image).is_ok());
+            let mut exact = ImageVerifier::new(len);
+            exact.update(&image).unwrap();
+            assert_eq!(exact.finish().unwrap().length, len);
+            for limit in len - 16..len {
+                let mut short = ImageVerifier::new(limit);
+                assert_eq!(
+                    short.update(&image),
+                    Err(ImageError::SegmentTooLong { index: 1 }),
+                    "payload {payload}, limit {limit} of {len}"
+                );
+            }
+        }
     }
 
     #[test]
