@@ -347,6 +347,13 @@ mod tests {
         let m = memo("W/\"abc\"");
         memory.store(&mut flash, &m).unwrap();
         assert_eq!(memory.load(&mut flash).unwrap(), m);
+        // Only a count of boots without GitHub: no answer, no refusal come back.
+        let only_count = Remembered {
+            failed_boots: 3,
+            ..Remembered::default()
+        };
+        memory.store(&mut flash, &only_count).unwrap();
+        assert_eq!(memory.load(&mut flash).unwrap(), only_count);
     }
 
     #[test]
