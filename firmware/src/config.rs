@@ -844,6 +844,44 @@ mod tests {
     }
 
     #[test]
+    fn wifi_auth_and_max_wait_parse_with_their_defaults() {
+        let c = Config::parse(GOOD.as_bytes()).unwrap();
+        assert_eq!(
+            c.wifi_auth,
+            WifiAuth::Wpa2,
+            "a password means WPA2 by default"
+        );
+        assert_eq!(c.max_wait_s, DEFAULT_MAX_WAIT_S);
+        for (text, auth) in [
+            ("\"wpa2\"", WifiAuth::Wpa2),
+            ("\"wpa3\"", WifiAuth::Wpa3),
+            ("\"wpa2/wpa3\"", WifiAuth::Wpa2Wpa3),
+            ("\"open\"", WifiAuth::Open),
+        ] {
+            let c = Config::parse(with("wifi", "auth", text).as_bytes()).unwrap();
+            assert_eq!(c.wifi_auth, auth, "{text}");
+        }
+        let open = GOOD.replace(", \"password\": \"hunter22\"", "");
+        assert_eq!(
+            Config::parse(open.as_bytes()).unwrap().wifi_auth,
+            WifiAuth::Open
+        );
+        let e = err(&with("wifi", "auth", "\"wep\""));
+        assert_eq!(e.field, "wifi.auth");
+        assert!(matches!(e.problem, Problem::Invalid(_)), "{e}");
+        // After the wifi section's closing brace: an update section of its own.
+        let forever = GOOD.replacen('}', "}, \"update\": {\"max_wait_s\": 0}", 1);
+        let c = Config::parse(forever.as_bytes());
+        assert!(c.is_ok_and(|c| c.max_wait_s == 0));
+        // A container where a known field's value belongs is a type error, not an unknown field.
+        let e = err(&with("wifi", "auth", "[\"wpa2\"]"));
+        assert_eq!(e.field, "wifi.auth");
+        assert!(matches!(e.problem, Problem::WrongType { .. }), "{e}");
+        let e = err(&with("wifi", "authentication", "{}"));
+        assert_eq!(e.problem, Problem::UnknownField);
+    }
+
+    #[test]
     fn a_minimal_file_parses_with_documented_defaults() {
         let c = Config::parse(GOOD.as_bytes()).unwrap();
         assert_eq!((c.owner.as_str(), c.repo.as_str()), ("acme", "thermostat"));
