@@ -613,43 +613,30 @@ fn the_application_starts_after_max_wait_and_the_update_still_installs_when_the_
     assert_eq!(otadata_slot(&flash), Some(1));
 }
 
+/// When the application starts, for `update.max_wait_s` (None: the default) and a network
+/// that comes back at `network_from_ms`; the update installs in every case.
 #[test]
-fn the_application_starts_at_the_default_limit_and_not_twice() {
+fn the_application_starts_at_the_limit_only_when_the_routine_is_still_running() {
+    let default_ms = u64::from(firmware::config::DEFAULT_MAX_WAIT_S) * 1000;
+    let cases = [
+        // (max_wait_s, network back at, StartApplication at)
+        (None, 10 * 60 * 1000, Some(default_ms)),
+        (Some(90), 60 * 1000, None),
+        (Some(0), 3 * 3600 * 1000, None),
+    ];
     let new = image("1.1");
     let release = release_json("1.1", &new, &new);
-    let flash = board("1.0");
-    let mut boot = Boot::as_selected(&flash);
-    boot.network_from_ms = 10 * 60 * 1000;
-    let (_, result) = run_boot(flash, boot, &mut github(&release, &new));
-    assert_eq!(
-        result.app_early_at,
-        Some(u64::from(firmware::config::DEFAULT_MAX_WAIT_S) * 1000)
-    );
-    assert_eq!(outcome(&result.events), "installed/none");
-}
-
-#[test]
-fn a_routine_that_ends_in_time_starts_the_application_only_at_its_end() {
-    let new = image("1.1");
-    let release = release_json("1.1", &new, &new);
-    let flash = board_waiting("1.0", 90);
-    let mut boot = Boot::as_selected(&flash);
-    boot.network_from_ms = 60 * 1000;
-    let (_, result) = run_boot(flash, boot, &mut github(&release, &new));
-    assert_eq!(result.app_early_at, None, "{:?}", result.events);
-    assert_eq!(outcome(&result.events), "installed/none");
-}
-
-#[test]
-fn max_wait_zero_keeps_the_application_waiting_as_the_original_updater_did() {
-    let new = image("1.1");
-    let release = release_json("1.1", &new, &new);
-    let flash = board_waiting("1.0", 0);
-    let mut boot = Boot::as_selected(&flash);
-    boot.network_from_ms = 3 * 3600 * 1000;
-    let (_, result) = run_boot(flash, boot, &mut github(&release, &new));
-    assert_eq!(result.app_early_at, None);
-    assert_eq!(outcome(&result.events), "installed/none");
+    for (max_wait_s, network_from_ms, early_at) in cases {
+        let flash = match max_wait_s {
+            Some(s) => board_waiting("1.0", s),
+            None => board("1.0"),
+        };
+        let mut boot = Boot::as_selected(&flash);
+        boot.network_from_ms = network_from_ms;
+        let (_, result) = run_boot(flash, boot, &mut github(&release, &new));
+        assert_eq!(result.app_early_at, early_at, "max_wait_s {max_wait_s:?}");
+        assert_eq!(outcome(&result.events), "installed/none");
+    }
 }
 
 /// GitHub that ignores `If-None-Match` (answers 200 each time), serving `asset` under
@@ -743,14 +730,23 @@ fn a_long_backlog_is_delivered_over_several_boots_not_all_in_one() {
     );
 }
 
-#[test]
-fn a_puback_after_the_deadline_still_counts_as_delivered() {
+/// One boot of a board on 1.0 whose broker's PUBACKs (or failure reports) come after the
+/// core's publish deadline, then a normal boot: the records the second boot publishes.
+fn after_late_pubacks(broker_up: bool) -> (BootResult, Vec<String>) {
     let current = image("1.0");
     let release = release_json("1.0", &current, &current);
     let flash = board("1.0");
     let mut late = Boot::as_selected(&flash);
     late.late_pubacks = true;
+    late.broker_up = broker_up;
     let (flash, first) = run_boot(flash, late, &mut github(&release, &current));
+    let (_, second) = boot(flash, &release, &current, true);
+    (first, second.published)
+}
+
+#[test]
+fn a_puback_after_the_deadline_still_counts_as_delivered() {
+    let (first, next) = after_late_pubacks(true);
     assert_eq!(first.published.len(), 1);
     assert!(
         first
@@ -761,13 +757,20 @@ fn a_puback_after_the_deadline_still_counts_as_delivered() {
         first.events
     );
     // Not published again: the broker has it.
-    let (_, second) = boot(flash, &release, &current, true);
-    assert_eq!(second.published.len(), 1);
+    assert_eq!(next.len(), 1);
+    assert!(next[0].contains("\"seq\":2"), "{next:?}");
+}
+
+#[test]
+fn a_late_failure_report_does_not_deliver_a_record() {
+    let (first, next) = after_late_pubacks(false);
     assert!(
-        second.published[0].contains("\"seq\":2"),
-        "{:?}",
-        second.published
+        !first
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Published { .. }))
     );
+    assert_eq!(next.len(), 2, "the kept record goes at the next boot");
 }
 
 /// Drains the core's actions: whether one of them was an HTTP request.
@@ -1018,29 +1021,6 @@ fn boots_without_github_continue_their_backoff_and_an_answer_ends_it() {
         first_check_at(&after.events),
         None,
         "an answer ends the backoff"
-    );
-}
-
-#[test]
-fn a_late_failure_report_does_not_deliver_a_record() {
-    let current = image("1.0");
-    let release = release_json("1.0", &current, &current);
-    let flash = board("1.0");
-    let mut late = Boot::as_selected(&flash);
-    late.late_pubacks = true;
-    late.broker_up = false;
-    let (flash, first) = run_boot(flash, late, &mut github(&release, &current));
-    assert!(
-        !first
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::Published { .. }))
-    );
-    let (_, second) = boot(flash, &release, &current, true);
-    assert_eq!(
-        second.published.len(),
-        2,
-        "the kept record goes at the next boot"
     );
 }
 
