@@ -670,6 +670,24 @@ mod tests {
     }
 
     #[test]
+    fn a_first_segment_past_the_limit_is_named_before_the_last() {
+        let image = sample("1.2.3", 100);
+        let len0 = u32::from_le_bytes(image[28..32].try_into().unwrap());
+        // Segment 0 ends here; its checksum byte and the hash must still fit after it.
+        let end0 = (HEADER_LEN + SEGMENT_HEADER_LEN) as u32 + len0;
+        let mut short = ImageVerifier::new(end0 + 32);
+        assert_eq!(
+            short.update(&image),
+            Err(ImageError::SegmentTooLong { index: 0 })
+        );
+        let mut enough_for_0 = ImageVerifier::new(end0 + 33);
+        assert_eq!(
+            enough_for_0.update(&image),
+            Err(ImageError::SegmentTooLong { index: 1 })
+        );
+    }
+
+    #[test]
     fn a_written_image_verifies_in_any_chunking() {
         let image = sample("1.2.3", 1000);
         for chunk in [1, 3, 16, 333, image.len()] {
