@@ -281,6 +281,10 @@ pub struct SoakReport {
     pub wrong_digests: u32,
     /// Image bytes downloaded over the board's life.
     pub downloaded: u64,
+    /// Boots whose application started before the routine ended (`max_wait_s`).
+    pub early_app_starts: u32,
+    /// Release checks answered 304 Not Modified.
+    pub not_modified: u32,
     /// Log records the board's ring holds sequence numbers for (1..next_seq).
     pub records_produced: u64,
     /// Of those, the broker received.
@@ -435,9 +439,15 @@ impl SoakReport {
         );
         let _ = writeln!(
             s,
-            "  image bytes downloaded {} ({:.1} MiB)",
+            "  image bytes downloaded {} ({:.1} MiB), release checks answered 304: {}",
             self.downloaded,
-            self.downloaded as f64 / 1048576.0
+            self.downloaded as f64 / 1048576.0,
+            self.not_modified
+        );
+        let _ = writeln!(
+            s,
+            "  boots whose application started before the routine ended (max_wait_s): {}",
+            self.early_app_starts
         );
         let _ = writeln!(s, "  invariant violations {}", self.violations.len());
         for v in &self.violations {
@@ -849,6 +859,8 @@ fn count(report: &mut SoakReport, lines: &[TraceLine]) {
                 code: ErrorCode::LogOverflow,
                 ..
             } => report.log_overflows += 1,
+            Event::AppEarly { .. } => report.early_app_starts += 1,
+            Event::Response { status: 304, .. } => report.not_modified += 1,
             _ => {}
         }
     }
