@@ -1165,26 +1165,39 @@ impl<F: NorFlash> Updater<F> {
         self.session.check_etag = None;
         let if_none_match = self
             .usable_memo(self.session.check_url_crc)
-            .map(|memo| memo.etag.clone());
+            .map(|(memo, _)| memo.etag.clone());
         self.send(Step::Check, url, 0, authorize, body, 0, if_none_match);
         Ok(())
     }
 
     /// The remembered answer to this check URL, when a 304 to it can be acted on: it named
     /// the running version (up to date) or the release refused here.
-    fn usable_memo(&self, url_crc: u32) -> Option<&CheckMemo> {
+    /// The answer is the memo's; with the code a refused release was refused with (`None`:
+    /// up to date).
+    fn usable_memo(&self, url_crc: u32) -> Option<(&CheckMemo, Option<ErrorCode>)> {
         let (_, remembered) = self.memory.as_ref()?;
         let memo = remembered
             .check
             .as_ref()
             .filter(|memo| memo.url_crc == url_crc)?;
         let running = self.running.version;
-        let up_to_date = running.is_some() && Version::parse(&memo.tag).ok() == running;
+        if running.is_some() && Version::parse(&memo.tag).ok() == running {
+            return Some((memo, None));
+        }
         let refused = remembered
             .refused
             .as_ref()
-            .is_some_and(|r| r.target.tag == memo.tag);
-        (up_to_date || refused).then_some(memo)
+            .filter(|r| r.target.tag == memo.tag)?;
+        Some((memo, Some(refused.code)))
+    }
+
+    /// `tag` failed verification here as `code` and has not changed: refused without a download.
+    fn refuse_remembered(&mut self, tag: &str, code: ErrorCode) {
+        let detail = trace::detail(format_args!(
+            "release {tag} unchanged since it failed verification ({}): not fetched again",
+            code.name()
+        ));
+        self.final_failure(code, detail);
     }
 
     /// Updates the memory journal. A flash error here costs only what the memory saves
@@ -1219,7 +1232,10 @@ impl<F: NorFlash> Updater<F> {
     /// GitHub answered 304 to `If-None-Match`: the release is the one remembered.
     fn not_modified(&mut self) {
         self.abort_request();
-        let Some(memo) = self.usable_memo(self.session.check_url_crc).cloned() else {
+        let Some((memo, refused)) = self
+            .usable_memo(self.session.check_url_crc)
+            .map(|(memo, refused)| (memo.clone(), refused))
+        else {
             let detail = trace::detail(format_args!("HTTP 304 to a request that had no ETag"));
             return self.final_failure(ErrorCode::HttpStatus, detail);
         };
@@ -1232,22 +1248,9 @@ impl<F: NorFlash> Updater<F> {
         if let Err(Failure(code, detail)) = self.confirm() {
             return self.final_failure(code, detail);
         }
-        let up_to_date = Version::parse(&memo.tag).ok() == self.running.version;
-        let refused = self
-            .memory
-            .as_ref()
-            .and_then(|(_, m)| m.refused.clone())
-            .filter(|r| r.target.tag == memo.tag);
         match refused {
-            Some(r) if !up_to_date => {
-                let detail = trace::detail(format_args!(
-                    "release {} unchanged since it failed verification ({}): not fetched again",
-                    memo.tag,
-                    r.code.name()
-                ));
-                self.final_failure(r.code, detail);
-            }
-            _ => self.conclude(Outcome::UpToDate, ErrorCode::None, None),
+            Some(code) => self.refuse_remembered(&memo.tag, code),
+            None => self.conclude(Outcome::UpToDate, ErrorCode::None, None),
         }
     }
 
@@ -1482,13 +1485,9 @@ impl<F: NorFlash> Updater<F> {
                 if let Some(RefusedRelease { code, .. }) = refused {
                     // The same asset failed verification here: the bytes would be the same.
                     self.remember_answer(&release.tag, release.asset.size);
-                    let detail = trace::detail(format_args!(
-                        "release {} unchanged since it failed verification ({}): not fetched again",
-                        release.tag,
-                        code.name()
-                    ));
+                    let tag = trace::short(&release.tag);
                     self.release = Some(release);
-                    self.final_failure(code, detail);
+                    self.refuse_remembered(&tag, code);
                     return;
                 }
                 self.release = Some(release);

@@ -198,8 +198,6 @@ pub struct VirtualBoard {
     /// The application's reboot hook (`board/app.rs` on a board): once it runs beside the
     /// routine, it lets a reboot into a new release happen this long after the core asks.
     pub app_holds_reboot_ms: u64,
-    /// Reboots the application held: (boot, ms the core asked, ms it rebooted).
-    pub held_reboots: Vec<(u32, u64, u64)>,
     /// Receives trace lines, LED writes and the bootloader's choice as they happen.
     pub live: Option<tokio::sync::mpsc::UnboundedSender<Live>>,
     seed: u64,
@@ -265,7 +263,6 @@ impl VirtualBoard {
             app_starts: Vec::new(),
             boot_lengths: Vec::new(),
             app_holds_reboot_ms: 0,
-            held_reboots: Vec::new(),
             live: None,
             seed,
             event_counts: Default::default(),
@@ -298,7 +295,6 @@ impl VirtualBoard {
             app_starts: self.app_starts.clone(),
             boot_lengths: self.boot_lengths.clone(),
             app_holds_reboot_ms: self.app_holds_reboot_ms,
-            held_reboots: self.held_reboots.clone(),
             live: None,
             seed: self.seed,
             event_counts: self.event_counts.clone(),
@@ -359,7 +355,6 @@ impl VirtualBoard {
             led_edges: &mut self.led_edges,
             app_starts: &mut self.app_starts,
             app_holds_reboot_ms: self.app_holds_reboot_ms,
-            held_reboots: &mut self.held_reboots,
             triggers,
         };
         // Like the board glue, which reads it from the MMU: the slot the bootloader started.
@@ -439,7 +434,6 @@ struct Run<'b> {
     led_edges: &'b mut Vec<LedEdge>,
     app_starts: &'b mut Vec<(u32, u64)>,
     app_holds_reboot_ms: u64,
-    held_reboots: &'b mut Vec<(u32, u64, u64)>,
     triggers: &'b mut Triggers,
 }
 
@@ -535,7 +529,6 @@ impl Run<'_> {
                     // The application finishes its work first; the new image is committed
                     // already, so a power cut meanwhile boots it just the same.
                     self.now += self.app_holds_reboot_ms;
-                    self.held_reboots.push((boot, now, self.now));
                 }
                 return Some(BootEnd::Reboot);
             }
