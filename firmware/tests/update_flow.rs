@@ -393,12 +393,7 @@ fn an_update_installs_reboots_confirms_and_blinks_twice() {
         "Y",
         "yellow on, no green before the reboot"
     );
-    assert!(
-        first
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::Switch { slot: 1, .. }))
-    );
+    assert!(saw(&first, |e| matches!(e, Event::Switch { slot: 1, .. })));
 
     let (flash, second) = boot(flash, &release, &new, true);
     assert!(!second.rebooted);
@@ -409,12 +404,7 @@ fn an_update_installs_reboots_confirms_and_blinks_twice() {
         "yellow on, green twice, yellow off"
     );
     assert!(matches!(second.events.last(), Some(Event::App)));
-    assert!(
-        second
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::Boot { slot: 1, .. }))
-    );
+    assert!(saw(&second, |e| matches!(e, Event::Boot { slot: 1, .. })));
 
     let (_, third) = boot(flash, &release, &new, true);
     assert_eq!(outcome(&third.events), "up_to_date/none");
@@ -458,10 +448,7 @@ fn a_hash_mismatch_keeps_the_running_firmware_and_says_so() {
     );
     let (_, again) = boot(flash, &release, &new, true);
     assert!(
-        again
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::Boot { slot: 0, .. })),
+        saw(&again, |e| matches!(e, Event::Boot { slot: 0, .. })),
         "still on the old slot"
     );
 }
@@ -471,11 +458,7 @@ fn a_log_the_broker_did_not_take_is_delivered_at_the_next_boot() {
     let new = image("1.0");
     let release = release_json("1.0", &new, &new);
     let (flash, down) = boot(board("1.0"), &release, &new, false);
-    assert!(
-        down.events
-            .iter()
-            .any(|e| matches!(e, Event::LogKept { pending: 1 }))
-    );
+    assert!(saw(&down, |e| matches!(e, Event::LogKept { pending: 1 })));
     let (_, up) = boot(flash, &release, &new, true);
     assert_eq!(up.published.len(), 2, "{:?}", up.published);
     assert!(up.published[0].contains(r#""seq":1"#) && up.published[1].contains(r#""seq":2"#));
@@ -543,29 +526,20 @@ fn a_new_image_without_network_keeps_its_trials_and_confirms_when_the_network_re
         let (next, result) = run_boot(flash, boot, &mut github(&release, &new));
         flash = next;
         assert!(
-            result
-                .events
-                .iter()
-                .any(|e| matches!(e, Event::TrialReturned { boots: 0, of: 3 })),
+            saw(&result, |e| matches!(
+                e,
+                Event::TrialReturned { boots: 0, of: 3 }
+            )),
             "trial {trial}: {:?}",
             result.events
         );
-        assert!(
-            !result
-                .events
-                .iter()
-                .any(|e| matches!(e, Event::Outcome { .. }))
-        );
+        assert!(!saw(&result, |e| matches!(e, Event::Outcome { .. })));
         assert_eq!(otadata_slot(&flash), Some(1), "still on the new image");
     }
     let mut boot = Boot::as_selected(&flash);
     boot.network_from_ms = 45 * 60 * 1000;
     let (flash, back) = run_boot(flash, boot, &mut github(&release, &new));
-    assert!(
-        back.events
-            .iter()
-            .any(|e| matches!(e, Event::TrialReturned { .. }))
-    );
+    assert!(saw(&back, |e| matches!(e, Event::TrialReturned { .. })));
     assert_eq!(outcome(&back.events), "updated/none");
     assert!(confirmed(&back));
     assert_eq!(otadata_slot(&flash), Some(1));
@@ -591,12 +565,10 @@ fn the_application_starts_after_max_wait_and_the_update_still_installs_when_the_
     boot.network_from_ms = 6 * 3600 * 1000;
     let (flash, result) = run_boot(flash, boot, &mut github(&release, &new));
     assert_eq!(result.app_early_at, Some(90_000), "{:?}", result.events);
-    assert!(
-        result
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::AppEarly { waited_ms: 90_000 }))
-    );
+    assert!(saw(&result, |e| matches!(
+        e,
+        Event::AppEarly { waited_ms: 90_000 }
+    )));
     // The yellow LED stays on: the routine has not succeeded yet when the application starts.
     assert_eq!(leds(&result.events), "Y");
     assert_eq!(outcome(&result.events), "installed/none");
@@ -715,10 +687,7 @@ fn a_long_backlog_is_delivered_over_several_boots_not_all_in_one() {
     let max = firmware::machine::MAX_PUBLISHES_PER_BOOT as usize;
     assert_eq!(first.published.len(), max);
     assert!(
-        first
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::LogKept { pending: 9 })),
+        saw(&first, |e| matches!(e, Event::LogKept { pending: 9 })),
         "{:?}",
         first.events
     );
@@ -749,10 +718,7 @@ fn a_puback_after_the_deadline_still_counts_as_delivered() {
     let (first, next) = after_late_pubacks(true);
     assert_eq!(first.published.len(), 1);
     assert!(
-        first
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::Published { seq: 1 })),
+        saw(&first, |e| matches!(e, Event::Published { seq: 1 })),
         "{:?}",
         first.events
     );
@@ -764,12 +730,7 @@ fn a_puback_after_the_deadline_still_counts_as_delivered() {
 #[test]
 fn a_late_failure_report_does_not_deliver_a_record() {
     let (first, next) = after_late_pubacks(false);
-    assert!(
-        !first
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::Published { .. }))
-    );
+    assert!(!saw(&first, |e| matches!(e, Event::Published { .. })));
     assert_eq!(next.len(), 2, "the kept record goes at the next boot");
 }
 
@@ -902,18 +863,14 @@ fn an_unchanged_release_answer_is_a_304_and_still_up_to_date() {
         sent[1].as_deref().is_some_and(|e| e.starts_with("W/")),
         "{sent:?}"
     );
-    assert!(
-        second
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::Response { status: 304, .. }))
-    );
-    assert!(
-        second
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::Release { tag, .. } if tag == "1.0"))
-    );
+    assert!(saw(&second, |e| matches!(
+        e,
+        Event::Response { status: 304, .. }
+    )));
+    assert!(saw(
+        &second,
+        |e| matches!(e, Event::Release { tag, .. } if tag == "1.0")
+    ));
     assert_eq!(leds(&second.events), "YGy");
 }
 
@@ -1034,12 +991,10 @@ fn an_endless_release_response_is_refused() {
     );
     let (_, result) = boot(board("1.0"), &endless, &new, true);
     assert_eq!(outcome(&result.events), "failed/bad_release");
-    assert!(
-        result
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::Error { detail, .. } if detail.contains("larger than")))
-    );
+    assert!(saw(
+        &result,
+        |e| matches!(e, Event::Error { detail, .. } if detail.contains("larger than"))
+    ));
 }
 
 // ----- the defects a review against real GitHub and ESP-IDF found ---------------------------
@@ -1176,10 +1131,7 @@ fn the_running_slot_is_what_the_hardware_says_not_what_otadata_selects() {
         &mut github(&release, &new),
     );
     assert!(
-        result
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::Boot { slot: 0, .. })),
+        saw(&result, |e| matches!(e, Event::Boot { slot: 0, .. })),
         "{:?}",
         result.events
     );
@@ -1208,7 +1160,7 @@ fn an_image_for_other_chip_revisions_is_refused_before_the_switch() {
         let release = release_json("1.1", &new, &new);
         let (flash, result) = boot(board("1.0"), &release, &new, true);
         assert_eq!(outcome(&result.events), "failed/wrong_chip", "{min}..{max}");
-        assert!(result.events.iter().any(|e| matches!(
+        assert!(saw(&result, |e| matches!(
             e,
             Event::Error { detail, .. } if detail.contains("this board is v0.4")
         )));
@@ -1230,11 +1182,13 @@ fn installed_board() -> (Ram, String, Vec<u8>) {
     (flash, release, new)
 }
 
+/// Whether the boot reported an event `is` recognises.
+fn saw(result: &BootResult, is: impl Fn(&Event) -> bool) -> bool {
+    result.events.iter().any(is)
+}
+
 fn confirmed(result: &BootResult) -> bool {
-    result
-        .events
-        .iter()
-        .any(|e| matches!(e, Event::Confirmed { .. }))
+    saw(result, |e| matches!(e, Event::Confirmed { .. }))
 }
 
 /// Defect 4: any HTTP status used to confirm a new image. A 403 from broken credentials or
@@ -1307,12 +1261,7 @@ fn tls_failures_use_up_trials_and_roll_back() {
             "{:?}",
             result.events
         );
-        assert!(
-            !result
-                .events
-                .iter()
-                .any(|e| matches!(e, Event::TrialReturned { .. }))
-        );
+        assert!(!saw(&result, |e| matches!(e, Event::TrialReturned { .. })));
     }
     the_next_boot_rolls_back(flash, &release, &new);
 }
@@ -1336,12 +1285,7 @@ fn hostile_rate_limit_headers_do_not_panic_the_core() {
             ],
         )
     });
-    assert!(
-        result
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::Retry { .. }))
-    );
+    assert!(saw(&result, |e| matches!(e, Event::Retry { .. })));
 }
 
 /// Defect 6: the token goes to the configured API host only, and no redirect may downgrade
@@ -1597,7 +1541,7 @@ fn a_replaced_asset_is_downloaded_from_zero_not_stitched() {
     // The server answered 200 with the whole new file: the core took all of it from byte 0
     // (nothing resumed), and verification refused it, instead of a silent mix.
     assert!(
-        result.events.iter().any(|e| matches!(
+        saw(&result, |e| matches!(
             e,
             Event::Outcome { result: firmware::trace::Outcome::Failed, resumed_from: 0, bytes, .. }
                 if *bytes as usize == rebuilt.len()
@@ -1679,7 +1623,7 @@ fn an_image_the_bootloader_refused_is_barred_and_otadata_points_back() {
         &mut github(&release, &new),
     );
     assert!(
-        result.events.iter().any(|e| matches!(
+        saw(&result, |e| matches!(
             e,
             Event::Error { detail, .. } if detail.contains("bootloader refused")
         )),
@@ -1726,10 +1670,7 @@ fn offline_trial_boot(
 }
 
 fn returned(result: &BootResult) -> bool {
-    result
-        .events
-        .iter()
-        .any(|e| matches!(e, Event::TrialReturned { .. }))
+    saw(result, |e| matches!(e, Event::TrialReturned { .. }))
 }
 
 /// Review: the give-back must be bounded, or an image whose own networking is broken (or
@@ -1805,11 +1746,7 @@ fn an_unusable_release_on_a_trial_boot_gives_the_trial_back() {
         Boot::as_selected(&board("1.0")).running(1),
         &mut github(&release, &new),
     );
-    assert!(
-        next.events
-            .iter()
-            .any(|e| matches!(e, Event::Trial { boot: 1, of: 3 }))
-    );
+    assert!(saw(&next, |e| matches!(e, Event::Trial { boot: 1, of: 3 })));
     assert_eq!(outcome(&next.events), "updated/none");
 }
 
@@ -1840,7 +1777,7 @@ fn boots_a_rollback_bootloader_aborted_are_counted_by_the_old_image() {
     }
     let (_, barred) = boot(flash, &release, &new, true);
     assert!(
-        barred.events.iter().any(|e| matches!(
+        saw(&barred, |e| matches!(
             e,
             Event::Error { detail, .. } if detail.contains("never saw: trial 3 of 3")
         )),
@@ -1923,18 +1860,15 @@ fn an_abort_the_core_saw_is_not_counted_twice() {
     let mut trial = Boot::as_selected(&flash);
     trial.power_off_at_ms = 0;
     let (mut flash, cut) = run_boot(flash, trial, &mut github(&release, &new));
-    assert!(
-        cut.events
-            .iter()
-            .any(|e| matches!(e, Event::Trial { boot: 1, of: 3 }))
-    );
+    assert!(saw(&cut, |e| matches!(e, Event::Trial { boot: 1, of: 3 })));
     // The rollback bootloader marks it aborted and starts 1.0.
     set_otadata(&mut flash, 1, OtaEntry::new(2, ImageState::Aborted));
     let (flash, old) = boot(flash, &release, &new, true);
     assert!(
-        !old.events
-            .iter()
-            .any(|e| matches!(e, Event::Error { detail, .. } if detail.contains("never saw"))),
+        !saw(
+            &old,
+            |e| matches!(e, Event::Error { detail, .. } if detail.contains("never saw"))
+        ),
         "{:?}",
         old.events
     );
@@ -1945,10 +1879,7 @@ fn an_abort_the_core_saw_is_not_counted_twice() {
         &mut github(&release, &new),
     );
     assert!(
-        second
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::Trial { boot: 2, of: 3 })),
+        saw(&second, |e| matches!(e, Event::Trial { boot: 2, of: 3 })),
         "{:?}",
         second.events
     );
@@ -2011,10 +1942,7 @@ fn a_release_response_cut_short_is_retried() {
             script(req)
         });
         assert!(
-            result
-                .events
-                .iter()
-                .any(|e| matches!(e, Event::Retry { .. })),
+            saw(&result, |e| matches!(e, Event::Retry { .. })),
             "{with_length}"
         );
         assert_eq!(outcome(&result.events), "installed/none", "{with_length}");
@@ -2199,10 +2127,7 @@ fn boot_factory_up_to_date(flash: Ram) -> (Ram, BootResult) {
 }
 
 fn on_trial(result: &BootResult) -> bool {
-    result
-        .events
-        .iter()
-        .any(|e| matches!(e, Event::Trial { .. }))
+    saw(result, |e| matches!(e, Event::Trial { .. }))
 }
 
 /// Found by the power-cut sweep: the bootloader's own first otadata write on a fresh board
