@@ -798,9 +798,9 @@ async fn a_304_nobody_asked_for_is_an_unexpected_status() {
     let mut board = Board::new(&hosts, "contract-304", false);
     board.run_to_app().await;
 
-    // The core keeps no ETag, so it never asks conditionally and GitHub would never answer 304;
-    // a 304 can only come from something in between that is broken. It is reported, not
-    // mistaken for "nothing new" and not retried forever.
+    // A fresh board remembers no answer, so it does not ask conditionally and GitHub would
+    // never answer 304; a 304 can only come from something in between that is broken. It is
+    // reported, not mistaken for "nothing new" and not retried forever.
     for r in received(&hosts.api).await {
         assert!(header_of(&r, "if-none-match").is_none());
         assert!(header_of(&r, "if-modified-since").is_none());
@@ -814,6 +814,58 @@ async fn a_304_nobody_asked_for_is_an_unexpected_status() {
     assert_eq!(led_string(&board.board.trace, 1), "Y.-");
     assert_eq!(board.running(), RUNNING_VERSION);
     assert!(received(&hosts.web).await.is_empty());
+}
+
+/// GitHub's release answers carry a weak ETag (`W/"…"`); the board keeps it with a release it
+/// refused and sends it back as `If-None-Match`; GitHub's recorded 304 then refuses the release
+/// again without a byte of the asset.
+#[tokio::test]
+async fn a_refused_release_is_asked_again_with_githubs_weak_etag_and_its_304_costs_no_download() {
+    let hosts = Hosts::start().await;
+    let image = release_image();
+    let answer = hosts
+        .recorded("releases-latest.200.http")
+        .describing(&image);
+    let etag = answer.header("etag").expect("GitHub's ETag").to_owned();
+    assert!(etag.starts_with("W/"), "{etag}");
+    Mock::given(method("GET"))
+        .and(path(LATEST))
+        .and(header("if-none-match", etag.as_str()))
+        .respond_with(hosts.recorded("releases-latest.304.http").template())
+        .with_priority(1)
+        .mount(&hosts.api)
+        .await;
+    hosts.api_latest(&answer, None).await;
+    // Other bytes than the release describes: the image's own appended hash refuses them.
+    let mut other = image.clone();
+    let last = other.len() - 100;
+    other[last] ^= 0xFF;
+    hosts
+        .downloads("download.302-release-assets.http", &other)
+        .await;
+    let mut board = Board::new(&hosts, "contract-etag", false);
+    board.run_to_app().await;
+    board.run_to_app().await;
+
+    assert_eq!(
+        board.outcomes(),
+        ["failed/bad_image", "failed/bad_image"],
+        "{}",
+        board.console()
+    );
+    assert_eq!(
+        received_headers(&hosts.api, "if-none-match").await,
+        [None, Some(etag)]
+    );
+    assert_eq!(received(&hosts.assets).await.len(), 1, "the asset once");
+    assert!(
+        board
+            .lines(2)
+            .any(|l| matches!(l.event, Event::Response { status: 304, .. })),
+        "{}",
+        board.console()
+    );
+    assert_eq!(board.running(), RUNNING_VERSION);
 }
 
 #[tokio::test]
