@@ -24,6 +24,8 @@ use std::time::Duration;
 /// Real time an I/O step may take before the virtual clock jumps to the core's next deadline
 /// (how a stalled server shows up as a stall without waiting out the real timeout).
 const IO_PATIENCE: Duration = Duration::from_millis(1000);
+/// Real time the broker's PUBACK may take at least.
+const PUBACK_PATIENCE: Duration = Duration::from_secs(2);
 /// A boot that has not reached the application after this much virtual time is stuck.
 const MAX_BOOT_MS: u64 = 48 * 3600 * 1000;
 /// Body bytes handed to the core per call, like one TCP segment.
@@ -347,6 +349,9 @@ impl VirtualBoard {
             flight: None,
             join_at: None,
             mqtt: None,
+            // As patient with the broker as with the servers: a loaded machine must not turn
+            // a slow acknowledgement into an undelivered record (another flash history).
+            puback_patience: io_patience.max(PUBACK_PATIENCE),
             silenced: false,
             live,
             wall: std::time::Instant::now(),
@@ -425,6 +430,8 @@ struct Run<'b> {
     /// When a pending join succeeds (the end of an outage).
     join_at: Option<u64>,
     mqtt: Option<Mqtt>,
+    /// Real time a PUBACK may take before the record counts as not delivered.
+    puback_patience: Duration,
     /// The power is gone: the console shows no more of this boot.
     silenced: bool,
     live: Option<tokio::sync::mpsc::UnboundedSender<Live>>,
@@ -519,7 +526,14 @@ impl Run<'_> {
                 topic,
                 payload,
             } => {
-                let delivered = publish(&mut self.mqtt, wiring, client_id, &topic, &payload).await;
+                let delivered = publish(
+                    &mut self.mqtt,
+                    (wiring, self.puback_patience),
+                    client_id,
+                    &topic,
+                    &payload,
+                )
+                .await;
                 self.core
                     .handle_publish_result(Instant(now), seq, delivered);
             }
@@ -913,7 +927,7 @@ fn describe(e: &reqwest::Error) -> String {
 /// Publishes with QoS 1 and waits for the broker's PUBACK.
 async fn publish(
     mqtt: &mut Option<Mqtt>,
-    wiring: &Wiring,
+    (wiring, patience): (&Wiring, Duration),
     client_id: &str,
     topic: &str,
     payload: &[u8],
@@ -940,7 +954,7 @@ async fn publish(
         *mqtt = None;
         return false;
     }
-    let acked = tokio::time::timeout(Duration::from_secs(2), async {
+    let acked = tokio::time::timeout(patience, async {
         loop {
             match m.events.poll().await {
                 // As the firmware's glue: a PUBACK with a failing reason code (0x80 and up,

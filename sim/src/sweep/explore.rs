@@ -43,6 +43,12 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Real silence of a loopback server before the virtual clock jumps to the core's stall
+/// deadline. No workload stalls a server, and every forked run must repeat its recorded
+/// flash history: on a loaded machine a one-second pause must not become a retry (the
+/// journal write of a failed check) that no other run of that state makes.
+const SWEEP_IO_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where `conf.json` lives in the default partition table (and what digests leave out).
 pub(super) const CONFIG: Range<u32> = 0x3d_0000..0x3d_4000;
 /// Where otadata lives in the default partition table.
@@ -475,6 +481,7 @@ impl Engine {
     async fn root(&self, template: crate::flash::SimFlash) -> Option<Arc<Parent>> {
         let mut fresh = VirtualBoard::new(template, "root", self.sweep_seed);
         fresh.bootloader = self.bootloader;
+        fresh.io_patience = SWEEP_IO_PATIENCE;
         let snapshot = self.fork(&fresh);
         let mut board = self.fork(&fresh);
         let mut triggers = self.workload.triggers.clone();
@@ -809,6 +816,7 @@ impl Engine {
     ) -> Timeline {
         let mut fresh = VirtualBoard::new(template, "root", self.sweep_seed);
         fresh.bootloader = self.bootloader;
+        fresh.io_patience = SWEEP_IO_PATIENCE;
         let mut board = self.fork(&fresh);
         let mut triggers = self.workload.triggers.clone();
         let mut history = Watch::default();
